@@ -1,0 +1,110 @@
+//! Field phones known to the platform. A device logs in to the broker with its id as MQTT
+//! username and a random token as password; only the token's SHA-256 is kept.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tracing::info;
+
+use crate::secret::{new_id, new_token};
+use crate::{Secret, Store, StoreError, hash_token, now_ms};
+
+/// A registered field phone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Generated id (`d` + 12 base32 characters); also its MQTT username and client id.
+    pub id: String,
+    /// Human-readable name given by the operator.
+    pub name: String,
+    /// The staff member who carries it, if known.
+    pub staff_id: Option<String>,
+    /// When it was registered (Unix ms).
+    pub created_at: i64,
+    /// When it was revoked (Unix ms); a revoked device can no longer log in.
+    pub revoked_at: Option<i64>,
+}
+
+const DEVICE_COLUMNS: &str = "id, name, staff_id, created_at, revoked_at";
+
+fn device_from_row(row: &AnyRow) -> Result<Device, sqlx::Error> {
+    Ok(Device {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        staff_id: row.try_get("staff_id")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+impl Store {
+    /// Registers a phone and returns it with its token, which is shown once and never stored.
+    pub async fn create_device(&self, name: &str, staff_id: Option<&str>) -> Result<(Device, Secret), StoreError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
+        }
+        let token = new_token();
+        let token_hash = hash_token(token.expose());
+        let created_at = now_ms();
+        // 60 random bits make a clash practically impossible; retry anyway rather than fail.
+        let mut attempts = 0;
+        let id = loop {
+            attempts += 1;
+            let id = new_id('d');
+            let inserted = sqlx::query(
+                "INSERT INTO devices (id, name, staff_id, token_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&id)
+            .bind(name)
+            .bind(staff_id)
+            .bind(&token_hash)
+            .bind(created_at)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => break id,
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 5 => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        info!(device = %id, name, "device registered");
+        let device =
+            Device { id, name: name.to_owned(), staff_id: staff_id.map(str::to_owned), created_at, revoked_at: None };
+        Ok((device, token))
+    }
+
+    /// Looks a device up by id.
+    pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(device_from_row).transpose()?)
+    }
+
+    /// Every device, revoked ones included, oldest first.
+    pub async fn list_devices(&self) -> Result<Vec<Device>, StoreError> {
+        let rows = sqlx::query(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(device_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Stops a device from logging in again; revoking twice keeps the first revocation time.
+    pub async fn revoke_device(&self, id: &str) -> Result<Device, StoreError> {
+        let updated = sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        let device =
+            self.device(id).await?.ok_or_else(|| StoreError::NotFound { what: "device", id: id.to_owned() })?;
+        if updated.rows_affected() > 0 {
+            info!(device = %id, "device revoked");
+        }
+        Ok(device)
+    }
+}

@@ -1,0 +1,203 @@
+//! The only room in jiandu that speaks SQL.
+//!
+//! `jiandu-store` owns the database: the connection pool (SQLite by default, PostgreSQL when a
+//! deployment outgrows one machine), the migrations for both, and the repositories every other
+//! role goes through — devices, operator users, MQTT accounts and the evidence ledger. Other
+//! crates never write SQL; they call methods on [`Store`].
+//!
+//! One [`Store`] runs the same queries on both databases through [`sqlx::AnyPool`], so the
+//! queries use only what both understand: `$1, $2…` placeholders and the types `i64`, `f64`,
+//! `String`, `bool` and `Vec<u8>`. Times are Unix epoch milliseconds (`i64`, see [`now_ms`]).
+//! Secrets (device tokens, account tokens, passwords) are stored only as hashes and handed out
+//! once, wrapped in [`Secret`].
+
+mod accounts;
+mod devices;
+mod error;
+mod ledger;
+mod secret;
+mod users;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use tracing::{debug, info};
+
+pub use accounts::{Account, AccountKind, Principal};
+pub use devices::Device;
+pub use error::StoreError;
+pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
+pub use secret::{Secret, hash_token};
+pub use users::{Role, User};
+
+/// Migrations for SQLite, embedded in the binary.
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Migrations for PostgreSQL, embedded in the binary; semantically identical to the SQLite set.
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Per-connection settings for SQLite: concurrent readers with one writer (WAL), durable enough
+/// at commit for a WAL database, waiting up to 5 s for the write lock instead of failing, and
+/// enforced foreign keys.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; \
+     PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON;";
+
+/// Which database a [`Store`] talks to, decided by the URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// A SQLite file (`sqlite://path` or `sqlite:path`); the default single-machine set-up.
+    Sqlite,
+    /// A PostgreSQL server (`postgres://…` or `postgresql://…`).
+    Postgres,
+}
+
+impl Backend {
+    /// Decides the backend from a database URL, or refuses a scheme we do not support.
+    pub fn from_url(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(StoreError::UnsupportedUrl { scheme: scheme.to_owned() })
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+/// The handle every role uses to reach the database; cheap to clone (it shares one pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the database at `url` (creating a missing SQLite file) and brings its schema up to
+    /// date by running the embedded migrations for its backend.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+
+        let mut options = AnyPoolOptions::new().max_connections(10);
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS)).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await.map_err(|source| StoreError::Connect { backend, source })?;
+
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        info!(%backend, migrations = migrator.iter().count(), "database ready");
+        Ok(Store { pool, backend })
+    }
+
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The shared connection pool, for repository modules of this crate and for tests.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Checks that the database answers (for health checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection and waits for them to finish; clones of the store stop working.
+    pub async fn close(&self) {
+        self.pool.close().await;
+        debug!(backend = %self.backend, "database closed");
+    }
+}
+
+/// Adds `mode=rwc` (create the file if missing) unless the URL chose a mode, and creates the
+/// file's parent directory.
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let in_memory = path.is_empty() || path == ":memory:";
+    if !in_memory
+        && let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+    }
+    let chose_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
+    Ok(match (query, chose_mode) {
+        (_, true) => format!("sqlite://{rest}"),
+        (None, false) => format!("sqlite://{path}?mode=rwc"),
+        (Some(q), false) => format!("sqlite://{path}?{q}&mode=rwc"),
+    })
+}
+
+/// The current time as Unix epoch milliseconds, the unit of every time column.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_scheme() {
+        assert_eq!(Backend::from_url("sqlite://a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::from_url("sqlite:a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::from_url("postgres://u@h/db").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::from_url("postgresql://u@h/db").unwrap(), Backend::Postgres);
+        let err = Backend::from_url("mysql://root:secret@h/db").unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedUrl { ref scheme } if scheme == "mysql"));
+        assert!(!err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn sqlite_urls_create_the_file_unless_a_mode_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/j.db");
+        let url = format!("sqlite://{}", file.display());
+        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(file.parent().unwrap().is_dir());
+        let plain = format!("sqlite:{}", file.display());
+        assert_eq!(prepare_sqlite_url(&plain).unwrap(), format!("{url}?mode=rwc"));
+        assert_eq!(prepare_sqlite_url(&format!("{url}?cache=shared")).unwrap(), format!("{url}?cache=shared&mode=rwc"));
+        assert_eq!(prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap(), format!("{url}?mode=ro"));
+    }
+
+    #[test]
+    fn now_is_in_milliseconds() {
+        let now = now_ms();
+        assert!(now > 1_700_000_000_000 && now < 10_000_000_000_000);
+    }
+}

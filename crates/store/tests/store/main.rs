@@ -1,0 +1,10 @@
+//! Repository tests, each run on SQLite and on PostgreSQL (see `helpers::on_both!`).
+//! PostgreSQL must be running: `eval "$(scripts/services.sh)"` from the workspace root.
+
+mod helpers;
+
+mod accounts;
+mod connect;
+mod devices;
+mod ledger;
+mod users;
