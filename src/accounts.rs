@@ -1,0 +1,192 @@
+//! `init`, `device`, `user` and `integration` commands: the operator's account administration.
+//! Credentials are printed once, as one JSON object on stdout; only hashes are stored.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use jiandu_store::{AccountKind, Role, Store};
+use serde_json::json;
+
+use crate::config::{self, Config};
+
+/// Opens (and migrates) the configured database, creating the data dir for SQLite.
+pub async fn open_store(config: &Config) -> Result<Store> {
+    if config.db.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    }
+    Store::connect(&config.db).await.with_context(|| format!("opening database {}", redact_url(&config.db)))
+}
+
+/// Hides a password in a database URL for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `jiandu init`: data dir, config file, database, first admin.
+pub async fn init(config: &Config, admin: &str) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let file = config.data_dir.join(config::CONFIG_FILE);
+    if !file.exists() {
+        std::fs::write(&file, config::default_file(&config::absolute(&config.data_dir)))
+            .with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("wrote {}", file.display());
+    }
+    let store = open_store(config).await?;
+    let admin_json = if store.list_users().await?.iter().any(|u| u.role == Role::Admin) {
+        eprintln!("an admin user exists already; none created");
+        None
+    } else {
+        let (user, password) = store.create_user(admin, Role::Admin, None).await?;
+        Some(json!({"username": user.name, "password": password.expose(), "role": "admin"}))
+    };
+    store.close().await;
+    if let Some(j) = admin_json {
+        println!("{j}");
+        eprintln!("the admin password above is shown only once");
+    }
+    Ok(())
+}
+
+/// `jiandu device add`.
+pub async fn device_add(config: &Config, name: &str, staff: Option<&str>) -> Result<()> {
+    let store = open_store(config).await?;
+    let (device, token) = store.create_device(name, staff).await?;
+    store.close().await;
+    println!(
+        "{}",
+        json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": config.public_mqtt_url()})
+    );
+    Ok(())
+}
+
+/// `jiandu device list`: one JSON object per line.
+pub async fn device_list(config: &Config) -> Result<()> {
+    let store = open_store(config).await?;
+    for d in store.list_devices().await? {
+        println!(
+            "{}",
+            json!({"device": d.id, "name": d.name, "staff": d.staff_id, "created_at": d.created_at, "revoked_at": d.revoked_at})
+        );
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// `jiandu device revoke`.
+pub async fn device_revoke(config: &Config, id: &str) -> Result<()> {
+    let store = open_store(config).await?;
+    let d = store.revoke_device(id).await.with_context(|| format!("revoking device {id}"))?;
+    store.close().await;
+    eprintln!("device {} ({}) revoked; it can no longer log in", d.id, d.name);
+    Ok(())
+}
+
+/// `jiandu user add`.
+pub async fn user_add(config: &Config, name: &str, role: &str, password_file: Option<&Path>) -> Result<()> {
+    let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let given = match password_file {
+        None => None,
+        Some(p) => {
+            let mut s = String::new();
+            if p == Path::new("-") {
+                std::io::stdin().read_to_string(&mut s)?;
+            } else {
+                s = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            }
+            let s = s.trim_end_matches(['\r', '\n']).to_owned();
+            if s.chars().count() < 12 {
+                bail!("--password-file: the password must be at least 12 characters");
+            }
+            Some(s)
+        }
+    };
+    let store = open_store(config).await?;
+    let (user, password) = store.create_user(name, role, given.as_deref()).await?;
+    store.close().await;
+    let mut out = json!({"username": user.name, "role": user.role.to_string()});
+    if given.is_none() {
+        out["password"] = json!(password.expose());
+    }
+    println!("{out}");
+    Ok(())
+}
+
+/// `jiandu integration add`.
+pub async fn integration_add(config: &Config, name: &str, subscribe: &[String], publish: &[String]) -> Result<()> {
+    if !jiandu_schemas::topic::valid_id(name) {
+        bail!("NAME: use 1-64 letters, digits, '-', '_' or '.', got {name:?}");
+    }
+    if subscribe.is_empty() && publish.is_empty() {
+        bail!("give at least one --subscribe or --publish filter");
+    }
+    for f in subscribe.iter().chain(publish) {
+        check_filter(f).with_context(|| format!("filter {f:?}"))?;
+    }
+    for f in publish {
+        if f.starts_with("jd/v1/dev/") || f.starts_with("owntracks/") || f == "#" || f.starts_with('+') {
+            eprintln!(
+                "note: --publish {f:?} covers device topics; integrations can never publish as a device, \
+                 so those topics stay refused"
+            );
+        }
+    }
+    let store = open_store(config).await?;
+    let (account, token) = store.create_account(name, AccountKind::Integration, subscribe, publish).await?;
+    store.close().await;
+    println!(
+        "{}",
+        json!({"username": account.name, "password": token.expose(), "mqtt": config.public_mqtt_url(),
+               "subscribe": account.subscribe, "publish": account.publish})
+    );
+    Ok(())
+}
+
+/// Checks MQTT topic-filter syntax: `#` only last and alone in its level, `+` alone in its level.
+fn check_filter(f: &str) -> Result<()> {
+    if f.is_empty() || f.len() > 512 {
+        bail!("must be 1-512 characters");
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            bail!("'#' must be a whole level and the last one");
+        }
+        if level.contains('+') && *level != "+" {
+            bail!("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked() {
+        assert!(check_filter("jd/v1/events/#").is_ok());
+        assert!(check_filter("jd/+/events/report").is_ok());
+        assert!(check_filter("jd/v1/#/x").is_err());
+        assert!(check_filter("jd/v1/ev#").is_err());
+        assert!(check_filter("jd/v1+/x").is_err());
+        assert!(check_filter("").is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,154 @@
+//! `jiandu serve`: starts the chosen roles on one configuration and runs them until SIGINT or
+//! SIGTERM, then shuts them down in order (listeners first, so in-flight work is flushed).
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
+use jiandu_broker::{BrokerConfig, BrokerEndpoint};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::accounts::open_store;
+use crate::config::{Config, parse_mqtt_url};
+
+/// A role `serve` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The embedded MQTT broker with device authentication and topic ACL.
+    Broker,
+    /// HTTP: health, metrics (and the web view and REST API as they land).
+    Web,
+}
+
+/// Internal service account the embedded roles log in with.
+const SERVICE_ACCOUNT: &str = "jiandu";
+
+/// Addresses the roles actually bound, written to `{data_dir}/serve.json` for scripts and tests.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// MQTT address (embedded broker) or the external broker URL.
+    pub mqtt: String,
+    /// HTTP address, when the web role runs.
+    pub http: Option<SocketAddr>,
+}
+
+/// Runs until a shutdown signal.
+pub async fn run(config: Config, roles: &[Role]) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let running = start(&config, roles, shutdown.clone()).await?;
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    running.stopped().await;
+    Ok(())
+}
+
+/// The started roles.
+pub struct Running {
+    /// Where they listen.
+    pub bound: Bound,
+    broker: Option<jiandu_broker::RunningBroker>,
+    web: Option<jiandu_web::RunningWeb>,
+    store: jiandu_store::Store,
+}
+
+impl Running {
+    /// Waits for every role to finish after the shutdown token was cancelled.
+    pub async fn stopped(self) {
+        if let Some(w) = self.web {
+            w.stopped().await;
+        }
+        if let Some(b) = self.broker {
+            b.stopped().await;
+        }
+        self.store.close().await;
+        info!("stopped");
+    }
+}
+
+/// Starts the roles and writes `serve.json`.
+pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken) -> Result<Running> {
+    if roles.is_empty() {
+        bail!("--roles: name at least one role");
+    }
+    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let store = open_store(config).await?;
+
+    let run_broker = roles.contains(&Role::Broker);
+    if run_broker && config.broker.is_some() {
+        bail!("--roles broker runs the embedded broker; drop it when --broker points at an external one");
+    }
+    let mut broker = None;
+    let endpoint = if let Some(url) = &config.broker {
+        let (host, port) = parse_mqtt_url(url)?;
+        let (Some(username), Some(password)) = (&config.broker_username, &config.broker_password) else {
+            bail!(
+                "with --broker, set broker_username and broker_password (or JIANDU_BROKER_USERNAME/JIANDU_BROKER_PASSWORD)"
+            );
+        };
+        BrokerEndpoint { host, port, username: username.clone(), password: password.clone() }
+    } else if run_broker {
+        let b = jiandu_broker::start(
+            BrokerConfig {
+                listen: config.mqtt_listen,
+                max_packet_bytes: config.max_packet_bytes,
+                max_connections: config.max_connections,
+                ..Default::default()
+            },
+            store.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        let token = store.ensure_service_account(SERVICE_ACCOUNT).await?;
+        let addr = b.local_addr;
+        broker = Some(b);
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        BrokerEndpoint {
+            host,
+            port: addr.port(),
+            username: SERVICE_ACCOUNT.into(),
+            password: token.expose().to_owned(),
+        }
+    } else {
+        bail!("no broker: run the broker role or point --broker at an external broker");
+    };
+
+    let web = if roles.contains(&Role::Web) {
+        Some(jiandu_web::start(config.http_listen, store.clone(), endpoint.clone(), metrics, shutdown.clone()).await?)
+    } else {
+        None
+    };
+
+    let bound = Bound {
+        mqtt: match &broker {
+            Some(b) => format!("mqtt://{}", b.local_addr),
+            None => config.broker.clone().unwrap_or_default(),
+        },
+        http: web.as_ref().map(|w| w.local_addr),
+    };
+    let state =
+        json!({"pid": std::process::id(), "mqtt": bound.mqtt, "http": bound.http.map(|a| format!("http://{a}"))});
+    let path = config.data_dir.join("serve.json");
+    std::fs::create_dir_all(&config.data_dir)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", path.display()))?;
+    info!(mqtt = %bound.mqtt, http = ?bound.http, "jiandu running");
+    Ok(Running { bound, broker, web, store })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}

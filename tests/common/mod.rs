@@ -1,0 +1,228 @@
+//! `TestApp`: a real `jiandu serve` process on ephemeral ports with a fresh data dir and database,
+//! administered through the real CLI, plus MQTT clients talking to it over TCP.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet};
+use serde_json::Value;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_jiandu")
+}
+
+/// Which database a test app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    /// SQLite file in the data dir.
+    Sqlite,
+    /// A fresh database on the test PostgreSQL server.
+    Postgres,
+}
+
+/// Base URL of the test PostgreSQL server; fails loudly when it is not reachable.
+pub fn postgres_base() -> String {
+    std::env::var("JIANDU_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_db() -> String {
+    use sqlx::Connection;
+    let base = postgres_base();
+    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {base} is not reachable ({e}); run `eval \"$(scripts/services.sh)\"` first")
+    });
+    let name = format!("jd_e2e_{:016x}", rand_u64());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    let (prefix, _) = base.rsplit_once('/').expect("postgres URL has a database part");
+    format!("{prefix}/{name}")
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish()
+}
+
+/// A running jiandu with its data dir.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub db: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub http: String,
+    child: Child,
+}
+
+impl TestApp {
+    /// Initialises a data dir and starts `jiandu serve` on port 0.
+    pub async fn spawn(db: Db) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
+            Db::Postgres => fresh_postgres_db().await,
+        };
+        let out = cli(dir.path(), &db, &["init"]);
+        assert!(out.get("password").is_some(), "init prints the admin credentials: {out}");
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .env("JIANDU_DATA_DIR", dir.path())
+            .env("JIANDU_DB", &db)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let state = wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60));
+        let mqtt = state["mqtt"].as_str().unwrap().trim_start_matches("mqtt://").to_owned();
+        let (host, port) = mqtt.rsplit_once(':').unwrap();
+        TestApp {
+            mqtt_host: host.to_owned(),
+            mqtt_port: port.parse().unwrap(),
+            http: state["http"].as_str().unwrap().to_owned(),
+            db,
+            dir,
+            child,
+        }
+    }
+
+    /// Runs a CLI command against this app's data dir; returns its stdout JSON (last line).
+    pub fn cli(&self, args: &[&str]) -> Value {
+        cli(self.dir.path(), &self.db, args)
+    }
+
+    /// Adds a device through the CLI: (id, password).
+    pub fn add_device(&self, name: &str) -> (String, String) {
+        let v = self.cli(&["device", "add", name]);
+        (v["device"].as_str().unwrap().to_owned(), v["password"].as_str().unwrap().to_owned())
+    }
+
+    /// Adds an integration account: (name, password).
+    pub fn add_integration(&self, name: &str, subscribe: &[&str], publish: &[&str]) -> (String, String) {
+        let mut args = vec!["integration", "add", name];
+        for f in subscribe {
+            args.extend(["--subscribe", f]);
+        }
+        for f in publish {
+            args.extend(["--publish", f]);
+        }
+        let v = self.cli(&args);
+        (v["username"].as_str().unwrap().to_owned(), v["password"].as_str().unwrap().to_owned())
+    }
+
+    /// MQTT 3.1.1 options for this app's broker.
+    pub fn options(&self, client_id: &str, user: Option<(&str, &str)>) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, &self.mqtt_host, self.mqtt_port);
+        if let Some((u, p)) = user {
+            o.set_credentials(u, p);
+        }
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o
+    }
+
+    /// The serve log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Runs `jiandu ARGS` on a data dir and database; panics with stderr on failure.
+pub fn cli(dir: &Path, db: &str, args: &[&str]) -> Value {
+    let out = Command::new(bin()).args(args).env("JIANDU_DATA_DIR", dir).env("JIANDU_DB", db).output().unwrap();
+    assert!(out.status.success(), "jiandu {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap_or("null");
+    serde_json::from_str(last).unwrap_or(Value::Null)
+}
+
+/// Runs `jiandu ARGS` expecting failure; returns stderr.
+pub fn cli_err(dir: &Path, db: &str, args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).env("JIANDU_DATA_DIR", dir).env("JIANDU_DB", db).output().unwrap();
+    assert!(!out.status.success(), "jiandu {args:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_for_file(path: &PathBuf, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until CONNACK or a connection error.
+pub async fn connect(o: MqttOptions) -> Result<(AsyncClient, EventLoop), ConnectionError> {
+    let (client, mut events) = AsyncClient::new(o, 64);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await.expect("no answer to CONNECT") {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((client, events)),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Polls the event loop until `pred` returns Some for an incoming packet.
+pub async fn until<T>(events: &mut EventLoop, mut pred: impl FnMut(&Packet) -> Option<T>) -> T {
+    let deadline = Duration::from_secs(15);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    if let Some(t) = pred(&p) {
+                        return t;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("connection error while waiting: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("expected packet did not arrive")
+}
+
+/// Drives an event loop in the background (so a publisher's packets go out).
+pub fn drive(mut events: EventLoop) -> tokio::task::JoinHandle<Vec<Packet>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(e) = events.poll().await {
+            if let Event::Incoming(p) = e {
+                seen.push(p);
+            }
+        }
+        seen
+    })
+}
