@@ -51,6 +51,7 @@ pub struct Running {
     pub bound: Bound,
     broker: Option<jiandu_broker::RunningBroker>,
     web: Option<jiandu_web::RunningWeb>,
+    relay: tokio::task::JoinHandle<()>,
     store: jiandu_store::Store,
 }
 
@@ -60,6 +61,7 @@ impl Running {
         if let Some(w) = self.web {
             w.stopped().await;
         }
+        self.relay.await.ok();
         if let Some(b) = self.broker {
             b.stopped().await;
         }
@@ -115,6 +117,11 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         bail!("no broker: run the broker role or point --broker at an external broker");
     };
 
+    // Every process that may write events also relays the outbox (at-least-once, de-duplicated
+    // by event id downstream).
+    let relay =
+        tokio::spawn(jiandu_broker::client::run_outbox_relay(store.clone(), endpoint.clone(), shutdown.clone()));
+
     let web = if roles.contains(&Role::Web) {
         Some(jiandu_web::start(config.http_listen, store.clone(), endpoint.clone(), metrics, shutdown.clone()).await?)
     } else {
@@ -134,7 +141,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     std::fs::create_dir_all(&config.data_dir)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", path.display()))?;
     info!(mqtt = %bound.mqtt, http = ?bound.http, "jiandu running");
-    Ok(Running { bound, broker, web, store })
+    Ok(Running { bound, broker, web, relay, store })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -1,10 +1,15 @@
 //! How the platform's own roles reach the broker as ordinary MQTT clients (rumqttc), whether it
 //! is the embedded one or an external cluster, so any role can later run in its own process.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use jiandu_store::Store;
 use rand::Rng;
-use rumqttc::{MqttOptions, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 /// Address and service credentials of the broker the roles connect to.
 #[derive(Clone)]
@@ -42,5 +47,178 @@ impl BrokerEndpoint {
         o.set_clean_session(true);
         o.set_transport(Transport::Tcp);
         o
+    }
+}
+
+/// One role's MQTT session: stays connected (reconnecting with back-off), subscribes to its
+/// filters on every CONNACK, and hands incoming publishes to the role through a bounded channel,
+/// so a slow role slows the broker down instead of dropping messages.
+pub struct RoleSession {
+    /// For publishing and (with manual acks) acknowledging after the work is committed.
+    pub client: AsyncClient,
+    /// Incoming publishes on the role's filters.
+    pub incoming: mpsc::Receiver<Publish>,
+    /// `true` while connected.
+    pub connected: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoleSession {
+    /// Connects as `{username}-{role}-…` and subscribes to `filters` at QoS 1. With
+    /// `manual_acks`, a QoS 1 publish is acknowledged only when the role calls `client.ack`.
+    pub fn start(
+        endpoint: &BrokerEndpoint,
+        role: &str,
+        filters: Vec<String>,
+        manual_acks: bool,
+        capacity: usize,
+        shutdown: CancellationToken,
+    ) -> RoleSession {
+        let mut options = endpoint.options(role);
+        options.set_manual_acks(manual_acks);
+        options.set_inflight(1000);
+        let (client, mut events) = AsyncClient::new(options, capacity.max(16));
+        let (tx, incoming) = mpsc::channel(capacity.max(16));
+        let (up_tx, connected) = watch::channel(false);
+        let sub_client = client.clone();
+        let role = role.to_owned();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let polled = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    e = events.poll() => e,
+                };
+                match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(100);
+                        up_tx.send_replace(true);
+                        debug!(role = %role, "connected to broker");
+                        let subs = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                        if !filters.is_empty()
+                            && let Err(e) = sub_client.subscribe_many(subs).await
+                        {
+                            warn!(role = %role, error = %e, "subscribe failed");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            warn!(role = %role, codes = ?ack.return_codes, "broker refused a subscription");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        up_tx.send_replace(false);
+                        warn!(role = %role, error = %e, "broker connection lost; reconnecting");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            up_tx.send_replace(false);
+            // Let queued acks and publishes go out before saying goodbye.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                sub_client.disconnect().await.ok();
+                while let Ok(e) = events.poll().await {
+                    if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+        RoleSession { client, incoming, connected, task }
+    }
+
+    /// Waits for the session task to end (after shutdown).
+    pub async fn stopped(self) {
+        self.task.await.ok();
+    }
+}
+
+/// Publishes the event outbox (see `store::events`) on `jd/v1/events/{kind}` at QoS 1, marking
+/// each event published only after the broker's PUBACK: at-least-once, in order, surviving
+/// broker restarts and crashes of this process.
+pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: CancellationToken) {
+    const BATCH: i64 = 256;
+    let mut backoff = Duration::from_millis(100);
+    'connection: loop {
+        let (client, mut events) = AsyncClient::new(endpoint.options("events"), BATCH as usize * 2);
+        let mut connected = false;
+        let mut awaiting_pkid: VecDeque<i64> = VecDeque::new();
+        let mut in_flight: HashMap<u16, i64> = HashMap::new();
+        let mut acked: Vec<i64> = Vec::new();
+        loop {
+            let idle = connected && awaiting_pkid.is_empty() && in_flight.is_empty();
+            if idle {
+                if !acked.is_empty() {
+                    if let Err(e) = store.mark_events_published(&acked).await {
+                        warn!(error = %e, "marking events published failed; they will be sent again");
+                    }
+                    acked.clear();
+                }
+                match store.unpublished_events(BATCH).await {
+                    Ok(batch) if !batch.is_empty() => {
+                        for e in batch {
+                            if client.publish(e.topic(), QoS::AtLeastOnce, false, e.payload()).await.is_err() {
+                                continue 'connection;
+                            }
+                            awaiting_pkid.push_back(e.seq);
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "reading the event outbox failed"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    if !acked.is_empty() {
+                        store.mark_events_published(&acked).await.ok();
+                    }
+                    client.disconnect().await.ok();
+                    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+                    return;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)), if idle => {}
+                polled = events.poll() => match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        backoff = Duration::from_millis(100);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                        if let Some(seq) = awaiting_pkid.pop_front() {
+                            in_flight.insert(pkid, seq);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(seq) = in_flight.remove(&ack.pkid) {
+                            acked.push(seq);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if !acked.is_empty() {
+                            store.mark_events_published(&acked).await.ok();
+                        }
+                        warn!(error = %e, "event relay lost the broker; reconnecting");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue 'connection;
+                    }
+                }
+            }
+        }
     }
 }

@@ -291,6 +291,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The integration or service account whose token is `token` (HTTP `Authorization: Bearer`),
+    /// if it exists and is not revoked.
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Option<Account>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = $1"))
+            .bind(hash_token(token))
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let account = account_from_row(&row)?;
+        Ok(account.revoked_at.is_none().then_some(account))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

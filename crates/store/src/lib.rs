@@ -14,6 +14,7 @@
 mod accounts;
 mod devices;
 mod error;
+mod events;
 mod ledger;
 mod secret;
 mod users;
@@ -28,6 +29,7 @@ use tracing::{debug, info};
 pub use accounts::{Account, AccountKind, Principal};
 pub use devices::Device;
 pub use error::StoreError;
+pub use events::{NewEvent, StoredEvent};
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
 pub use secret::{Secret, hash_token};
 pub use users::{Role, User};

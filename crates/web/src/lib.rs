@@ -1,14 +1,14 @@
-//! The HTTP face of jiandu (axum): health and Prometheus metrics now; the REST API under
-//! `/api/v1`, Server-Sent Events and the embedded browser UI as later issues land.
+//! The HTTP face of jiandu (axum): health, Prometheus metrics, the REST API under `/api/v1`
+//! (see [`api`]); Server-Sent Events and the embedded browser UI as later issues land.
 //!
 //! Like every role, `web` reaches the rest of the platform only through the broker, as an MQTT
 //! client (it subscribes to `jd/v1/events/#`, which will feed the SSE stream), and reads the
 //! database through `store`.
 
+pub mod api;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,10 +16,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use jiandu_broker::BrokerEndpoint;
+use jiandu_broker::client::RoleSession;
 use jiandu_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::AsyncClient;
 use serde_json::json;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -41,10 +43,17 @@ pub enum WebError {
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
-struct AppState {
-    store: Store,
-    metrics: PrometheusHandle,
-    mqtt_up: Arc<AtomicBool>,
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// The web role's MQTT client, for publishing on behalf of a web user.
+    pub mqtt: AsyncClient,
+    /// Whether the MQTT session is up.
+    pub mqtt_up: watch::Receiver<bool>,
+    /// Prometheus exposition.
+    pub metrics: PrometheusHandle,
+    /// Recently verified Basic-auth logins.
+    pub logins: Arc<api::LoginCache>,
 }
 
 /// A running web role.
@@ -52,14 +61,14 @@ pub struct RunningWeb {
     /// The bound HTTP address (the real port when configured with port 0).
     pub local_addr: SocketAddr,
     server: tokio::task::JoinHandle<()>,
-    mqtt: tokio::task::JoinHandle<()>,
+    mqtt: RoleSession,
 }
 
 impl RunningWeb {
     /// Waits until the server has drained after shutdown.
     pub async fn stopped(self) {
         self.server.await.ok();
-        self.mqtt.await.ok();
+        self.mqtt.stopped().await;
     }
 }
 
@@ -74,10 +83,34 @@ pub async fn start(
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| WebError::Listen { addr: listen, source })?;
     let local_addr = listener.local_addr()?;
-    let mqtt_up = Arc::new(AtomicBool::new(false));
-    let mqtt = tokio::spawn(event_subscriber(broker, mqtt_up.clone(), shutdown.clone()));
-    let state = AppState { store, metrics, mqtt_up };
-    let app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(prometheus)).with_state(state);
+    let mut session = RoleSession::start(
+        &broker,
+        "web",
+        vec![jiandu_schemas::topic::EVENTS_ALL.to_owned()],
+        false,
+        1024,
+        shutdown.clone(),
+    );
+    let state = AppState {
+        store,
+        mqtt: session.client.clone(),
+        mqtt_up: session.connected.clone(),
+        metrics,
+        logins: Arc::default(),
+    };
+    // Live events arrive here; the web view's SSE stream reads them from the outbox by seq.
+    let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(p) = incoming.recv().await {
+            debug!(topic = %p.topic, "event");
+        }
+    });
+    let mqtt = session;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .nest("/api/v1", api::router())
+        .with_state(state);
     info!(addr = %local_addr, "HTTP listening");
     let server = tokio::spawn(async move {
         let stop = shutdown.clone();
@@ -91,7 +124,7 @@ pub async fn start(
 /// `GET /healthz`: 200 when the database answers and the broker connection is up, else 503.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.store.ping().await;
-    let mqtt = s.mqtt_up.load(Ordering::Relaxed);
+    let mqtt = *s.mqtt_up.borrow();
     let body = json!({
         "status": if db.is_ok() && mqtt { "ok" } else { "degraded" },
         "db": match &db { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
@@ -104,37 +137,4 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus text exposition.
 async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
-}
-
-/// Keeps an MQTT session subscribed to the event topics, reconnecting with back-off.
-async fn event_subscriber(broker: BrokerEndpoint, up: Arc<AtomicBool>, shutdown: CancellationToken) {
-    let (client, mut events) = AsyncClient::new(broker.options("web"), 256);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let polled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            e = events.poll() => e,
-        };
-        match polled {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                up.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(200);
-                if let Err(e) = client.subscribe(jiandu_schemas::topic::EVENTS_ALL, QoS::AtLeastOnce).await {
-                    warn!(error = %e, "subscribing to events failed");
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => debug!(topic = %p.topic, "event"),
-            Ok(_) => {}
-            Err(e) => {
-                up.store(false, Ordering::Relaxed);
-                warn!(error = %e, "broker connection lost; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    client.disconnect().await.ok();
 }

@@ -6,5 +6,6 @@ mod helpers;
 mod accounts;
 mod connect;
 mod devices;
+mod events;
 mod ledger;
 mod users;

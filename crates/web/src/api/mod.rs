@@ -1,0 +1,242 @@
+//! REST API foundations (DESIGN §6): the error shape, the authenticated caller and its role
+//! checks, and pagination. Each resource lives in its own module under `api/` and contributes
+//! a `routes() -> Router<AppState>` merged in [`router`].
+//!
+//! Authentication: HTTP Basic with a web user's name and password (argon2-verified, cached for a
+//! minute so API clients do not pay the hash on every call), or `Authorization: Bearer <token>`
+//! of an integration account. Browser sessions (cookies) come with the web view.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiandu_store::{Account, Role, StoreError, User};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::error;
+
+use crate::AppState;
+
+/// All `/api/v1` routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+}
+
+/// An API error rendered as `{"error":{"code","message","field"}}` (DESIGN §6).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `not_found`, `invalid`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The offending field, for 422.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), field: None }
+    }
+    /// 401: no or wrong credentials.
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "log in: HTTP Basic with a user's name and password, or Bearer with an integration token".into(),
+            field: None,
+        }
+    }
+    /// 403: authenticated, but the role may not do this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into(), field: None }
+    }
+    /// 404 for a named thing.
+    pub fn not_found(what: &str, id: &str) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: format!("no {what} '{id}'"), field: None }
+    }
+    /// 409: conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.into(), field: None }
+    }
+    /// 422 naming the field that is wrong.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid",
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    /// 500; the detail goes to the log, not to the caller.
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        error!(error = %detail, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error; see the server log".into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        let mut resp = (self.status, axum::Json(json!({ "error": body }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"jiandu\""));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound { what, id } => ApiError::not_found(what, &id),
+            StoreError::DuplicateName { name } => ApiError::conflict(format!("'{name}' exists already")),
+            StoreError::InvalidInput { field, reason } => ApiError::invalid(field, reason),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<jiandu_schemas::PayloadError> for ApiError {
+    fn from(e: jiandu_schemas::PayloadError) -> ApiError {
+        ApiError::invalid(e.field, e.message)
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A web user (dispatcher, leader, admin, auditor).
+    User(User),
+    /// An integration account (Bearer token).
+    Integration(Account),
+}
+
+impl Caller {
+    /// Name for audit records: the user name or the account name.
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::User(u) => &u.name,
+            Caller::Integration(a) => &a.name,
+        }
+    }
+
+    /// The user's role, if a user.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Caller::User(u) => Some(u.role),
+            Caller::Integration(_) => None,
+        }
+    }
+
+    /// Allows users with one of `roles`; integrations only when `integrations` is true.
+    pub fn require(&self, roles: &[Role], integrations: bool) -> Result<(), ApiError> {
+        match self {
+            Caller::User(u) if roles.contains(&u.role) => Ok(()),
+            Caller::Integration(_) if integrations => Ok(()),
+            Caller::User(u) => Err(ApiError::forbidden(format!(
+                "role {} may not do this; needs one of: {}",
+                u.role,
+                roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+            Caller::Integration(a) => Err(ApiError::forbidden(format!("integration '{}' may not do this", a.name))),
+        }
+    }
+}
+
+/// Basic-auth results cached for a minute, keyed by name and a hash of the password.
+#[derive(Default)]
+pub struct LoginCache {
+    entries: Mutex<HashMap<(String, [u8; 32]), (User, Instant)>>,
+}
+
+const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
+
+impl LoginCache {
+    fn get(&self, name: &str, pw: &[u8; 32]) -> Option<User> {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(name.to_owned(), *pw)).filter(|(_, t)| t.elapsed() < LOGIN_CACHE_TTL).map(|(u, _)| u.clone())
+    }
+    fn put(&self, name: &str, pw: [u8; 32], user: User) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, (_, t)| t.elapsed() < LOGIN_CACHE_TTL);
+        }
+        map.insert((name.to_owned(), pw), (user, Instant::now()));
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (name, password) = text.split_once(':')?;
+    Some((name.to_owned(), password.to_owned()))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        if let Some((name, password)) = basic_credentials(&parts.headers) {
+            let pw: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+            if let Some(user) = state.logins.get(&name, &pw) {
+                return Ok(Caller::User(user));
+            }
+            return match state.store.verify_user(&name, &password).await? {
+                Some(user) => {
+                    state.logins.put(&name, pw, user.clone());
+                    Ok(Caller::User(user))
+                }
+                None => Err(ApiError::unauthorized()),
+            };
+        }
+        if let Some(token) = bearer_token(&parts.headers) {
+            return match state.store.authenticate_bearer(token).await? {
+                Some(account) => Ok(Caller::Integration(account)),
+                None => Err(ApiError::unauthorized()),
+            };
+        }
+        Err(ApiError::unauthorized())
+    }
+}
+
+/// `?limit=&after=` of list endpoints: newest first, `after` is the last id of the previous page.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Page {
+    /// Page size, 1..=500 (default 50).
+    pub limit: Option<i64>,
+    /// Cursor: the last id of the previous page.
+    pub after: Option<String>,
+}
+
+impl Page {
+    /// The page size, clamped to 1..=500.
+    pub fn limit(&self) -> i64 {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
+}
