@@ -164,8 +164,11 @@ impl Caller {
 /// Basic-auth results cached for a minute, keyed by name and a hash of the password.
 #[derive(Default)]
 pub struct LoginCache {
-    entries: Mutex<HashMap<(String, [u8; 32]), (User, Instant)>>,
+    entries: Mutex<HashMap<LoginKey, (User, Instant)>>,
 }
+
+/// User name and SHA-256 of the password tried.
+type LoginKey = (String, [u8; 32]);
 
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
 
