@@ -16,6 +16,7 @@ mod devices;
 mod error;
 mod events;
 mod ledger;
+mod positions;
 mod secret;
 mod users;
 
@@ -30,6 +31,7 @@ pub use accounts::{Account, AccountKind, Principal};
 pub use devices::Device;
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
+pub use positions::{LivePosition, PositionRow, PresenceChange};
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
 pub use secret::{Secret, hash_token};
 pub use users::{Role, User};

@@ -8,4 +8,5 @@ mod connect;
 mod devices;
 mod events;
 mod ledger;
+mod positions;
 mod users;

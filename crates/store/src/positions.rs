@@ -1,0 +1,335 @@
+//! Positions: `device_position` (the live picture, one row per device) and `position_history`
+//! (every point once). Written in batches by ingest, read by the dispatcher on start and by the
+//! web view.
+//!
+//! A batch is one transaction: multi-row inserts into history (`ON CONFLICT DO NOTHING`, so a
+//! point re-sent after a lost ack is stored once) and one upsert per device whose position
+//! columns change only when the new point is newer than the stored one.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+
+use crate::events::NewEvent;
+use crate::{Store, StoreError};
+
+/// One stored point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionRow {
+    /// Device id.
+    pub device_id: String,
+    /// Fix time, Unix epoch ms.
+    pub ts: i64,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// Accuracy, metres.
+    pub acc: Option<f64>,
+    /// Speed, m/s.
+    pub spd: Option<f64>,
+    /// Heading, degrees.
+    pub hdg: Option<f64>,
+    /// Altitude, metres.
+    pub alt: Option<f64>,
+    /// Battery, percent.
+    pub bat: Option<f64>,
+    /// `on`, `off` or `busy`.
+    pub duty: Option<String>,
+}
+
+/// The live state of one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LivePosition {
+    /// Device id.
+    pub device_id: String,
+    /// Newest point, if any heartbeat was stored.
+    pub position: Option<PositionRow>,
+    /// When any heartbeat last arrived (Unix ms).
+    pub last_seen: Option<i64>,
+    /// Presence from the `presence` topic / last will.
+    pub online: bool,
+    /// When presence last changed (Unix ms).
+    pub presence_ts: Option<i64>,
+    /// Online but silent for longer than the configured time.
+    pub stale: bool,
+}
+
+/// A presence change that was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// Device id.
+    pub device_id: String,
+    /// New state.
+    pub online: bool,
+}
+
+const HISTORY_COLUMNS: &str = "device_id, ts, lat, lon, acc, spd, hdg, alt, bat, duty";
+/// Rows per INSERT statement (11 parameters each; far below both databases' limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1,…,$k),($k+1,…)…` for `rows` rows of `cols` parameters (both databases accept `$N`).
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Binds the ten point columns in `HISTORY_COLUMNS` order.
+fn bind_point<'q>(q: Query<'q, sqlx::Any, AnyArguments<'q>>, r: &'q PositionRow) -> Query<'q, sqlx::Any, AnyArguments<'q>> {
+    q.bind(r.device_id.as_str())
+        .bind(r.ts)
+        .bind(r.lat)
+        .bind(r.lon)
+        .bind(r.acc)
+        .bind(r.spd)
+        .bind(r.hdg)
+        .bind(r.alt)
+        .bind(r.bat)
+        .bind(r.duty.as_deref())
+}
+
+fn position_from_row(row: &AnyRow) -> Result<PositionRow, StoreError> {
+    Ok(PositionRow {
+        device_id: row.try_get("device_id")?,
+        ts: row.try_get("ts")?,
+        lat: row.try_get("lat")?,
+        lon: row.try_get("lon")?,
+        acc: row.try_get("acc")?,
+        spd: row.try_get("spd")?,
+        hdg: row.try_get("hdg")?,
+        alt: row.try_get("alt")?,
+        bat: row.try_get("bat")?,
+        duty: row.try_get("duty")?,
+    })
+}
+
+fn live_from_row(row: &AnyRow) -> Result<LivePosition, StoreError> {
+    let ts: Option<i64> = row.try_get("ts")?;
+    let position = match ts {
+        Some(_) => Some(position_from_row(row)?),
+        None => None,
+    };
+    Ok(LivePosition {
+        device_id: row.try_get("device_id")?,
+        position,
+        last_seen: row.try_get("last_seen")?,
+        online: row.try_get::<i64, _>("online")? != 0,
+        presence_ts: row.try_get("presence_ts")?,
+        stale: row.try_get::<i64, _>("stale")? != 0,
+    })
+}
+
+impl Store {
+    /// Stores a batch of points in one transaction; returns how many were new to the history.
+    /// Points already stored (same device and `ts`) are skipped; each device's live position
+    /// moves to its newest point unless the stored one is newer.
+    pub async fn store_heartbeats(&self, rows: &[PositionRow], received_at: i64) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) VALUES {} ON CONFLICT (device_id, ts) DO NOTHING",
+                placeholders(chunk.len(), 11)
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql), |q, r| bind_point(q, r).bind(received_at));
+            inserted += q.execute(&mut *tx).await?.rows_affected();
+        }
+
+        // Newest point per device in this batch.
+        let mut newest: std::collections::HashMap<&str, &PositionRow> = std::collections::HashMap::new();
+        for r in rows {
+            newest.entry(&r.device_id).and_modify(|e| if r.ts > e.ts { *e = r }).or_insert(r);
+        }
+        let mut newest: Vec<&PositionRow> = newest.into_values().collect();
+        newest.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        for chunk in newest.chunks(ROWS_PER_STATEMENT) {
+            let newer = "(device_position.ts IS NULL OR excluded.ts > device_position.ts)";
+            let mut set = vec!["last_seen = excluded.last_seen".to_owned(), "stale = 0".to_owned()];
+            for c in ["ts", "lat", "lon", "acc", "spd", "hdg", "alt", "bat", "duty"] {
+                set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE device_position.{c} END"));
+            }
+            let sql = format!(
+                "INSERT INTO device_position ({HISTORY_COLUMNS}, last_seen) VALUES {} ON CONFLICT (device_id) DO UPDATE SET {}",
+                placeholders(chunk.len(), 11),
+                set.join(", ")
+            );
+            let q = chunk.iter().fold(sqlx::query(&sql), |q, r| bind_point(q, r).bind(received_at));
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Records a presence message received at `at`; returns the change if the state flipped
+    /// (and appends a `device.online` / `device.offline` event in the same transaction).
+    pub async fn set_presence(&self, device_id: &str, online: bool, at: i64) -> Result<Option<PresenceChange>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<i64> = sqlx::query("SELECT online FROM device_position WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("online"))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO device_position (device_id, online, presence_ts) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id) DO UPDATE SET online = excluded.online, presence_ts = excluded.presence_ts, \
+             stale = CASE WHEN excluded.online = 1 THEN device_position.stale ELSE 0 END \
+             WHERE device_position.presence_ts IS NULL OR excluded.presence_ts >= device_position.presence_ts",
+        )
+        .bind(device_id)
+        .bind(i64::from(online))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let changed = before.map(|b| (b != 0) != online).unwrap_or(true);
+        if changed {
+            Store::append_event_in(
+                &mut tx,
+                NewEvent {
+                    kind: "device".into(),
+                    r#type: if online { "device.online" } else { "device.offline" }.into(),
+                    data: serde_json::json!({"device": device_id, "online": online, "ts": at}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed.then(|| PresenceChange { device_id: device_id.to_owned(), online }))
+    }
+
+    /// Marks online devices silent since before `silent_since` as stale (once each, with a
+    /// `device.stale` event); returns their ids.
+    pub async fn mark_stale(&self, silent_since: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT device_id FROM device_position WHERE online = 1 AND stale = 0 \
+             AND COALESCE(last_seen, presence_ts, 0) < $1",
+        )
+        .bind(silent_since)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("device_id")?;
+            sqlx::query("UPDATE device_position SET stale = 1 WHERE device_id = $1").bind(&id).execute(&mut *tx).await?;
+            Store::append_event_in(
+                &mut tx,
+                NewEvent {
+                    kind: "device".into(),
+                    r#type: "device.stale".into(),
+                    data: serde_json::json!({"device": id, "silent_since": silent_since}),
+                },
+            )
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// The live state of every device that ever reported.
+    pub async fn live_positions(&self) -> Result<Vec<LivePosition>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS}, last_seen, online, presence_ts, stale FROM device_position ORDER BY device_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(live_from_row).collect()
+    }
+
+    /// The live state of one device.
+    pub async fn live_position(&self, device_id: &str) -> Result<Option<LivePosition>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS}, last_seen, online, presence_ts, stale FROM device_position WHERE device_id = $1"
+        ))
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(live_from_row).transpose()
+    }
+
+    /// A device's points with `from <= ts <= to`, oldest first, at most `limit`.
+    pub async fn track(&self, device_id: &str, from: i64, to: i64, limit: i64) -> Result<Vec<PositionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM position_history WHERE device_id = $1 AND ts >= $2 AND ts <= $3 \
+             ORDER BY ts LIMIT $4"
+        ))
+        .bind(device_id)
+        .bind(from)
+        .bind(to)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(position_from_row).collect()
+    }
+
+    /// Number of stored points (all devices, or one).
+    pub async fn history_count(&self, device_id: Option<&str>) -> Result<i64, StoreError> {
+        let row = match device_id {
+            Some(d) => {
+                sqlx::query("SELECT COUNT(*) AS n FROM position_history WHERE device_id = $1")
+                    .bind(d)
+                    .fetch_one(&self.pool)
+                    .await?
+            }
+            None => sqlx::query("SELECT COUNT(*) AS n FROM position_history").fetch_one(&self.pool).await?,
+        };
+        Ok(row.try_get("n")?)
+    }
+
+    /// Deletes history older than `before` for up to `devices_per_call` devices after
+    /// `after_device` (walk the devices in calls so ingest is never blocked for long); returns
+    /// the rows deleted and the last device handled (`None` when the walk is complete).
+    pub async fn prune_history(
+        &self,
+        before: i64,
+        after_device: &str,
+        devices_per_call: i64,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let rows = sqlx::query("SELECT device_id FROM device_position WHERE device_id > $1 ORDER BY device_id LIMIT $2")
+            .bind(after_device)
+            .bind(devices_per_call.max(1))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut deleted = 0;
+        let mut last = None;
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            let id: String = row.try_get("device_id")?;
+            deleted += sqlx::query("DELETE FROM position_history WHERE device_id = $1 AND ts < $2")
+                .bind(&id)
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            last = Some(id);
+        }
+        tx.commit().await?;
+        Ok((deleted, last))
+    }
+
+    /// Ids of all registered devices that are not revoked (ingest's cache of who may report).
+    pub async fn active_device_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM devices WHERE revoked_at IS NULL").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get("id").map_err(StoreError::from)).collect()
+    }
+}

@@ -1,0 +1,100 @@
+//! Positions: idempotent history, live position never moving backwards, presence, stale, prune.
+
+use jiandu_store::PositionRow;
+
+use crate::helpers::TestDb;
+use crate::on_both;
+
+on_both!(
+    history_is_idempotent_and_live_follows_the_newest_point,
+    presence_transitions_are_recorded_once_with_events,
+    silent_online_devices_become_stale_until_they_report,
+    history_is_pruned_per_device,
+);
+
+fn point(dev: &str, ts: i64, lat: f64) -> PositionRow {
+    PositionRow {
+        device_id: dev.into(),
+        ts,
+        lat,
+        lon: 118.5,
+        acc: Some(5.0),
+        spd: None,
+        hdg: Some(90.0),
+        alt: None,
+        bat: Some(80.0),
+        duty: Some("on".into()),
+    }
+}
+
+async fn history_is_idempotent_and_live_follows_the_newest_point(db: &TestDb) {
+    let s = &db.store;
+    let t0 = 1_780_000_000_000;
+    let batch: Vec<_> = (0..1200).map(|i| point("da", t0 + i * 1000, 36.0 + i as f64 * 1e-5)).collect();
+    assert_eq!(s.store_heartbeats(&batch, t0 + 2_000_000).await.unwrap(), 1200);
+    // The same points again (a phone re-sending after a lost ack) are stored once.
+    assert_eq!(s.store_heartbeats(&batch[1000..], t0 + 2_000_001).await.unwrap(), 0);
+    assert_eq!(s.history_count(Some("da")).await.unwrap(), 1200);
+    let live = s.live_position("da").await.unwrap().unwrap();
+    assert_eq!(live.position.as_ref().unwrap().ts, t0 + 1199 * 1000);
+
+    // A late, out-of-order backlog is stored but never moves the live position backwards.
+    let backlog = vec![point("da", t0 - 5000, 10.0), point("da", t0 - 9000, 11.0), point("db", t0, 12.0)];
+    assert_eq!(s.store_heartbeats(&backlog, t0 + 3_000_000).await.unwrap(), 3);
+    let live = s.live_position("da").await.unwrap().unwrap();
+    assert_eq!(live.position.as_ref().unwrap().ts, t0 + 1199 * 1000);
+    assert_eq!(live.last_seen, Some(t0 + 3_000_000), "last_seen follows arrival, not fix time");
+    let newer = vec![point("da", t0 + 5_000_000, 37.5)];
+    s.store_heartbeats(&newer, t0 + 5_000_001).await.unwrap();
+    let live = s.live_position("da").await.unwrap().unwrap();
+    assert_eq!(live.position.as_ref().unwrap().lat, 37.5);
+    assert_eq!(live.position.as_ref().unwrap().duty.as_deref(), Some("on"));
+
+    let track = s.track("da", t0 - 10_000, t0 + 10_000, 100).await.unwrap();
+    assert_eq!(track.iter().map(|p| p.ts).collect::<Vec<_>>(), vec![t0 - 9000, t0 - 5000, t0, t0 + 1000, t0 + 2000, t0 + 3000, t0 + 4000, t0 + 5000, t0 + 6000, t0 + 7000, t0 + 8000, t0 + 9000, t0 + 10000]);
+    let all = s.live_positions().await.unwrap();
+    assert_eq!(all.iter().map(|l| l.device_id.as_str()).collect::<Vec<_>>(), vec!["da", "db"]);
+}
+
+async fn presence_transitions_are_recorded_once_with_events(db: &TestDb) {
+    let s = &db.store;
+    assert!(s.set_presence("dp", true, 1000).await.unwrap().is_some());
+    assert!(s.set_presence("dp", true, 2000).await.unwrap().is_none(), "no change, no event");
+    let change = s.set_presence("dp", false, 3000).await.unwrap().unwrap();
+    assert!(!change.online);
+    let live = s.live_position("dp").await.unwrap().unwrap();
+    assert!(!live.online);
+    assert!(live.position.is_none());
+    let events = s.events_after(0, 10).await.unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(types, vec!["device.online", "device.offline"]);
+    assert_eq!(events[1].data["device"], "dp");
+}
+
+async fn silent_online_devices_become_stale_until_they_report(db: &TestDb) {
+    let s = &db.store;
+    s.set_presence("ds", true, 1000).await.unwrap();
+    s.store_heartbeats(&[point("ds", 1_780_000_000_000, 36.5)], 5000).await.unwrap();
+    assert!(s.mark_stale(4000).await.unwrap().is_empty(), "seen after the cut-off");
+    assert_eq!(s.mark_stale(6000).await.unwrap(), vec!["ds".to_owned()]);
+    assert!(s.mark_stale(7000).await.unwrap().is_empty(), "reported once");
+    assert!(s.live_position("ds").await.unwrap().unwrap().stale);
+    s.store_heartbeats(&[point("ds", 1_780_000_001_000, 36.5)], 8000).await.unwrap();
+    assert!(!s.live_position("ds").await.unwrap().unwrap().stale, "a heartbeat clears stale");
+    assert!(s.events_after(0, 10).await.unwrap().iter().any(|e| e.r#type == "device.stale"));
+}
+
+async fn history_is_pruned_per_device(db: &TestDb) {
+    let s = &db.store;
+    for dev in ["p1", "p2", "p3"] {
+        let pts: Vec<_> = (0..10).map(|i| point(dev, 1_000_000 + i * 1000, 36.0)).collect();
+        s.store_heartbeats(&pts, 2_000_000).await.unwrap();
+    }
+    let (deleted, last) = s.prune_history(1_005_000, "", 2).await.unwrap();
+    assert_eq!((deleted, last.as_deref()), (10, Some("p2")));
+    let (deleted, last) = s.prune_history(1_005_000, "p2", 2).await.unwrap();
+    assert_eq!((deleted, last.as_deref()), (5, Some("p3")));
+    let (deleted, last) = s.prune_history(1_005_000, "p3", 2).await.unwrap();
+    assert_eq!((deleted, last), (0, None));
+    assert_eq!(s.history_count(None).await.unwrap(), 15);
+}
