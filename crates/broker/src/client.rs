@@ -78,6 +78,11 @@ impl RoleSession {
         options.set_manual_acks(manual_acks);
         options.set_inflight(1000);
         let (client, mut events) = AsyncClient::new(options, capacity.max(16));
+        // Role messages are small and interactive (look-up replies, acks, offers): send them at
+        // once instead of letting Nagle's algorithm wait for the previous segment's ACK.
+        let mut network = events.network_options();
+        network.set_tcp_nodelay(true);
+        events.set_network_options(network);
         let (tx, incoming) = mpsc::channel(capacity.max(16));
         let (up_tx, connected) = watch::channel(false);
         let sub_client = client.clone();
@@ -152,6 +157,9 @@ pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: 
     let mut backoff = Duration::from_millis(100);
     'connection: loop {
         let (client, mut events) = AsyncClient::new(endpoint.options("events"), BATCH as usize * 2);
+        let mut network = events.network_options();
+        network.set_tcp_nodelay(true);
+        events.set_network_options(network);
         let mut connected = false;
         let mut awaiting_pkid: VecDeque<i64> = VecDeque::new();
         let mut in_flight: HashMap<u16, i64> = HashMap::new();

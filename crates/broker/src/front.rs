@@ -1,69 +1,130 @@
-//! The public MQTT listener: authentication and topic ACL in front of rumqttd.
+//! The public MQTT listener: every client connection is served here and linked straight into
+//! rumqttd's router, with authentication and the topic ACL enforced on the way in.
 //!
-//! rumqttd 0.20 can authenticate (an async `Fn(client, user, pass) -> bool`) but has no per-topic
-//! authorisation hook. So the public port is ours: each accepted connection is read packet by
-//! packet; CONNECT is authenticated against the store (with the proper CONNACK code on refusal,
-//! which rumqttd itself does not send), then the connection is spliced to rumqttd's loopback
-//! listener with the client's password swapped for a per-process internal secret, so nobody can
-//! reach rumqttd without passing here. From then on every PUBLISH, last will and SUBSCRIBE from
-//! the client is checked against its [`Acl`]; permitted frames are forwarded unchanged, refused
-//! ones are answered here (SUBACK failure codes merged into rumqttd's SUBACK, PUBACK/PUBREC with
-//! "not authorised" on MQTT 5) and never reach the router. Frames from rumqttd to the client are
-//! passed through, except SUBACKs that need refused codes merged back in.
+//! rumqttd 0.20 can authenticate but has no per-topic authorisation hook, and a refused login is
+//! dropped without a CONNACK. So the socket is ours: CONNECT is authenticated against the store
+//! (with the proper CONNACK code on refusal); the session is then an in-process link to the
+//! router (`rumqttd::local::LinkBuilder`, the same mechanism rumqttd's own `RemoteLink` uses), so
+//! a phone costs one socket and the router does all MQTT session work (QoS, retained messages,
+//! shared subscriptions, keep-alive answers). Each packet from the client is decoded with
+//! rumqttd's own codecs and checked before it reaches the router: a PUBLISH outside the
+//! account's topics is answered here (PUBACK/PUBREC, "not authorised" on MQTT 5) and dropped,
+//! a SUBSCRIBE has its refused filters removed (their failure codes merged back into the
+//! router's SUBACK in order). rumqttd's public API cannot ask the router to fire a last will, so
+//! the front keeps the will itself: on a connection lost without DISCONNECT it publishes the
+//! will (after the same ACL check made at CONNECT) and then tells the router the session ended.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use jiandu_store::{Principal, Store};
+use rumqttd::Notification;
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, SubAck, SubscribeReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::Acl;
 use crate::wire::{self, Refusal, Version, kind};
 
-/// Largest frame rumqttd may send to a client (its own payload limit applies before that).
-const DOWNSTREAM_FRAME_LIMIT: usize = 64 * 1024 * 1024;
+/// Opens a link into the router for a client id: (client id, clean session, topic alias max).
+pub(crate) type LinkFactory =
+    Arc<dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
 
 /// What every connection of the front shares.
 pub(crate) struct Front {
     pub store: Store,
-    pub internal_v4: SocketAddr,
-    pub internal_v5: SocketAddr,
-    pub internal_secret: String,
+    pub links: LinkFactory,
     pub max_packet_bytes: usize,
     pub connect_timeout: Duration,
 }
 
-/// Per-connection state shared by the two directions.
-struct Session {
-    version: Version,
-    username: String,
-    acl: Acl,
-    /// SUBSCRIBE packet id → which filters were forwarded (true) or refused (false).
-    pending_subacks: Mutex<HashMap<u16, Vec<bool>>>,
-    client_tx: tokio::sync::Mutex<OwnedWriteHalf>,
-}
-
-/// Why a connection ended early.
+/// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wire(#[from] wire::WireError),
+    #[error("malformed packet: {0:?}")]
+    Codec(rumqttd::protocol::Error),
     #[error("no CONNECT within {0:?}")]
     ConnectTimeout(Duration),
     #[error("refused: {0:?}")]
     Refused(Refusal),
+    #[error("keep-alive expired")]
+    KeepAlive,
+    #[error("router link: {0}")]
+    Link(String),
+    #[error("session taken over by a new connection")]
+    TakenOver,
+}
+
+impl From<LinkError> for SessionEnd {
+    fn from(e: LinkError) -> Self {
+        // Kept as text: rumqttd's error carries a whole router event (hundreds of bytes).
+        SessionEnd::Link(e.to_string())
+    }
+}
+
+/// The codec of the connection's protocol level.
+#[derive(Clone, Copy)]
+enum Codec {
+    V4,
+    V5,
+}
+
+impl Codec {
+    fn read(self, buf: &mut BytesMut, max: usize) -> Result<Packet, rumqttd::protocol::Error> {
+        match self {
+            Codec::V4 => V4.read_mut(buf, max),
+            Codec::V5 => V5.read_mut(buf, max),
+        }
+    }
+
+    /// Encodes a packet; MQTT 3.1.1 has no properties, so they are dropped first (a v5
+    /// publisher's properties must not reach a v4 subscriber's encoder).
+    fn write(self, packet: Packet, out: &mut BytesMut) {
+        let result = match self {
+            Codec::V4 => V4.write(without_properties(packet), out),
+            Codec::V5 => V5.write(packet, out),
+        };
+        if let Err(e) = result {
+            warn!(error = ?e, "could not encode a packet for the client");
+        }
+    }
+}
+
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(c, _, w, _, l) => Packet::Connect(c, None, w, None, l),
+        Packet::ConnAck(a, _) => Packet::ConnAck(a, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::Subscribe(s, _) => Packet::Subscribe(s, None),
+        Packet::SubAck(s, _) => Packet::SubAck(s, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::Unsubscribe(u, _) => Packet::Unsubscribe(u, None),
+        Packet::UnsubAck(u, _) => Packet::UnsubAck(u, None),
+        Packet::Disconnect(d, _) => Packet::Disconnect(d, None),
+        other => other,
+    }
 }
 
 impl Front {
-    /// Serves one client connection until either side closes.
+    /// Serves one client connection until it closes.
     pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let span = info_span!("mqtt", %peer, client = tracing::field::Empty);
         async move {
@@ -82,16 +143,17 @@ impl Front {
 
     async fn session(&self, mut client: TcpStream) -> Result<(), SessionEnd> {
         client.set_nodelay(true)?;
-        let mut buf = BytesMut::with_capacity(4096);
+        // Buffers start small and grow on demand: most phones are idle most of the time.
+        let mut buf = BytesMut::with_capacity(512);
         let first =
             tokio::time::timeout(self.connect_timeout, read_frame(&mut client, &mut buf, self.max_packet_bytes))
                 .await
                 .map_err(|_| SessionEnd::ConnectTimeout(self.connect_timeout))??;
-        let Some(first) = first else { return Ok(()) };
+        let Some(mut first) = first else { return Ok(()) };
         let connect = match wire::parse_connect(&first) {
             Ok(c) => c,
             Err(e @ wire::WireError::Protocol(_)) => {
-                // Unacceptable protocol version (3.1.1 code 1) is the only answer every client reads.
+                // "Unacceptable protocol version" is the one answer every client version reads.
                 client.write_all(&[0x20, 0x02, 0x00, 0x01]).await.ok();
                 return Err(e.into());
             }
@@ -99,6 +161,10 @@ impl Front {
         };
         tracing::Span::current().record("client", connect.client_id.as_str());
         let version = connect.version;
+        let codec = match version {
+            Version::V4 => Codec::V4,
+            Version::V5 => Codec::V5,
+        };
 
         let (Some(username), Some(password)) = (&connect.username, &connect.password) else {
             return refuse(&mut client, version, Refusal::NotAuthorized).await;
@@ -130,40 +196,58 @@ impl Front {
             return refuse(&mut client, version, Refusal::NotAuthorized).await;
         }
 
-        let internal = match version {
-            Version::V4 => self.internal_v4,
-            Version::V5 => self.internal_v5,
+        let Packet::Connect(header, props, will, _will_props, _login) =
+            codec.read(&mut first, self.max_packet_bytes).map_err(SessionEnd::Codec)?
+        else {
+            return Err(wire::WireError::Protocol("first packet is not CONNECT".into()).into());
         };
-        let mut upstream = match TcpStream::connect(internal).await {
-            Ok(s) => s,
+        if header.keep_alive == 0 {
+            // Without keep-alive a dead phone would hold its session (and will) forever.
+            return refuse(&mut client, version, Refusal::Unavailable).await;
+        }
+        let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+        let links = self.links.clone();
+        let client_id = connect.client_id.clone();
+        let clean = header.clean_session;
+        let linked = tokio::task::spawn_blocking(move || links(&client_id, clean, alias_max))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (link_tx, link_rx, connack) = match linked {
+            Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "embedded broker unreachable");
+                warn!(error = %e, "router refused the connection");
                 return refuse(&mut client, version, Refusal::Unavailable).await;
             }
         };
-        upstream.set_nodelay(true)?;
-        upstream.write_all(&connect.with_password(&first, self.internal_secret.as_bytes())).await?;
+        let mut out = BytesMut::with_capacity(256);
+        if let Some(packet) = Option::<Packet>::from(connack) {
+            codec.write(packet, &mut out);
+        }
+        client.write_all(&out).await?;
         metrics::counter!("jiandu_broker_connections_total", "result" => "accepted").increment(1);
         debug!(user = %username, "authenticated");
 
-        let (client_rx, client_tx) = client.into_split();
-        let (up_rx, up_tx) = upstream.into_split();
-        let session = Arc::new(Session {
+        let mut session = Session {
+            codec,
             version,
             username: username.clone(),
             acl,
-            pending_subacks: Mutex::new(HashMap::new()),
-            client_tx: tokio::sync::Mutex::new(client_tx),
-        });
-        let mut down = tokio::spawn(downstream(session.clone(), up_rx));
-        let result = tokio::select! {
-            r = upstream_loop(&session, client_rx, up_tx, buf, self.max_packet_bytes) => r,
-            r = &mut down => r.unwrap_or(Ok(())),
+            keep_alive: Duration::from_secs(u64::from(header.keep_alive)),
+            will,
+            max_packet_bytes: self.max_packet_bytes,
+            link_tx,
+            link_rx,
+            pending_subacks: HashMap::new(),
+            aliases: HashMap::new(),
+            refused_qos2: HashSet::new(),
+            sent_qos1: VecDeque::new(),
+            tracked_qos1: HashSet::new(),
+            early_acks: HashMap::new(),
+            last_notice: None,
         };
-        // Whichever side ended first, dropping both halves makes rumqttd see the disconnect
-        // (and publish the will unless the client sent DISCONNECT) and closes the client.
-        down.abort();
-        result
+        let ended = session.run(client, buf).await;
+        session.finish(matches!(ended, Ok(true))).await;
+        ended.map(|_| ())
     }
 }
 
@@ -175,10 +259,10 @@ async fn refuse(client: &mut TcpStream, version: Version, why: Refusal) -> Resul
 }
 
 /// Reads until one complete frame is buffered; `None` on a clean EOF before any byte.
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, SessionEnd> {
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, SessionEnd> {
     loop {
         if let Some(n) = wire::frame_len(buf, limit)? {
-            return Ok(Some(buf.split_to(n).freeze()));
+            return Ok(Some(buf.split_to(n)));
         }
         if stream.read_buf(buf).await? == 0 {
             return Ok(None);
@@ -186,164 +270,313 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) ->
     }
 }
 
-/// Client → rumqttd: checks every frame against the ACL, forwards what is permitted.
-async fn upstream_loop(
-    s: &Session,
-    mut client_rx: OwnedReadHalf,
-    mut up_tx: OwnedWriteHalf,
-    mut buf: BytesMut,
-    limit: usize,
-) -> Result<(), SessionEnd> {
-    let mut out = BytesMut::with_capacity(8192);
-    let mut replies = BytesMut::new();
-    let mut aliases: HashMap<u16, String> = HashMap::new();
-    let mut refused_qos2: HashSet<u16> = HashSet::new();
-    let mut last_notice: Option<Instant> = None;
-    loop {
+/// One linked client session.
+struct Session {
+    codec: Codec,
+    version: Version,
+    username: String,
+    acl: Acl,
+    keep_alive: Duration,
+    will: Option<LastWill>,
+    max_packet_bytes: usize,
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    /// SUBSCRIBE packet id → which filters went to the router (true) or were refused (false).
+    pending_subacks: HashMap<u16, Vec<bool>>,
+    /// v5 topic aliases the client set up.
+    aliases: HashMap<u16, Bytes>,
+    /// QoS 2 packet ids of refused publishes, whose PUBREL we answer ourselves.
+    refused_qos2: HashSet<u16>,
+    /// Packet ids of QoS 1 publishes sent to the client, oldest first (and as a set).
+    sent_qos1: VecDeque<u16>,
+    tracked_qos1: HashSet<u16>,
+    /// PUBACKs the client sent ahead of older ones, held until they are in order (the router
+    /// drops a connection that acknowledges out of order).
+    early_acks: HashMap<u16, Packet>,
+    last_notice: Option<Instant>,
+}
+
+impl Session {
+    /// Pumps packets both ways; `Ok(true)` when the client ended with DISCONNECT.
+    async fn run(&mut self, mut client: TcpStream, mut buf: BytesMut) -> Result<bool, SessionEnd> {
+        let (mut rd, mut wr) = client.split();
+        let mut out = BytesMut::new();
+        let mut to_router: Vec<Packet> = Vec::new();
+        // MQTT: the server may close a connection silent for 1.5 × keep-alive.
+        let idle_limit = self.keep_alive + self.keep_alive / 2;
+        let mut last_heard = Instant::now();
         loop {
-            let n = match wire::frame_len(&buf, limit) {
+            // Packets already buffered (e.g. sent right behind CONNECT) first.
+            let disconnect = self.drain_client(&mut buf, &mut to_router, &mut out)?;
+            if let Some(last) = to_router.pop() {
+                // Queue all but the last directly; sending the last one wakes the router once.
+                self.link_tx.buffer().extend(to_router.drain(..));
+                self.link_tx.send(last).await?;
+            }
+            if !out.is_empty() {
+                wr.write_all(&out).await?;
+                out.clear();
+                if out.capacity() > 256 * 1024 {
+                    out = BytesMut::new();
+                }
+            }
+            if disconnect {
+                return Ok(true);
+            }
+            if buf.is_empty() && buf.capacity() > 64 * 1024 {
+                // Give back the room a burst (an evidence chunk) needed.
+                buf = BytesMut::with_capacity(512);
+            }
+            tokio::select! {
+                read = rd.read_buf(&mut buf) => {
+                    if read? == 0 {
+                        return Ok(false);
+                    }
+                    last_heard = Instant::now();
+                }
+                notified = self.link_rx.next() => {
+                    self.forward_to_client(notified?, &mut out).await?;
+                    // Take whatever else is ready without waiting, to write in one go.
+                    while let Some(more) = self.link_rx.next().now_or_never() {
+                        self.forward_to_client(more?, &mut out).await?;
+                        if out.len() > 256 * 1024 {
+                            break;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until((last_heard + idle_limit).into()) => return Err(SessionEnd::KeepAlive),
+            }
+        }
+    }
+
+    /// Decodes every complete packet in `buf`, checking each against the ACL. Permitted packets
+    /// go to `to_router`, our own answers to `out`. Returns whether DISCONNECT was seen.
+    fn drain_client(
+        &mut self,
+        buf: &mut BytesMut,
+        to_router: &mut Vec<Packet>,
+        out: &mut BytesMut,
+    ) -> Result<bool, SessionEnd> {
+        loop {
+            let n = match wire::frame_len(buf, self.max_packet_bytes) {
                 Ok(Some(n)) => n,
-                Ok(None) => break,
+                Ok(None) => return Ok(false),
                 Err(e) => {
                     if let wire::WireError::TooLarge { .. } = e
-                        && let Some(d) = wire::disconnect(s.version, 0x95)
+                        && let Some(d) = wire::disconnect(self.version, 0x95)
                     {
-                        s.client_tx.lock().await.write_all(&d).await.ok();
+                        out.extend_from_slice(&d);
                     }
                     warn!(error = %e, "closing connection");
                     return Err(e.into());
                 }
             };
-            let frame = buf.split_to(n).freeze();
-            match wire::packet_kind(&frame) {
-                kind::PUBLISH => {
-                    let head = wire::parse_publish(&frame, s.version)?;
-                    let topic = if head.topic.is_empty() {
-                        head.topic_alias.and_then(|a| aliases.get(&a)).cloned().unwrap_or_default()
+            let mut frame = buf.split_to(n);
+            let kind = wire::packet_kind(&frame);
+            if !(kind::CONNECT..=kind::DISCONNECT).contains(&kind) {
+                return Err(wire::WireError::Protocol(format!("packet type {kind}")).into());
+            }
+            if kind == kind::CONNECT {
+                return Err(wire::WireError::Protocol("second CONNECT".into()).into());
+            }
+            let head = if kind == kind::PUBLISH { Some(wire::parse_publish(&frame, self.version)?) } else { None };
+            let (head_qos, head_pkid) = head.as_ref().map(|h| (h.qos, h.pkid)).unwrap_or((0, 0));
+            let packet = self.codec.read(&mut frame, self.max_packet_bytes).map_err(SessionEnd::Codec)?;
+            match packet {
+                Packet::Publish(publish, props) => {
+                    let alias = props.as_ref().and_then(|p| p.topic_alias);
+                    let topic = if publish.topic.is_empty() {
+                        alias.and_then(|a| self.aliases.get(&a)).cloned().unwrap_or_default()
                     } else {
-                        if let Some(a) = head.topic_alias {
-                            aliases.insert(a, head.topic.to_owned());
+                        if let Some(a) = alias {
+                            self.aliases.insert(a, publish.topic.clone());
                         }
-                        head.topic.to_owned()
+                        publish.topic.clone()
                     };
-                    if s.acl.may_publish(&topic) {
-                        out.extend_from_slice(&frame);
+                    let topic_str = std::str::from_utf8(&topic).unwrap_or("");
+                    if self.acl.may_publish(topic_str) {
+                        to_router.push(Packet::Publish(publish, props));
                     } else {
-                        metrics::counter!("jiandu_broker_denied_total", "what" => "publish").increment(1);
-                        warn!(user = %s.username, topic = %topic, "publish refused by ACL");
-                        if let Some(ack) = wire::refused_publish_ack(s.version, head.qos, head.pkid) {
-                            replies.extend_from_slice(&ack);
-                        }
-                        if head.qos == 2 {
-                            refused_qos2.insert(head.pkid);
-                        }
-                        if let Acl::Device { inbox, .. } = &s.acl
-                            && last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-                        {
-                            last_notice = Some(Instant::now());
-                            let body = serde_json::json!({
-                                "topic": topic,
-                                "error": "not authorised: a device publishes only under its own jd/v1/dev/{id}/ (never inbox/) or owntracks/{id}/{device}",
-                            });
-                            replies.extend_from_slice(&wire::publish_qos0(
-                                s.version,
-                                &format!("{inbox}error"),
-                                body.to_string().as_bytes(),
-                            ));
-                        }
+                        self.refuse_publish(topic_str, head_qos, head_pkid, out);
                     }
                 }
-                kind::SUBSCRIBE => {
-                    let sub = wire::parse_subscribe(&frame, s.version)?;
-                    let keep: Vec<bool> = sub.filters.iter().map(|f| s.acl.may_subscribe(&f.filter)).collect();
+                Packet::Subscribe(mut sub, props) => {
+                    let keep: Vec<bool> = sub.filters.iter().map(|f| self.acl.may_subscribe(&f.path)).collect();
                     for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k) {
                         metrics::counter!("jiandu_broker_denied_total", "what" => "subscribe").increment(1);
-                        warn!(user = %s.username, filter = %f.filter, "subscribe refused by ACL");
+                        warn!(user = %self.username, filter = %f.path, "subscribe refused by ACL");
                     }
                     if keep.iter().all(|k| *k) {
-                        out.extend_from_slice(&frame);
+                        to_router.push(Packet::Subscribe(sub, props));
                     } else if keep.iter().all(|k| !*k) {
-                        let ack = wire::SubAck {
-                            pkid: sub.pkid,
-                            properties: Vec::new(),
-                            codes: vec![wire::suback_refused_code(s.version); keep.len()],
-                        };
-                        replies.extend_from_slice(&wire::encode_suback(s.version, &ack));
+                        let ack = SubAck { pkid: sub.pkid, return_codes: vec![self.refused_code(); keep.len()] };
+                        self.codec.write(Packet::SubAck(ack, None), out);
                     } else {
-                        out.extend_from_slice(&sub.encode_subset(s.version, &keep));
-                        lock(&s.pending_subacks).insert(sub.pkid, keep);
+                        let mut flags = keep.iter();
+                        sub.filters.retain(|_| *flags.next().unwrap_or(&false));
+                        self.pending_subacks.insert(sub.pkid, keep);
+                        to_router.push(Packet::Subscribe(sub, props));
                     }
                 }
-                kind::PUBREL => {
-                    let pkid = wire::pubrel_pkid(&frame)?;
-                    if refused_qos2.remove(&pkid) {
-                        replies.extend_from_slice(&wire::pubcomp(pkid));
+                Packet::PubRel(rel, props) => {
+                    if self.refused_qos2.remove(&rel.pkid) {
+                        let comp = PubComp { pkid: rel.pkid, reason: PubCompReason::Success };
+                        self.codec.write(Packet::PubComp(comp, None), out);
                     } else {
-                        out.extend_from_slice(&frame);
+                        to_router.push(Packet::PubRel(rel, props));
                     }
                 }
-                kind::CONNECT => return Err(wire::WireError::Protocol("second CONNECT".into()).into()),
-                _ => out.extend_from_slice(&frame),
-            }
-        }
-        if !out.is_empty() {
-            up_tx.write_all(&out).await?;
-            out.clear();
-        }
-        if !replies.is_empty() {
-            s.client_tx.lock().await.write_all(&replies).await?;
-            replies.clear();
-        }
-        if client_rx.read_buf(&mut buf).await? == 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// rumqttd → client: passes frames through, merging refused codes into pending SUBACKs.
-async fn downstream(s: Arc<Session>, mut up_rx: OwnedReadHalf) -> Result<(), SessionEnd> {
-    let mut buf = BytesMut::with_capacity(8192);
-    let mut out = BytesMut::with_capacity(8192);
-    let result = async {
-        loop {
-            if up_rx.read_buf(&mut buf).await? == 0 {
-                return Ok(());
-            }
-            while let Some(n) = wire::frame_len(&buf, DOWNSTREAM_FRAME_LIMIT)? {
-                let frame = buf.split_to(n);
-                if wire::packet_kind(&frame) == kind::SUBACK {
-                    let mut ack = wire::parse_suback(&frame, s.version)?;
-                    let pending = lock(&s.pending_subacks).remove(&ack.pkid);
-                    if let Some(keep) = pending {
-                        let mut granted = ack.codes.into_iter();
-                        ack.codes =
-                            keep.iter()
-                                .map(|k| {
-                                    if *k {
-                                        granted.next().unwrap_or(0x80)
-                                    } else {
-                                        wire::suback_refused_code(s.version)
-                                    }
-                                })
-                                .collect();
-                        out.extend_from_slice(&wire::encode_suback(s.version, &ack));
-                        continue;
-                    }
+                Packet::PubAck(ack, props) => self.order_ack(ack.pkid, Packet::PubAck(ack, props), to_router),
+                Packet::Disconnect(d, props) => {
+                    to_router.push(Packet::Disconnect(d, props));
+                    return Ok(true);
                 }
-                out.extend_from_slice(&frame);
-            }
-            if !out.is_empty() {
-                s.client_tx.lock().await.write_all(&out).await?;
-                out.clear();
+                other => to_router.push(other),
             }
         }
     }
-    .await;
-    // rumqttd closed the connection (keep-alive, takeover, error): close the client too.
-    s.client_tx.lock().await.shutdown().await.ok();
-    result
+
+    /// Passes PUBACKs to the router in the order the publishes were sent to the client.
+    fn order_ack(&mut self, pkid: u16, ack: Packet, to_router: &mut Vec<Packet>) {
+        if !self.tracked_qos1.contains(&pkid) {
+            // Not one we are tracking (e.g. a duplicate): let the router judge it.
+            to_router.push(ack);
+            return;
+        }
+        if self.sent_qos1.front() != Some(&pkid) {
+            self.early_acks.insert(pkid, ack);
+            return;
+        }
+        self.sent_qos1.pop_front();
+        self.tracked_qos1.remove(&pkid);
+        to_router.push(ack);
+        while let Some(next) = self.sent_qos1.front().and_then(|p| self.early_acks.remove(p)) {
+            if let Some(p) = self.sent_qos1.pop_front() {
+                self.tracked_qos1.remove(&p);
+            }
+            to_router.push(next);
+        }
+    }
+
+    fn refused_code(&self) -> SubscribeReasonCode {
+        match self.version {
+            Version::V4 => SubscribeReasonCode::Failure,
+            Version::V5 => SubscribeReasonCode::NotAuthorized,
+        }
+    }
+
+    /// Answers a refused PUBLISH and, for a device, says why on its `inbox/error`.
+    fn refuse_publish(&mut self, topic: &str, qos: u8, pkid: u16, out: &mut BytesMut) {
+        metrics::counter!("jiandu_broker_denied_total", "what" => "publish").increment(1);
+        warn!(user = %self.username, topic = %topic, "publish refused by ACL");
+        match qos {
+            1 => {
+                let reason = match self.version {
+                    Version::V4 => PubAckReason::Success,
+                    Version::V5 => PubAckReason::NotAuthorized,
+                };
+                self.codec.write(Packet::PubAck(PubAck { pkid, reason }, None), out);
+            }
+            2 => {
+                let reason = match self.version {
+                    Version::V4 => PubRecReason::Success,
+                    Version::V5 => PubRecReason::NotAuthorized,
+                };
+                self.codec.write(Packet::PubRec(PubRec { pkid, reason }, None), out);
+                if self.version == Version::V4 {
+                    self.refused_qos2.insert(pkid);
+                }
+            }
+            _ => {}
+        }
+        if let Acl::Device { inbox, .. } = &self.acl
+            && self.last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_notice = Some(Instant::now());
+            let body = serde_json::json!({
+                "topic": topic,
+                "error": "not authorised: a device publishes only under its own jd/v1/dev/{id}/ (never inbox/) or owntracks/{id}/{device}",
+            });
+            out.extend_from_slice(&wire::publish_qos0(
+                self.version,
+                &format!("{inbox}error"),
+                body.to_string().as_bytes(),
+            ));
+        }
+    }
+
+    /// Writes a router notification to the client (merging refused SUBACK codes back in).
+    async fn forward_to_client(
+        &mut self,
+        notification: Option<Notification>,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionEnd> {
+        let Some(notification) = notification else { return Ok(()) };
+        if let Notification::Disconnect(d, props) = notification {
+            self.codec.write(Packet::Disconnect(d, props), out);
+            return Err(SessionEnd::TakenOver);
+        }
+        match Option::<Packet>::from(notification) {
+            Some(Packet::SubAck(mut ack, props)) => {
+                if let Some(keep) = self.pending_subacks.remove(&ack.pkid) {
+                    let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
+                    ack.return_codes = keep
+                        .iter()
+                        .map(|k| {
+                            if *k {
+                                granted.next().unwrap_or(SubscribeReasonCode::Failure)
+                            } else {
+                                self.refused_code()
+                            }
+                        })
+                        .collect();
+                }
+                self.codec.write(Packet::SubAck(ack, props), out);
+            }
+            Some(packet @ Packet::Publish(..)) => {
+                let start = out.len();
+                self.codec.write(packet, out);
+                // A retransmission reuses its packet id: track each id once.
+                if let Ok(head) = wire::parse_publish(&out[start..], self.version)
+                    && head.qos == 1
+                    && self.tracked_qos1.insert(head.pkid)
+                {
+                    self.sent_qos1.push_back(head.pkid);
+                }
+            }
+            Some(packet) => self.codec.write(packet, out),
+            // The router paused this link (e.g. flow control); ask to be scheduled again.
+            None => self.link_rx.wake().await?,
+        }
+        Ok(())
+    }
+
+    /// Ends the router session: publishes the will when the client vanished without DISCONNECT.
+    async fn finish(&mut self, clean: bool) {
+        if clean {
+            return;
+        }
+        if let Some(will) = self.will.take() {
+            let topic = String::from_utf8_lossy(&will.topic).into_owned();
+            let qos = will.qos as u8;
+            let frame = will_frame(self.version, &topic, &will.message, qos, will.retain);
+            let mut frame = BytesMut::from(&frame[..]);
+            match self.codec.read(&mut frame, usize::MAX) {
+                Ok(packet) => {
+                    if self.link_tx.send(packet).await.is_err() {
+                        return;
+                    }
+                    debug!(topic = %topic, "last will published");
+                }
+                Err(e) => warn!(error = ?e, "could not encode the last will"),
+            }
+        }
+        let bye = Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
+        self.link_tx.send(Packet::Disconnect(bye, None)).await.ok();
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// A PUBLISH frame carrying a last will with its QoS and retain flag.
+fn will_frame(version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Bytes {
+    wire::publish_frame(version, topic, payload, qos.min(2), retain, 1)
 }

@@ -1,28 +1,26 @@
-//! The embedded MQTT broker: rumqttd in-process, behind our own public listener that
+//! The embedded MQTT broker: rumqttd's router in-process, behind our own public listener that
 //! authenticates every login against the store and enforces the topic ACL of DESIGN §3.
 //!
-//! Layout: [`wire`] knows the handful of MQTT packet shapes the front must read or build,
-//! [`acl`] decides what an account may publish and subscribe, `front` runs each client
-//! connection, and [`start`] wires rumqttd (loopback-only, reachable only with a per-process
-//! secret) to the public listener. Only this crate knows rumqttd.
+//! Layout: [`wire`] knows the handful of MQTT frame shapes the front must read or build itself,
+//! [`acl`] decides what an account may publish and subscribe, `front` serves each client
+//! connection over an in-process link into the router, [`client`] is how the platform's own
+//! roles connect as MQTT clients, and [`start`] wires it together. Only this crate knows rumqttd.
 
 pub mod acl;
 pub mod client;
 mod front;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiandu_store::Store;
-use rand::Rng;
-use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::RouterConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use acl::Acl;
 pub use client::BrokerEndpoint;
@@ -38,9 +36,6 @@ pub enum BrokerError {
         /// Why the bind failed.
         source: std::io::Error,
     },
-    /// rumqttd could not be set up.
-    #[error("embedded broker failed to start: {0}")]
-    Embedded(String),
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -95,30 +90,19 @@ pub async fn start(
         TcpListener::bind(config.listen).await.map_err(|source| BrokerError::Listen { addr: config.listen, source })?;
     let local_addr = listener.local_addr()?;
 
-    let secret: String = {
-        let bytes: [u8; 32] = rand::rng().random();
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    };
-    let internal_v4 = free_loopback_port()?;
-    let internal_v5 = free_loopback_port()?;
-    let rumqttd_config = rumqttd_config(&config, internal_v4, internal_v5, &secret);
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(rumqttd_config);
-            if let Err(e) = broker.start() {
-                error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(|e| BrokerError::Embedded(e.to_string()))?;
-    wait_until_listening(internal_v4).await?;
-    wait_until_listening(internal_v5).await?;
+    let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
+    let links: front::LinkFactory = Arc::new(move |client_id: &str, clean: bool, alias_max: u16| {
+        rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
+            .clean_session(clean)
+            .dynamic_filters(true)
+            .topic_alias_max(alias_max)
+            .build()
+            .map_err(|e| e.to_string())
+    });
 
     let front = Arc::new(front::Front {
         store,
-        internal_v4,
-        internal_v5,
-        internal_secret: secret,
+        links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
     });
@@ -152,53 +136,27 @@ pub async fn start(
     Ok(RunningBroker { local_addr, accept })
 }
 
-fn rumqttd_config(config: &BrokerConfig, v4: SocketAddr, v5: SocketAddr, secret: &str) -> rumqttd::Config {
-    let server = |name: &str, listen: SocketAddr| {
-        let mut connections = ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: config.max_packet_bytes,
-            max_inflight_count: 500,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        };
-        let secret = secret.to_owned();
-        connections.set_auth_handler(move |_client, _user, pass: String| {
-            let ok = pass == secret;
-            async move { ok }
-        });
-        ServerSettings { name: name.into(), listen, tls: None, next_connection_delay_ms: 0, connections }
-    };
-    rumqttd::Config {
-        id: 0,
-        router: RouterConfig {
-            max_connections: config.max_connections + 64,
-            max_outgoing_packet_count: 500,
-            // One commit log per subscription filter (one inbox filter per phone): keep them small.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 8,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some(HashMap::from([("internal-v4".to_owned(), server("internal-v4", v4))])),
-        v5: Some(HashMap::from([("internal-v5".to_owned(), server("internal-v5", v5))])),
-        ..Default::default()
+fn router_config(config: &BrokerConfig) -> RouterConfig {
+    RouterConfig {
+        max_connections: config.max_connections + 64,
+        max_outgoing_packet_count: 500,
+        // One commit log per subscription filter (one inbox filter per phone): keep them small.
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 8,
+        // The router drops the oldest log entries of a filter whose subscriber lags by more than
+        // size × count, although their publishers were acknowledged: give the two bulk streams
+        // room (memory is only used while a subscriber lags).
+        custom_segment: Some(std::collections::HashMap::from([
+            (
+                "jd/v1/dev/+/ev/#".to_owned(),
+                rumqttd::SegmentConfig { max_segment_size: 16 * 1024 * 1024, max_segment_count: 16 },
+            ),
+            (
+                "jd/v1/dev/+/hb".to_owned(),
+                rumqttd::SegmentConfig { max_segment_size: 4 * 1024 * 1024, max_segment_count: 16 },
+            ),
+        ])),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
     }
-}
-
-/// Picks a free loopback port for rumqttd's internal listeners.
-fn free_loopback_port() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
-}
-
-async fn wait_until_listening(addr: SocketAddr) -> Result<(), BrokerError> {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(BrokerError::Embedded(format!("internal listener {addr} did not come up")))
 }

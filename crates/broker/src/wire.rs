@@ -1,11 +1,11 @@
 //! The few MQTT 3.1.1 / 5 packet shapes the ACL front must understand.
 //!
-//! The front forwards most packets as opaque frames; it only needs to find frame boundaries,
-//! read CONNECT (to authenticate and to swap the password for the internal one), read the topic
-//! and packet id of PUBLISH, read and rebuild SUBSCRIBE and SUBACK (to drop and re-insert denied
-//! filters), and build the replies it sends itself (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK,
-//! DISCONNECT, and a QoS 0 PUBLISH for `inbox/error`). Every parser works on untrusted bytes and
-//! returns [`WireError`] instead of panicking.
+//! rumqttd's codecs decode whole packets; before handing bytes to them the front needs to find
+//! frame boundaries (and refuse oversized ones without buffering them), read CONNECT's login and
+//! will topic to authenticate, read a PUBLISH's QoS and packet id (private in rumqttd's types),
+//! and build the few frames it sends itself: refusing CONNACKs, DISCONNECT, the `inbox/error`
+//! notice and the last will it publishes on a client's behalf. Every parser works on untrusted
+//! bytes and returns [`WireError`] instead of panicking.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -197,10 +197,6 @@ pub struct Connect {
     pub password: Option<Vec<u8>>,
     /// Last-will topic, if a will is set.
     pub will_topic: Option<String>,
-    /// Offset in the body where the username (or, without one, the password) starts.
-    login_offset: usize,
-    /// Connect flags byte.
-    flags: u8,
 }
 
 /// Parses a complete CONNECT frame.
@@ -236,26 +232,9 @@ pub fn parse_connect(frame: &[u8]) -> Result<Connect, WireError> {
         will_topic = Some(r.string()?.to_owned());
         r.binary()?;
     }
-    let login_offset = r.pos;
     let username = if flags & 0x80 != 0 { Some(r.string()?.to_owned()) } else { None };
     let password = if flags & 0x40 != 0 { Some(r.binary()?.to_vec()) } else { None };
-    Ok(Connect { version, client_id, username, password, will_topic, login_offset, flags })
-}
-
-impl Connect {
-    /// Re-encodes the CONNECT from `frame` with `password` in place of the client's.
-    pub fn with_password(&self, raw: &[u8], password: &[u8]) -> Bytes {
-        let body = body(raw);
-        let mut out = BytesMut::with_capacity(body.len() + 64);
-        out.put_slice(&body[..self.login_offset]);
-        // Flags sit after the protocol name (2 + 4 bytes) and the level byte.
-        out[7] = self.flags | 0x40;
-        if let Some(user) = &self.username {
-            put_str(&mut out, user.as_bytes());
-        }
-        put_str(&mut out, password);
-        frame(raw[0], &out)
-    }
+    Ok(Connect { version, client_id, username, password, will_topic })
 }
 
 /// CONNACK refusal reasons the front answers with itself.
@@ -354,143 +333,21 @@ pub fn parse_publish(frame: &[u8], version: Version) -> Result<PublishHead<'_>, 
 
 /// Builds a QoS 0 PUBLISH (used for `inbox/error` notices from the front).
 pub fn publish_qos0(version: Version, topic: &str, payload: &[u8]) -> Bytes {
-    let mut body = BytesMut::with_capacity(topic.len() + payload.len() + 4);
+    publish_frame(version, topic, payload, 0, false, 0)
+}
+
+/// Builds a PUBLISH frame (the packet id is written only for QoS 1 and 2).
+pub fn publish_frame(version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16) -> Bytes {
+    let mut body = BytesMut::with_capacity(topic.len() + payload.len() + 8);
     put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.put_u16(pkid);
+    }
     if version == Version::V5 {
         body.put_u8(0);
     }
     body.put_slice(payload);
-    frame(0x30, &body)
-}
-
-/// Builds the acknowledgement for a PUBLISH the ACL refused: PUBACK (QoS 1) or PUBREC (QoS 2);
-/// on MQTT 5 with reason "not authorised", on 3.1.1 a plain positive one (the spec's choice for a
-/// server that cannot tell the client).
-pub fn refused_publish_ack(version: Version, qos: u8, pkid: u16) -> Option<Bytes> {
-    let first = match qos {
-        1 => 0x40,
-        2 => 0x50,
-        _ => return None,
-    };
-    let [a, b] = pkid.to_be_bytes();
-    Some(match version {
-        Version::V4 => frame(first, &[a, b]),
-        Version::V5 => frame(first, &[a, b, 0x87]),
-    })
-}
-
-/// Packet id of a PUBREL frame.
-pub fn pubrel_pkid(frame: &[u8]) -> Result<u16, WireError> {
-    Reader::new(body(frame), "PUBREL").u16()
-}
-
-/// Builds the PUBCOMP answering a PUBREL for a publish the front refused.
-pub fn pubcomp(pkid: u16) -> Bytes {
-    let [a, b] = pkid.to_be_bytes();
-    frame(0x70, &[a, b])
-}
-
-/// One filter of a SUBSCRIBE with its options byte.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscribeFilter {
-    /// Topic filter.
-    pub filter: String,
-    /// Subscription options byte (QoS in the low two bits).
-    pub options: u8,
-}
-
-/// A parsed SUBSCRIBE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribe {
-    /// Packet id.
-    pub pkid: u16,
-    /// v5 properties, raw.
-    pub properties: Vec<u8>,
-    /// Filters in order.
-    pub filters: Vec<SubscribeFilter>,
-}
-
-/// Parses a complete SUBSCRIBE frame.
-pub fn parse_subscribe(frame: &[u8], version: Version) -> Result<Subscribe, WireError> {
-    let mut r = Reader::new(body(frame), "SUBSCRIBE");
-    let pkid = r.u16()?;
-    let properties = if version == Version::V5 {
-        let n = r.varint()?;
-        r.take(n)?.to_vec()
-    } else {
-        Vec::new()
-    };
-    let mut filters = Vec::new();
-    while !r.rest().is_empty() {
-        let filter = r.string()?.to_owned();
-        let options = r.u8()?;
-        filters.push(SubscribeFilter { filter, options });
-    }
-    if filters.is_empty() {
-        return Err(WireError::Truncated("SUBSCRIBE"));
-    }
-    Ok(Subscribe { pkid, properties, filters })
-}
-
-impl Subscribe {
-    /// Encodes a SUBSCRIBE with the same packet id and properties, but only `keep` filters.
-    pub fn encode_subset(&self, version: Version, keep: &[bool]) -> Bytes {
-        let mut body = BytesMut::new();
-        body.put_u16(self.pkid);
-        if version == Version::V5 {
-            put_varint(&mut body, self.properties.len());
-            body.put_slice(&self.properties);
-        }
-        for (f, _) in self.filters.iter().zip(keep).filter(|(_, k)| **k) {
-            put_str(&mut body, f.filter.as_bytes());
-            body.put_u8(f.options);
-        }
-        frame(0x82, &body)
-    }
-}
-
-/// SUBACK failure code for a filter the ACL refused.
-pub fn suback_refused_code(version: Version) -> u8 {
-    match version {
-        Version::V4 => 0x80,
-        Version::V5 => 0x87,
-    }
-}
-
-/// A parsed SUBACK.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubAck {
-    /// Packet id.
-    pub pkid: u16,
-    /// v5 properties, raw.
-    pub properties: Vec<u8>,
-    /// Return / reason codes in order.
-    pub codes: Vec<u8>,
-}
-
-/// Parses a complete SUBACK frame.
-pub fn parse_suback(frame: &[u8], version: Version) -> Result<SubAck, WireError> {
-    let mut r = Reader::new(body(frame), "SUBACK");
-    let pkid = r.u16()?;
-    let properties = if version == Version::V5 {
-        let n = r.varint()?;
-        r.take(n)?.to_vec()
-    } else {
-        Vec::new()
-    };
-    Ok(SubAck { pkid, properties, codes: r.rest().to_vec() })
-}
-
-/// Encodes a SUBACK.
-pub fn encode_suback(version: Version, ack: &SubAck) -> Bytes {
-    let mut body = BytesMut::new();
-    body.put_u16(ack.pkid);
-    if version == Version::V5 {
-        put_varint(&mut body, ack.properties.len());
-        body.put_slice(&ack.properties);
-    }
-    body.put_slice(&ack.codes);
-    frame(0x90, &body)
+    frame(0x30 | (qos << 1) | u8::from(retain), &body)
 }
 
 /// Builds a v5 DISCONNECT with a reason code (v4 has no server DISCONNECT: `None`).
@@ -542,31 +399,29 @@ mod tests {
     }
 
     #[test]
-    fn connect_round_trip_with_new_password() {
+    fn connect_login_and_will_are_read() {
         for v in [4u8, 5] {
             let f = connect_frame(v, "d1", Some("d1"), Some(b"secret"), Some("jd/v1/dev/d1/presence"));
             let c = parse_connect(&f).unwrap();
+            assert_eq!(c.version, if v == 4 { Version::V4 } else { Version::V5 });
             assert_eq!(c.client_id, "d1");
             assert_eq!(c.username.as_deref(), Some("d1"));
             assert_eq!(c.password.as_deref(), Some(&b"secret"[..]));
             assert_eq!(c.will_topic.as_deref(), Some("jd/v1/dev/d1/presence"));
-            let g = c.with_password(&f, b"internal-password-xyz");
-            assert_eq!(frame_len(&g, 1 << 20).unwrap(), Some(g.len()));
-            let c2 = parse_connect(&g).unwrap();
-            assert_eq!(c2.client_id, "d1");
-            assert_eq!(c2.username.as_deref(), Some("d1"));
-            assert_eq!(c2.password.as_deref(), Some(&b"internal-password-xyz"[..]));
-            assert_eq!(c2.will_topic, c.will_topic);
         }
+        let c = parse_connect(&connect_frame(4, "x", None, None, None)).unwrap();
+        assert_eq!((c.username, c.password, c.will_topic), (None, None, None));
     }
 
     #[test]
-    fn connect_without_login_gets_password_flag_set() {
-        let f = connect_frame(4, "x", None, None, None);
-        let c = parse_connect(&f).unwrap();
-        assert_eq!(c.username, None);
-        let g = c.with_password(&f, b"p");
-        assert_eq!(parse_connect(&g).unwrap().password.as_deref(), Some(&b"p"[..]));
+    fn publish_frames_round_trip() {
+        for (v, version) in [(4u8, Version::V4), (5, Version::V5)] {
+            let _ = v;
+            let f = publish_frame(version, "jd/v1/dev/d1/presence", b"{}", 1, true, 9);
+            assert_eq!(f[0], 0x33);
+            let head = parse_publish(&f, version).unwrap();
+            assert_eq!((head.topic, head.qos, head.pkid), ("jd/v1/dev/d1/presence", 1, 9));
+        }
     }
 
     #[test]
@@ -601,26 +456,5 @@ mod tests {
         let f = frame(0x30, &b);
         let p = parse_publish(&f, Version::V5).unwrap();
         assert_eq!((p.topic, p.qos, p.topic_alias), ("", 0, Some(3)));
-    }
-
-    #[test]
-    fn subscribe_subset_and_suback_merge() {
-        let mut b = BytesMut::new();
-        b.put_u16(9);
-        put_str(&mut b, b"a/#");
-        b.put_u8(1);
-        put_str(&mut b, b"b/+");
-        b.put_u8(0);
-        let f = frame(0x82, &b);
-        let s = parse_subscribe(&f, Version::V4).unwrap();
-        assert_eq!(s.filters.len(), 2);
-        let g = s.encode_subset(Version::V4, &[false, true]);
-        let s2 = parse_subscribe(&g, Version::V4).unwrap();
-        assert_eq!(s2.pkid, 9);
-        assert_eq!(s2.filters, vec![SubscribeFilter { filter: "b/+".into(), options: 0 }]);
-
-        let ack = SubAck { pkid: 9, properties: vec![], codes: vec![0x80, 0] };
-        let e = encode_suback(Version::V5, &ack);
-        assert_eq!(parse_suback(&e, Version::V5).unwrap(), ack);
     }
 }
