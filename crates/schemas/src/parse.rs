@@ -105,6 +105,15 @@ pub fn parse_lookup(bytes: &[u8]) -> Result<LookupRequest, PayloadError> {
         ));
     }
     label("lookup", "q", &l.q, MAX_QUERY_CHARS)?;
+    match (l.lat, l.lon) {
+        (Some(la), Some(lo)) => {
+            lat("lookup", "lat", la)?;
+            lon("lookup", "lon", lo)?;
+        }
+        (Some(_), None) => return Err(err("lookup", "lon", "missing (lat and lon go together)")),
+        (None, Some(_)) => return Err(err("lookup", "lat", "missing (lat and lon go together)")),
+        (None, None) => {}
+    }
     Ok(l)
 }
 

@@ -228,7 +228,7 @@ impl LookupKind {
 }
 
 /// A registry lookup from a phone (`jd/v1/dev/{dev}/lookup`); answered on `inbox/lookup`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LookupRequest {
     /// Correlation id chosen by the phone, echoed in the reply.
     #[schemars(length(min = 1, max = MAX_LABEL_CHARS))]
@@ -238,6 +238,14 @@ pub struct LookupRequest {
     /// The query text (plate, name…).
     #[schemars(length(min = 1, max = MAX_QUERY_CHARS))]
     pub q: String,
+    /// Where the inspector is, WGS-84 latitude (recorded in the look-up audit); with `lon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -90.0, max = 90.0))]
+    pub lat: Option<f64>,
+    /// Where the inspector is, WGS-84 longitude; with `lat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -180.0, max = 180.0))]
+    pub lon: Option<f64>,
 }
 
 /// Evidence metadata (`jd/v1/dev/{dev}/ev/{evid}/meta`): opens or resumes a chunked upload.
@@ -379,6 +387,10 @@ pub struct LookupReply {
     /// Near matches when there was no single hit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidates: Option<Vec<serde_json::Value>>,
+    /// Why the look-up was not answered (e.g. the device is over its rate limit); `found` is
+    /// false then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A rejected upstream message, sent on `inbox/error` so the phone can fix and re-send.

@@ -11,22 +11,29 @@ use std::str::FromStr;
 
 use crate::SchemaError;
 
+// Every shared filter has a group of its own: rumqttd 0.20 keys shared-subscription state (the
+// read cursor and the round-robin turn) by group name alone, so two filters in one group would
+// share a cursor and lose messages, and two roles in one group would take turns at each other's.
 /// Shared subscription through which ingest receives heartbeats.
-pub const SHARED_HEARTBEATS: &str = "$share/ingest/jd/v1/dev/+/hb";
+pub const SHARED_HEARTBEATS: &str = "$share/ingest-hb/jd/v1/dev/+/hb";
 /// Shared subscription through which ingest receives OwnTracks locations.
-pub const SHARED_OWNTRACKS: &str = "$share/ingest/owntracks/+/+";
+pub const SHARED_OWNTRACKS: &str = "$share/ingest-owntracks/owntracks/+/+";
 /// Shared subscription through which ingest receives presence (online/offline, LWT).
-pub const SHARED_PRESENCE: &str = "$share/ingest/jd/v1/dev/+/presence";
+pub const SHARED_PRESENCE: &str = "$share/ingest-presence/jd/v1/dev/+/presence";
 /// Shared subscription through which ingest receives evidence metadata and chunks.
-pub const SHARED_EVIDENCE: &str = "$share/ingest/jd/v1/dev/+/ev/#";
+pub const SHARED_EVIDENCE: &str = "$share/ingest-evidence/jd/v1/dev/+/ev/#";
 /// Shared subscription through which dispatch receives on-site reports from phones.
-pub const SHARED_REPORTS: &str = "$share/dispatch/jd/v1/dev/+/report";
+pub const SHARED_REPORTS: &str = "$share/dispatch-report/jd/v1/dev/+/report";
 /// Shared subscription through which dispatch receives tips from integrations.
-pub const SHARED_INTEGRATION_REPORTS: &str = "$share/dispatch/jd/v1/reports";
+pub const SHARED_INTEGRATION_REPORTS: &str = "$share/dispatch-tip/jd/v1/reports";
 /// Shared subscription through which dispatch receives assignment status updates.
-pub const SHARED_ASSIGNMENT_STATUS: &str = "$share/dispatch/jd/v1/dev/+/asg/+";
+pub const SHARED_ASSIGNMENT_STATUS: &str = "$share/dispatch-asg/jd/v1/dev/+/asg/+";
+/// Shared subscription through which dispatch keeps its live index of positions and duty.
+pub const SHARED_DISPATCH_HEARTBEATS: &str = "$share/dispatch-hb/jd/v1/dev/+/hb";
+/// Shared subscription through which dispatch learns who comes online or goes offline.
+pub const SHARED_DISPATCH_PRESENCE: &str = "$share/dispatch-presence/jd/v1/dev/+/presence";
 /// Shared subscription through which oversight receives registry lookups.
-pub const SHARED_LOOKUPS: &str = "$share/oversight/jd/v1/dev/+/lookup";
+pub const SHARED_LOOKUPS: &str = "$share/oversight-lookup/jd/v1/dev/+/lookup";
 /// Filter matching every outgoing integration event.
 pub const EVENTS_ALL: &str = "jd/v1/events/#";
 

@@ -137,7 +137,16 @@ fn assignment_status() {
 #[test]
 fn lookup() {
     let l = parse_lookup(r#"{"corr":"q-17","kind":"vehicle","q":"鲁G·12345"}"#.as_bytes()).unwrap();
-    assert_eq!(l, LookupRequest { corr: "q-17".into(), kind: LookupKind::Vehicle, q: "鲁G·12345".into() });
+    assert_eq!(
+        l,
+        LookupRequest { corr: "q-17".into(), kind: LookupKind::Vehicle, q: "鲁G·12345".into(), lat: None, lon: None }
+    );
+    let at = parse_lookup(r#"{"corr":"q","kind":"vehicle","q":"x","lat":36.7,"lon":119.1}"#.as_bytes()).unwrap();
+    assert_eq!((at.lat, at.lon), (Some(36.7), Some(119.1)));
+    let e = parse_lookup(r#"{"corr":"q","kind":"vehicle","q":"x","lat":136.7,"lon":119.1}"#.as_bytes()).unwrap_err();
+    assert_eq!(e.field, "lookup.lat");
+    let e = parse_lookup(r#"{"corr":"q","kind":"vehicle","q":"x","lat":36.7}"#.as_bytes()).unwrap_err();
+    assert_eq!(e.field, "lookup.lon");
     let p = parse_lookup(r#"{"corr":"a b:1","kind":"person","q":"张三"}"#.as_bytes()).unwrap();
     assert_eq!((p.kind, p.corr.as_str()), (LookupKind::Person, "a b:1"));
     assert_eq!(LookupKind::Department.as_str(), "department");
@@ -311,11 +320,20 @@ fn downstream_payloads_serialise_as_the_contract_says() {
         found: false,
         result: None,
         candidates: Some(vec![json!({"plate": "鲁G·12346"})]),
+        error: None,
     };
     assert_eq!(
         serde_json::to_value(&reply).unwrap(),
         json!({"corr": "q-17", "found": false, "candidates": [{"plate": "鲁G·12346"}]})
     );
+    let limited = LookupReply {
+        corr: "q-18".into(),
+        found: false,
+        result: None,
+        candidates: None,
+        error: Some("rate limit".into()),
+    };
+    assert_eq!(serde_json::to_value(&limited).unwrap(), json!({"corr": "q-18", "found": false, "error": "rate limit"}));
 
     let ev = Event { r#type: "report.received".into(), id: "01JGX3".into(), ts: T, data: json!({"report": "r1"}) };
     assert_eq!(
