@@ -24,9 +24,9 @@ pub struct Device {
     pub revoked_at: Option<i64>,
 }
 
-const DEVICE_COLUMNS: &str = "id, name, staff_id, created_at, revoked_at";
+pub(crate) const DEVICE_COLUMNS: &str = "id, name, staff_id, created_at, revoked_at";
 
-fn device_from_row(row: &AnyRow) -> Result<Device, sqlx::Error> {
+pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device, sqlx::Error> {
     Ok(Device {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -74,6 +74,39 @@ impl Store {
         let device =
             Device { id, name: name.to_owned(), staff_id: staff_id.map(str::to_owned), created_at, revoked_at: None };
         Ok((device, token))
+    }
+
+    /// Registers many phones in one transaction (the demo's county, simulators, benchmarks);
+    /// each `(name, staff_id)` gets a device and a token shown once.
+    pub async fn create_devices(&self, phones: &[(String, Option<String>)]) -> Result<Vec<(Device, Secret)>, StoreError> {
+        let created_at = now_ms();
+        let mut out = Vec::with_capacity(phones.len());
+        let mut tx = self.pool.begin().await?;
+        for (name, staff_id) in phones {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
+            }
+            let token = new_token();
+            let id = new_id('d');
+            sqlx::query(
+                "INSERT INTO devices (id, name, staff_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&id)
+            .bind(name)
+            .bind(staff_id.as_deref())
+            .bind(hash_token(token.expose()))
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+            out.push((
+                Device { id, name: name.to_owned(), staff_id: staff_id.clone(), created_at, revoked_at: None },
+                token,
+            ));
+        }
+        tx.commit().await?;
+        info!(devices = out.len(), "devices registered in bulk");
+        Ok(out)
     }
 
     /// Looks a device up by id.

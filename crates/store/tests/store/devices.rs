@@ -8,7 +8,22 @@ on_both!(
     devices_are_created_listed_and_found,
     tokens_are_stored_only_as_hashes,
     revoking_is_idempotent_and_ends_logins,
+    devices_are_created_in_bulk,
 );
+
+async fn devices_are_created_in_bulk(db: &TestDb) {
+    let store = &db.store;
+    let phones: Vec<(String, Option<String>)> = (0..300).map(|i| (format!("phone {i}"), Some(format!("S{i:04}")))).collect();
+    let created = store.create_devices(&phones).await.unwrap();
+    assert_eq!(created.len(), 300);
+    assert_eq!(store.list_devices().await.unwrap().len(), 300);
+    let (d, token) = &created[123];
+    assert_eq!(d.name, "phone 123");
+    let p = store.authenticate_mqtt(&d.id, token.expose().as_bytes()).await.unwrap();
+    assert_eq!(p, Some(Principal::Device { id: d.id.clone() }));
+    let ids: std::collections::HashSet<_> = created.iter().map(|(d, _)| d.id.clone()).collect();
+    assert_eq!(ids.len(), 300, "ids are distinct");
+}
 
 async fn devices_are_created_listed_and_found(db: &TestDb) {
     let store = &db.store;

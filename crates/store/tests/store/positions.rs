@@ -10,6 +10,7 @@ on_both!(
     presence_transitions_are_recorded_once_with_events,
     silent_online_devices_become_stale_until_they_report,
     history_is_pruned_per_device,
+    devices_are_listed_with_their_live_state,
 );
 
 fn point(dev: &str, ts: i64, lat: f64) -> PositionRow {
@@ -51,7 +52,24 @@ async fn history_is_idempotent_and_live_follows_the_newest_point(db: &TestDb) {
     assert_eq!(live.position.as_ref().unwrap().duty.as_deref(), Some("on"));
 
     let track = s.track("da", t0 - 10_000, t0 + 10_000, 100).await.unwrap();
-    assert_eq!(track.iter().map(|p| p.ts).collect::<Vec<_>>(), vec![t0 - 9000, t0 - 5000, t0, t0 + 1000, t0 + 2000, t0 + 3000, t0 + 4000, t0 + 5000, t0 + 6000, t0 + 7000, t0 + 8000, t0 + 9000, t0 + 10000]);
+    assert_eq!(
+        track.iter().map(|p| p.ts).collect::<Vec<_>>(),
+        vec![
+            t0 - 9000,
+            t0 - 5000,
+            t0,
+            t0 + 1000,
+            t0 + 2000,
+            t0 + 3000,
+            t0 + 4000,
+            t0 + 5000,
+            t0 + 6000,
+            t0 + 7000,
+            t0 + 8000,
+            t0 + 9000,
+            t0 + 10000
+        ]
+    );
     let all = s.live_positions().await.unwrap();
     assert_eq!(all.iter().map(|l| l.device_id.as_str()).collect::<Vec<_>>(), vec!["da", "db"]);
 }
@@ -97,4 +115,25 @@ async fn history_is_pruned_per_device(db: &TestDb) {
     let (deleted, last) = s.prune_history(1_005_000, "p3", 2).await.unwrap();
     assert_eq!((deleted, last), (0, None));
     assert_eq!(s.history_count(None).await.unwrap(), 15);
+}
+
+async fn devices_are_listed_with_their_live_state(db: &TestDb) {
+    let s = &db.store;
+    let (a, _) = s.create_device("A", None).await.unwrap();
+    let (b, _) = s.create_device("B", None).await.unwrap();
+    s.store_heartbeats(&[point(&a.id, 1_780_000_000_000, 36.6)], 1_780_000_000_500).await.unwrap();
+    s.set_presence(&a.id, true, 1_780_000_000_100).await.unwrap();
+    let all = s.devices_with_live("", 10).await.unwrap();
+    let mut ids = vec![a.id.clone(), b.id.clone()];
+    ids.sort();
+    assert_eq!(all.iter().map(|(d, _)| d.id.clone()).collect::<Vec<_>>(), ids);
+    let (_, live_a) = all.iter().find(|(d, _)| d.id == a.id).unwrap();
+    let live_a = live_a.as_ref().unwrap();
+    assert!(live_a.online);
+    assert_eq!(live_a.position.as_ref().unwrap().lat, 36.6);
+    let (_, live_b) = all.iter().find(|(d, _)| d.id == b.id).unwrap();
+    assert!(live_b.is_none(), "a device that never reported has no live row");
+    let page = s.devices_with_live(&ids[0], 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0.id, ids[1]);
 }
