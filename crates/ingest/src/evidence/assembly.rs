@@ -1,0 +1,752 @@
+//! The uploads one ingest process is assembling: staging files, which chunks are in, the
+//! running hash, and the hand-over of a complete file to storage (see the parent module).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiandu_schemas::topic::{InboxKind, Topic, inbox};
+use jiandu_schemas::{EvidenceMeta, Receipt, check_chunk, parse_evidence_meta};
+use jiandu_store::{
+    Blobs, Committed, Evidence, OpenUpload, PlatformKey, Store, StoreError, UploadSpec, UploadState, now_ms,
+};
+use rumqttc::{AsyncClient, Publish, QoS};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{EvidenceConfig, MAX_CHUNKS, MAX_MISSING_LISTED};
+use crate::IngestError;
+
+/// Which chunks of an upload are staged, one bit each.
+struct ChunkSet {
+    bits: Vec<u64>,
+    len: u32,
+    count: u32,
+}
+
+impl ChunkSet {
+    fn new(chunks: u32) -> ChunkSet {
+        ChunkSet { bits: vec![0; (chunks as usize).div_ceil(64)], len: chunks, count: 0 }
+    }
+    fn contains(&self, n: u32) -> bool {
+        self.bits.get(n as usize / 64).is_some_and(|w| w & (1 << (n % 64)) != 0)
+    }
+    fn insert(&mut self, n: u32) {
+        if n < self.len
+            && let Some(w) = self.bits.get_mut(n as usize / 64)
+            && *w & (1 << (n % 64)) == 0
+        {
+            *w |= 1 << (n % 64);
+            self.count += 1;
+        }
+    }
+    fn remove(&mut self, n: u32) {
+        if let Some(w) = self.bits.get_mut(n as usize / 64)
+            && *w & (1 << (n % 64)) != 0
+        {
+            *w &= !(1 << (n % 64));
+            self.count -= 1;
+        }
+    }
+}
+
+/// One upload being assembled.
+struct Upload {
+    record: OpenUpload,
+    meta: EvidenceMeta,
+    file: Arc<File>,
+    path: PathBuf,
+    received: ChunkSet,
+    /// SHA-256 state over chunks `0..hashed`, fed as in-order chunks arrive.
+    hasher: Sha256,
+    hashed: u32,
+    finalizing: bool,
+    touched: i64,
+}
+
+impl Upload {
+    fn missing(&self) -> Vec<u32> {
+        (0..self.meta.chunks).filter(|n| !self.received.contains(*n)).take(MAX_MISSING_LISTED).collect()
+    }
+    fn complete(&self) -> bool {
+        self.received.count == self.meta.chunks
+    }
+}
+
+/// How a hand-over to storage ended.
+pub(super) enum Outcome {
+    Stored(Box<Evidence>),
+    Rejected(String),
+    Failed(String),
+}
+
+/// A finished hand-over, reported back to the assembly loop.
+pub(super) struct Finished {
+    evid: String,
+    outcome: Outcome,
+}
+
+/// Everything needed to hand a complete upload over to storage, off the assembly loop.
+struct Handover {
+    store: Store,
+    blobs: Blobs,
+    key: PlatformKey,
+    client: AsyncClient,
+    record: OpenUpload,
+    path: PathBuf,
+    hasher: Sha256,
+    hashed_bytes: u64,
+}
+
+fn spec_of(m: &EvidenceMeta) -> UploadSpec {
+    UploadSpec {
+        sha256: m.sha256.clone(),
+        size: m.size as i64,
+        mime: m.mime.clone(),
+        captured_at: m.captured_at,
+        lat: m.lat,
+        lon: m.lon,
+        report_id: m.report_id.clone(),
+        chunk_size: i64::from(m.chunk_size),
+        chunks: i64::from(m.chunks),
+    }
+}
+
+fn meta_of(s: &UploadSpec) -> EvidenceMeta {
+    EvidenceMeta {
+        sha256: s.sha256.clone(),
+        size: s.size.max(0) as u64,
+        mime: s.mime.clone(),
+        captured_at: s.captured_at,
+        lat: s.lat,
+        lon: s.lon,
+        report_id: s.report_id.clone(),
+        chunk_size: u32::try_from(s.chunk_size).unwrap_or(0),
+        chunks: u32::try_from(s.chunks).unwrap_or(0),
+    }
+}
+
+/// The first field in which a re-sent `meta` differs from the open upload's, if any.
+fn differing_field(a: &EvidenceMeta, b: &EvidenceMeta) -> Option<&'static str> {
+    [
+        ("sha256", a.sha256 != b.sha256),
+        ("size", a.size != b.size),
+        ("chunk_size", a.chunk_size != b.chunk_size),
+        ("chunks", a.chunks != b.chunks),
+        ("mime", a.mime != b.mime),
+        ("captured_at", a.captured_at != b.captured_at),
+        ("report_id", a.report_id != b.report_id),
+        ("lat", a.lat != b.lat),
+        ("lon", a.lon != b.lon),
+    ]
+    .into_iter()
+    .find_map(|(field, differs)| differs.then_some(field))
+}
+
+/// Words for an I/O failure on the staging disk, for the phone.
+fn storage_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        "storage: the platform's staging disk is full; nothing of this upload was kept, send it again later".into()
+    } else {
+        format!("storage: the platform could not stage the upload ({e}); nothing of it was kept, send it again")
+    }
+}
+
+fn open_staging(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new().read(true).write(true).open(path).or_else(|_| File::open(path))
+}
+
+/// The state of one ingest process's uploads.
+pub(super) struct Assembly {
+    store: Store,
+    blobs: Blobs,
+    key: PlatformKey,
+    config: EvidenceConfig,
+    staging: PathBuf,
+    client: AsyncClient,
+    uploads: HashMap<String, Upload>,
+    done_tx: mpsc::UnboundedSender<Finished>,
+    done_rx: mpsc::UnboundedReceiver<Finished>,
+    handovers: JoinSet<()>,
+}
+
+impl Assembly {
+    /// Loads the open uploads from the database (after a restart or crash), removes staging
+    /// files nobody owns, and resumes any upload that was complete when the process stopped.
+    pub(super) async fn start(
+        store: Store,
+        blobs: Blobs,
+        key: PlatformKey,
+        config: EvidenceConfig,
+        staging: PathBuf,
+        client: AsyncClient,
+    ) -> Result<Assembly, IngestError> {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut a = Assembly {
+            store,
+            blobs,
+            key,
+            config,
+            staging,
+            client,
+            uploads: HashMap::new(),
+            done_tx,
+            done_rx,
+            handovers: JoinSet::new(),
+        };
+        for record in a.store.evidence_uploads().await? {
+            if let UploadState::Open { upload, received } = a.store.evidence_upload_state(&record.evid).await? {
+                a.adopt(upload, &received).await;
+            }
+        }
+        a.sweep_staging();
+        let complete: Vec<String> =
+            a.uploads.iter().filter(|(_, u)| u.complete()).map(|(evid, _)| evid.clone()).collect();
+        for evid in complete {
+            a.hand_over(&evid);
+        }
+        info!(open = a.uploads.len(), staging = %a.staging.display(), "evidence uploads resumed");
+        Ok(a)
+    }
+
+    /// Takes an open upload from the database into memory; one whose staging file is gone is
+    /// discarded (its phone will be told what is missing when it re-sends `meta`).
+    async fn adopt(&mut self, record: OpenUpload, received: &[i64]) {
+        let path = PathBuf::from(&record.staging);
+        let file = match open_staging(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(evid = %record.evid, path = %path.display(), error = %e, "staging file lost; upload discarded");
+                self.store.evidence_upload_discard(&record.evid).await.ok();
+                return;
+            }
+        };
+        let meta = meta_of(&record.spec);
+        let mut set = ChunkSet::new(meta.chunks);
+        for n in received {
+            set.insert(u32::try_from(*n).unwrap_or(u32::MAX));
+        }
+        let touched = record.touched_at;
+        self.uploads.insert(
+            record.evid.clone(),
+            Upload {
+                record,
+                meta,
+                file: Arc::new(file),
+                path,
+                received: set,
+                hasher: Sha256::new(),
+                hashed: 0,
+                finalizing: false,
+                touched,
+            },
+        );
+    }
+
+    /// Removes staging files that belong to no open upload (left by a crash mid-discard).
+    fn sweep_staging(&self) {
+        let owned: std::collections::HashSet<&Path> = self.uploads.values().map(|u| u.path.as_path()).collect();
+        let Ok(devices) = std::fs::read_dir(&self.staging) else { return };
+        for dir in devices.flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else { continue };
+            for f in files.flatten() {
+                let p = f.path();
+                if !owned.contains(p.as_path()) {
+                    debug!(path = %p.display(), "removing orphaned staging file");
+                    std::fs::remove_file(&p).ok();
+                }
+            }
+        }
+    }
+
+    /// Waits for the next finished hand-over.
+    pub(super) async fn finished(&mut self) -> Finished {
+        match self.done_rx.recv().await {
+            Some(f) => f,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies a finished hand-over to the in-memory state.
+    pub(super) fn on_finished(&mut self, done: Finished) {
+        match done.outcome {
+            Outcome::Stored(_) | Outcome::Rejected(_) => {
+                self.uploads.remove(&done.evid);
+            }
+            Outcome::Failed(_) => {
+                if let Some(u) = self.uploads.get_mut(&done.evid) {
+                    u.finalizing = false;
+                }
+            }
+        }
+    }
+
+    /// Handles a batch of messages: metadata at once, chunks written to their staging files;
+    /// then the new chunks are synced and recorded, and only then acknowledged. Acks go out in
+    /// the order the messages came (the broker refuses out-of-order acks), so a message that
+    /// needs no staging waits for the chunks before it.
+    pub(super) async fn handle(&mut self, batch: Vec<Publish>) {
+        let mut pending: Vec<(Publish, Option<(String, u32)>)> = Vec::new();
+        for p in batch {
+            match Topic::parse(&p.topic) {
+                Ok(Topic::EvidenceMeta { device, evid }) => {
+                    self.flush(&mut pending).await;
+                    self.on_meta(&device, &evid, &p.payload).await;
+                    self.ack(&p).await;
+                }
+                Ok(Topic::EvidenceChunk { device, evid, n }) => {
+                    let staged = self.on_chunk(&device, &evid, n, &p.payload).await;
+                    pending.push((p, staged.then_some((evid, n))));
+                }
+                other => {
+                    warn!(topic = %p.topic, parsed = ?other.map(|t| t.to_string()), "not an evidence topic; ignored");
+                    pending.push((p, None));
+                }
+            }
+        }
+        self.flush(&mut pending).await;
+    }
+
+    async fn ack(&self, p: &Publish) {
+        if let Err(e) = self.client.ack(p).await {
+            warn!(error = %e, "acknowledging an evidence message failed");
+        }
+    }
+
+    async fn send(&self, device: &str, receipt: &Receipt) {
+        let payload = serde_json::to_vec(receipt).unwrap_or_default();
+        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
+            warn!(device, error = %e, "sending a receipt failed");
+        }
+    }
+
+    async fn reject(&self, device: &str, evid: &str, error: String) {
+        metrics::counter!("jiandu_evidence_rejected_total").increment(1);
+        info!(device, evid, error = %error, "evidence upload rejected");
+        self.send(device, &Receipt::Rejected { evid: evid.to_owned(), error }).await;
+    }
+
+    /// Forgets an upload: memory, database and staging file.
+    async fn discard(&mut self, evid: &str) {
+        if let Some(u) = self.uploads.remove(evid) {
+            std::fs::remove_file(&u.path).ok();
+        }
+        if let Err(e) = self.store.evidence_upload_discard(evid).await {
+            warn!(evid, error = %e, "forgetting an upload failed");
+        }
+    }
+
+    async fn on_meta(&mut self, device: &str, evid: &str, payload: &[u8]) {
+        let meta = match parse_evidence_meta(payload) {
+            Ok(m) => m,
+            Err(e) => return self.reject(device, evid, e.to_string()).await,
+        };
+        if meta.size > self.config.max_item_bytes {
+            let error = format!(
+                "meta.size: larger than the largest item accepted ({} bytes), got {}",
+                self.config.max_item_bytes, meta.size
+            );
+            return self.reject(device, evid, error).await;
+        }
+        if meta.chunks > MAX_CHUNKS {
+            let error = format!(
+                "meta.chunks: at most {MAX_CHUNKS} chunks per item, got {}; use a larger chunk_size",
+                meta.chunks
+            );
+            return self.reject(device, evid, error).await;
+        }
+        if !self.uploads.contains_key(evid) {
+            match self.store.evidence_upload_state(evid).await {
+                Ok(UploadState::Stored(e)) if e.device == device => {
+                    return self.send(device, &stored_receipt(&e)).await;
+                }
+                Ok(UploadState::Stored(_)) => {
+                    return self.reject(device, evid, taken(evid)).await;
+                }
+                Ok(UploadState::Open { upload, received }) => self.adopt(upload, &received).await,
+                Ok(UploadState::Unknown) => return self.open(device, evid, meta).await,
+                Err(e) => {
+                    // No receipt: the phone re-sends meta until it gets one.
+                    return warn!(evid, error = %e, "looking up an upload failed");
+                }
+            }
+        }
+        let Some(up) = self.uploads.get(evid) else { return };
+        if up.record.device != device {
+            return self.reject(device, evid, taken(evid)).await;
+        }
+        if let Some(field) = differing_field(&up.meta, &meta) {
+            self.discard(evid).await;
+            let error = format!(
+                "meta.{field}: differs from the open upload of {evid}; nothing of that upload was kept, send meta again to start over"
+            );
+            return self.reject(device, evid, error).await;
+        }
+        let missing = up.missing();
+        let complete = up.complete() && !up.finalizing;
+        self.send(device, &Receipt::Partial { evid: evid.to_owned(), missing }).await;
+        if complete {
+            self.hand_over(evid);
+        }
+    }
+
+    /// Opens a new upload within the limits.
+    async fn open(&mut self, device: &str, evid: &str, meta: EvidenceMeta) {
+        let open = self.uploads.values().filter(|u| u.record.device == device).count();
+        if open >= self.config.max_open_per_device {
+            let error = format!(
+                "meta: this device has {open} uploads open, the most allowed; finish (or re-send meta for) one of those first"
+            );
+            return self.reject(device, evid, error).await;
+        }
+        let used: u64 = self.uploads.values().map(|u| u.meta.size).sum();
+        if used + meta.size > self.config.staging_quota_bytes {
+            let error = format!(
+                "meta.size: the platform's staging area is full ({used} of {} bytes held by open uploads); send it again later",
+                self.config.staging_quota_bytes
+            );
+            return self.reject(device, evid, error).await;
+        }
+        let dir = self.staging.join(device);
+        let path = dir.join(evid);
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => return self.reject(device, evid, storage_error(&e)).await,
+        };
+        let record = match self.store.evidence_upload_open(evid, device, &spec_of(&meta), &path.to_string_lossy()).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                std::fs::remove_file(&path).ok();
+                return match e {
+                    StoreError::Conflict { .. } => self.reject(device, evid, taken(evid)).await,
+                    other => warn!(evid, error = %other, "opening an upload failed"),
+                };
+            }
+        };
+        debug!(device, evid, size = meta.size, chunks = meta.chunks, "upload opened");
+        let up = Upload {
+            touched: record.touched_at,
+            record,
+            received: ChunkSet::new(meta.chunks),
+            meta,
+            file: Arc::new(file),
+            path,
+            hasher: Sha256::new(),
+            hashed: 0,
+            finalizing: false,
+        };
+        let missing = up.missing();
+        self.uploads.insert(evid.to_owned(), up);
+        self.send(device, &Receipt::Partial { evid: evid.to_owned(), missing }).await;
+    }
+
+    /// Writes a chunk into its staging file; true when it was new (and must be synced and
+    /// recorded before it is acknowledged).
+    async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &[u8]) -> bool {
+        let Some(up) = self.uploads.get_mut(evid) else {
+            match self.store.evidence_upload_state(evid).await {
+                // A late duplicate of a finished upload.
+                Ok(UploadState::Stored(e)) if e.device == device => {}
+                Ok(_) => {
+                    let error = format!("chunk[{n}]: no upload of evidence {evid} is open; publish meta first");
+                    self.reject(device, evid, error).await;
+                }
+                Err(e) => warn!(evid, error = %e, "looking up an upload failed"),
+            }
+            return false;
+        };
+        if up.record.device != device {
+            self.reject(device, evid, taken(evid)).await;
+            return false;
+        }
+        if let Err(e) = check_chunk(&up.meta, n, bytes.len()) {
+            self.discard(evid).await;
+            self.reject(device, evid, format!("{e}; nothing of this upload was kept")).await;
+            return false;
+        }
+        if up.received.contains(n) {
+            return false;
+        }
+        let offset = u64::from(n) * u64::from(up.meta.chunk_size);
+        if let Err(e) = up.file.write_all_at(bytes, offset) {
+            let error = storage_error(&e);
+            self.discard(evid).await;
+            self.reject(device, evid, error).await;
+            return false;
+        }
+        up.received.insert(n);
+        up.touched = now_ms();
+        if n == up.hashed {
+            up.hasher.update(bytes);
+            up.hashed += 1;
+        }
+        true
+    }
+
+    /// Syncs the staging files of new chunks, records the chunks, acknowledges their messages,
+    /// and hands complete uploads over to storage.
+    async fn flush(&mut self, pending: &mut Vec<(Publish, Option<(String, u32)>)>) {
+        if pending.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(pending);
+        let batch: Vec<(&Publish, &String, u32)> =
+            messages.iter().filter_map(|(p, s)| s.as_ref().map(|(evid, n)| (p, evid, *n))).collect();
+        let mut files: HashMap<String, Arc<File>> = HashMap::new();
+        for &(_, evid, _) in &batch {
+            if let Some(u) = self.uploads.get(evid) {
+                files.entry(evid.clone()).or_insert_with(|| u.file.clone());
+            }
+        }
+        let synced = tokio::task::spawn_blocking(move || {
+            files.into_iter().map(|(evid, f)| (evid, f.sync_data())).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (evid, result) in synced {
+            if let Err(e) = result {
+                let device = self.uploads.get(&evid).map(|u| u.record.device.clone()).unwrap_or_default();
+                self.discard(&evid).await;
+                self.reject(&device, &evid, storage_error(&e)).await;
+            }
+        }
+        let rows: Vec<(String, i64)> = batch
+            .iter()
+            .filter(|(_, evid, _)| self.uploads.contains_key(*evid))
+            .map(|(_, evid, n)| ((*evid).clone(), i64::from(*n)))
+            .collect();
+        let bytes: usize = batch.iter().map(|(p, _, _)| p.payload.len()).sum();
+        if let Err(e) = self.store.evidence_chunks_staged(&rows).await {
+            // Not recorded, so not received: the phone learns they are missing from its next meta.
+            warn!(chunks = rows.len(), error = %e, "recording staged chunks failed");
+            for (evid, n) in &rows {
+                if let Some(u) = self.uploads.get_mut(evid) {
+                    u.received.remove(*n as u32);
+                    u.hasher = Sha256::new();
+                    u.hashed = 0;
+                }
+            }
+        } else {
+            metrics::counter!("jiandu_evidence_chunks_total").increment(rows.len() as u64);
+            metrics::counter!("jiandu_evidence_chunk_bytes_total").increment(bytes as u64);
+        }
+        let mut touched: Vec<String> = Vec::new();
+        for (_, evid, _) in &batch {
+            if !touched.contains(evid) {
+                touched.push((*evid).clone());
+            }
+        }
+        for (p, _) in &messages {
+            self.ack(p).await;
+        }
+        for evid in touched {
+            if self.uploads.get(&evid).is_some_and(|u| u.complete() && !u.finalizing) {
+                self.hand_over(&evid);
+            }
+        }
+    }
+
+    /// Starts verifying and storing a complete upload in the background.
+    fn hand_over(&mut self, evid: &str) {
+        let Some(up) = self.uploads.get_mut(evid) else { return };
+        up.finalizing = true;
+        let h = Handover {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            key: self.key.clone(),
+            client: self.client.clone(),
+            record: up.record.clone(),
+            path: up.path.clone(),
+            hasher: up.hasher.clone(),
+            hashed_bytes: (u64::from(up.hashed) * u64::from(up.meta.chunk_size)).min(up.meta.size),
+        };
+        let done = self.done_tx.clone();
+        let evid = evid.to_owned();
+        let span = info_span!("evidence", evid = %evid, device = %h.record.device);
+        self.handovers.spawn(
+            async move {
+                let outcome = h.run().await;
+                done.send(Finished { evid, outcome }).ok();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Discards uploads nobody has touched for `idle_upload_hours`.
+    pub(super) async fn expire_idle(&mut self) {
+        let cutoff = now_ms() - (self.config.idle_upload_hours as i64).saturating_mul(3_600_000);
+        let idle: Vec<String> = self
+            .uploads
+            .iter()
+            .filter(|(_, u)| !u.finalizing && u.touched < cutoff)
+            .map(|(evid, _)| evid.clone())
+            .collect();
+        for evid in idle {
+            info!(evid = %evid, "idle upload discarded");
+            self.discard(&evid).await;
+        }
+    }
+
+    /// Lets running hand-overs finish (bounded), so a stored item also gets its receipt.
+    pub(super) async fn shutdown(&mut self) {
+        let wait = async { while self.handovers.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+            warn!("evidence hand-overs still running at shutdown; they resume at the next start");
+        }
+    }
+}
+
+fn taken(evid: &str) -> String {
+    format!("meta: evidence id {evid} is taken; generate a new ULID for this item")
+}
+
+fn stored_receipt(e: &Evidence) -> Receipt {
+    Receipt::Stored {
+        evid: e.evid.clone(),
+        sha256: e.sha256.clone(),
+        size: e.size.max(0) as u64,
+        ledger_seq: e.ledger_seq.max(0) as u64,
+        ledger_hash: e.ledger_hash.clone(),
+        received_at: e.received_at,
+        sig: e.sig.clone(),
+    }
+}
+
+impl Handover {
+    /// Verifies, commits and records the upload, then tells the phone.
+    async fn run(self) -> Outcome {
+        let device = self.record.device.clone();
+        let evid = self.record.evid.clone();
+        let outcome = self.store_it().await;
+        match &outcome {
+            Outcome::Stored(e) => {
+                std::fs::remove_file(&self.path).ok();
+                metrics::counter!("jiandu_evidence_stored_total").increment(1);
+                metrics::counter!("jiandu_evidence_stored_bytes_total").increment(e.size.max(0) as u64);
+                self.publish(&device, &stored_receipt(e)).await;
+            }
+            Outcome::Rejected(error) => {
+                std::fs::remove_file(&self.path).ok();
+                if let Err(e) = self.store.evidence_upload_discard(&evid).await {
+                    warn!(error = %e, "forgetting a rejected upload failed");
+                }
+                metrics::counter!("jiandu_evidence_rejected_total").increment(1);
+                info!(error = %error, "evidence upload rejected");
+                self.publish(&device, &Receipt::Rejected { evid, error: error.clone() }).await;
+            }
+            Outcome::Failed(error) => {
+                warn!(error = %error, "storing evidence failed; it is retried when the phone re-sends meta");
+            }
+        }
+        outcome
+    }
+
+    async fn publish(&self, device: &str, receipt: &Receipt) {
+        let payload = serde_json::to_vec(receipt).unwrap_or_default();
+        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
+            warn!(error = %e, "sending a receipt failed");
+        }
+    }
+
+    async fn store_it(&self) -> Outcome {
+        let spec = &self.record.spec;
+        let (path, mut hasher, offset) = (self.path.clone(), self.hasher.clone(), self.hashed_bytes);
+        let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            let mut f = File::open(&path)?;
+            f.sync_all()?;
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok((hex::encode(hasher.finalize()), len))
+        })
+        .await;
+        let (sha, len) = match hashed {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Outcome::Rejected(storage_error(&e)),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        if len != spec.size as u64 {
+            return Outcome::Rejected(format!(
+                "meta.size: received {len} bytes but meta announced {}; nothing was stored",
+                spec.size
+            ));
+        }
+        if sha != spec.sha256 {
+            return Outcome::Rejected(format!(
+                "meta.sha256: the received bytes hash to {sha}, not the announced {}; nothing was stored",
+                spec.sha256
+            ));
+        }
+        // Read-only before it becomes the stored blob (on a file store it is the same inode).
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            let mut perms = meta.permissions();
+            perms.set_readonly(true);
+            std::fs::set_permissions(&self.path, perms).ok();
+        }
+        match self.blobs.commit_staged(&self.path, &sha).await {
+            Ok(Committed::Stored) => debug!(sha256 = %sha, "blob stored"),
+            Ok(Committed::AlreadyStored) => debug!(sha256 = %sha, "same bytes stored before; blob shared"),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        match self.store.evidence_record(&self.record, &self.key).await {
+            Ok(e) => Outcome::Stored(Box::new(e)),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sets_count_each_chunk_once() {
+        let mut s = ChunkSet::new(130);
+        for n in [0, 64, 129, 64, 0] {
+            s.insert(n);
+        }
+        assert_eq!(s.count, 3);
+        assert!(s.contains(129) && s.contains(64) && !s.contains(1));
+        s.insert(130);
+        assert_eq!(s.count, 3, "out of range is ignored");
+        s.remove(64);
+        s.remove(64);
+        assert_eq!(s.count, 2);
+    }
+
+    #[test]
+    fn differing_meta_names_the_field() {
+        let m = EvidenceMeta {
+            sha256: "a".repeat(64),
+            size: 10,
+            mime: "image/jpeg".into(),
+            captured_at: 1_700_000_000_000,
+            lat: None,
+            lon: None,
+            report_id: None,
+            chunk_size: 4,
+            chunks: 3,
+        };
+        assert_eq!(differing_field(&m, &m.clone()), None);
+        let mut other = m.clone();
+        other.mime = "video/mp4".into();
+        assert_eq!(differing_field(&m, &other), Some("mime"));
+        assert_eq!(meta_of(&spec_of(&m)), m);
+    }
+}

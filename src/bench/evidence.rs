@@ -1,0 +1,258 @@
+//! `jiandu bench evidence`: upload throughput and memory of evidence ingest, and `verify --deep`
+//! throughput, each beside a reference on the same disk in the same run.
+//!
+//! A phone (a rumqttc client in this process) uploads one file of `JIANDU_BENCH_EVIDENCE_MB`
+//! MiB (default 1024) over loopback MQTT in 256 KiB QoS 1 chunks, as the protocol says, and the
+//! time runs until the signed `stored` receipt arrives. The reference is `cp` of the same bytes
+//! to the same disk. The server's RSS is sampled every 20 ms; its growth over the pre-upload
+//! baseline is reported (goal: < 64 MiB, i.e. flat whatever the size). Then `jiandu verify
+//! --deep` re-hashes the stored blob, against `sha256sum` of the same file. Goals from issue 5:
+//! upload ≥ 0.5 × `cp`, verify ≥ 0.8 × `sha256sum`. Repeated uploads carry the same bytes under
+//! new ids (stored once, as in production), so every run does the full staging, hashing and
+//! commit work.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{BenchArgs, Report, Row, Stat, SystemUnderTest, measure};
+
+const CHUNK: usize = 256 * 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Writes `size` pseudo-random bytes to `path` and returns their SHA-256.
+fn make_file(path: &Path, size: u64) -> Result<String> {
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
+    let mut hasher = Sha256::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 8 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        hasher.update(&block[..n]);
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    f.get_ref().sync_all()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Seconds a shell command takes.
+fn time_command(program: &str, args: &[&str]) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new(program).args(args).stdout(std::process::Stdio::null()).status()?;
+    if !status.success() {
+        bail!("{program} {args:?} failed");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Uploads the file as one phone would; returns (seconds until the stored receipt, peak RSS
+/// growth of the server in bytes).
+async fn upload(
+    sut: &SystemUnderTest,
+    dev: &str,
+    token: &str,
+    file: &Path,
+    sha: &str,
+    size: u64,
+    evid: &str,
+) -> Result<(f64, f64)> {
+    let mut o = MqttOptions::new(format!("{dev}-bench-{evid}"), &sut.mqtt.0, sut.mqtt.1);
+    o.set_credentials(dev, token);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(32);
+    let (client, mut events) = AsyncClient::new(o, 256);
+    client.subscribe(format!("jd/v1/dev/{dev}/inbox/receipt"), QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = sut.rss_bytes().unwrap_or(0);
+    let chunks = size.div_ceil(CHUNK as u64);
+    let meta = json!({"sha256": sha, "size": size, "mime": "video/mp4", "captured_at": 1_780_272_000_000i64,
+        "chunk_size": CHUNK, "chunks": chunks});
+    let start = Instant::now();
+    let (c, f, dev_s, evid_s) = (client.clone(), Arc::new(std::fs::File::open(file)?), dev.to_owned(), evid.to_owned());
+    // Rounds as the protocol has them: the chunks asked for, then meta again, whose `partial`
+    // receipt lists what did not arrive (the broker may drop what a lagging subscriber missed).
+    let (rounds, mut round_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    let publisher = tokio::spawn(async move {
+        let meta_topic = format!("jd/v1/dev/{dev_s}/ev/{evid_s}/meta");
+        c.publish(&meta_topic, QoS::AtLeastOnce, false, meta.to_string()).await?;
+        while let Some(round) = round_rx.recv().await {
+            for n in round {
+                let len = (size - n * CHUNK as u64).min(CHUNK as u64) as usize;
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, n * CHUNK as u64)?;
+                c.publish(format!("jd/v1/dev/{dev_s}/ev/{evid_s}/c/{n}"), QoS::AtLeastOnce, false, buf).await?;
+            }
+            c.publish(&meta_topic, QoS::AtLeastOnce, false, meta.to_string()).await?;
+        }
+        anyhow::Ok(())
+    });
+    rounds.send((0..chunks).collect()).ok();
+    let mut first_partial = true;
+    let mut resent = 0usize;
+    let mut peak = baseline;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let elapsed = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                peak = peak.max(sut.rss_bytes().unwrap_or(0));
+                if Instant::now() > deadline {
+                    bail!("no receipt within an hour");
+                }
+            }
+            e = events.poll() => {
+                if let Event::Incoming(Packet::Publish(p)) = e.map_err(|e| anyhow::anyhow!("phone's MQTT connection: {e:?}"))? {
+                    let v: Value = serde_json::from_slice(&p.payload)?;
+                    if v["evid"] == evid && v["status"] == "stored" {
+                        break start.elapsed().as_secs_f64();
+                    }
+                    if v["evid"] == evid && v["status"] == "rejected" {
+                        bail!("upload rejected: {}", v["error"]);
+                    }
+                    if v["evid"] == evid && v["status"] == "partial" {
+                        if std::mem::take(&mut first_partial) {
+                            continue;
+                        }
+                        let missing: Vec<u64> =
+                            v["missing"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+                        if !missing.is_empty() {
+                            resent += missing.len();
+                            rounds.send(missing).ok();
+                        }
+                    }
+                }
+            }
+        }
+    };
+    drop(rounds);
+    publisher.await??;
+    if resent > 0 {
+        eprintln!("[bench] {evid}: {resent} chunks were re-sent after the broker dropped them");
+    }
+    peak = peak.max(sut.rss_bytes().unwrap_or(0));
+    client.disconnect().await.ok();
+    Ok((elapsed, peak.saturating_sub(baseline) as f64))
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: &BenchArgs) -> Result<()> {
+    let mib: u64 = std::env::var("JIANDU_BENCH_EVIDENCE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let size = mib * 1024 * 1024;
+    let sut = SystemUnderTest::start(&args.db, "broker,ingest", &[])?;
+    let dev = sut.cli(&["device", "add", "bench-phone"])?;
+    let (dev, token) = (
+        dev["device"].as_str().context("device add printed no id")?.to_owned(),
+        dev["password"].as_str().context("device add printed no password")?.to_owned(),
+    );
+    let src = sut.dir.path().join("bench-source.bin");
+    eprintln!("[bench] writing {mib} MiB of test data");
+    let sha = make_file(&src, size)?;
+    let (src_s, dst_s) =
+        (src.to_string_lossy().into_owned(), sut.dir.path().join("bench-copy.bin").to_string_lossy().into_owned());
+
+    let cp = measure("cp", args.repetitions, |_| {
+        let (s, d) = (src_s.clone(), dst_s.clone());
+        async move {
+            std::fs::remove_file(&d).ok();
+            let secs = time_command("sh", &["-c", &format!("cp '{s}' '{d}' && sync '{d}'")])?;
+            Ok(mib as f64 / secs)
+        }
+    })
+    .await?;
+    std::fs::remove_file(&dst_s).ok();
+
+    let rss = std::cell::RefCell::new(Vec::new());
+    let ours = measure("upload over MQTT", args.repetitions, |i| {
+        let evid = format!("bench-{i}");
+        let (sut, dev, token, src, sha) = (&sut, dev.clone(), token.clone(), src.clone(), sha.clone());
+        let rss = &rss;
+        async move {
+            let (secs, growth) = upload(sut, &dev, &token, &src, &sha, size, &evid).await?;
+            rss.borrow_mut().push(growth / MIB);
+            Ok(mib as f64 / secs)
+        }
+    })
+    .await?;
+
+    let blob = sut.dir.path().join("evidence").join("evidence").join(&sha[..2]).join(&sha);
+    let blob_s = blob.to_string_lossy().into_owned();
+    let sha256sum = measure("sha256sum", args.repetitions, |_| {
+        let b = blob_s.clone();
+        async move { Ok(mib as f64 / time_command("sha256sum", &[&b])?) }
+    })
+    .await?;
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let (data_dir, db) = (sut.dir.path().to_string_lossy().into_owned(), sut.db.clone());
+    let verify = measure("jiandu verify --deep", args.repetitions, |_| {
+        let (exe, data_dir, db) = (exe.clone(), data_dir.clone(), db.clone());
+        async move {
+            let start = Instant::now();
+            let out = Command::new(&exe)
+                .args(["verify", "--deep"])
+                .env("JIANDU_DATA_DIR", &data_dir)
+                .env("JIANDU_DB", &db)
+                .env("RUST_LOG", "warn")
+                .output()?;
+            if !out.status.success() {
+                bail!("verify --deep failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(mib as f64 / start.elapsed().as_secs_f64())
+        }
+    })
+    .await?;
+
+    // The warm-up's growth is not a repetition.
+    let rss_runs: Vec<f64> = rss.into_inner().into_iter().skip(1).collect();
+    Report {
+        bench: "evidence".into(),
+        setup: json!({"size_mib": mib, "chunk_kib": CHUNK / 1024, "db": args.db, "disk": "the bench data dir"}),
+        rows: vec![
+            Row {
+                metric: "upload over MQTT loopback".into(),
+                unit: "MiB/s".into(),
+                ours,
+                reference: Some(("cp (same bytes, same disk)".into(), cp)),
+                goal: Some("≥ 0.5 × cp".into()),
+            },
+            Row {
+                metric: "server RSS growth during upload".into(),
+                unit: "MiB".into(),
+                ours: Stat::of(rss_runs),
+                reference: None,
+                goal: Some("< 64".into()),
+            },
+            Row {
+                metric: "verify --deep".into(),
+                unit: "MiB/s".into(),
+                ours: verify,
+                reference: Some(("sha256sum".into(), sha256sum)),
+                goal: Some("≥ 0.8 × sha256sum".into()),
+            },
+        ],
+    }
+    .print(args.json);
+    Ok(())
+}
