@@ -1,0 +1,329 @@
+//! `/api/v1/cases`: the disciplinary case workflow for staff and leaders (issue 10).
+//!
+//! Dispatchers and admins open cases and ask to move them on; leaders approve and grant
+//! extensions (per the stage template the case runs under, see `oversight::cases`). Every change
+//! goes through [`Workflow`], which checks roles and computes working-day deadlines, and lands in
+//! the case's timeline, the ledger and `jd/v1/events/case`. Leaders also get the overview per
+//! unit and stage, the approvals inbox, the overdue list and the negative records.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jiandu_oversight::OversightError;
+use jiandu_oversight::cases::{OpenCase, Workflow};
+use jiandu_store::{Case, CaseOrigin, Role, now_ms};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, Caller, Page};
+use crate::AppState;
+
+/// Roles that may read cases.
+const READERS: &[Role] = &[Role::Dispatcher, Role::Leader, Role::Admin, Role::Auditor];
+
+/// The case routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/cases", get(list).post(create))
+        .route("/cases/overview", get(overview))
+        .route("/cases/approvals", get(approvals_inbox))
+        .route("/cases/{id}", get(detail))
+        .route("/cases/{id}/advance", post(advance))
+        .route("/cases/{id}/approve", post(approve))
+        .route("/cases/{id}/extend", post(extend))
+        .route("/negative-records", get(negative_records))
+}
+
+fn oversight_error(e: OversightError) -> ApiError {
+    match e {
+        OversightError::Invalid { field, reason } => ApiError::invalid(field, reason),
+        OversightError::Forbidden { reason } => ApiError::forbidden(reason),
+        OversightError::Store(e) => ApiError::from(e),
+        other => ApiError::internal(other),
+    }
+}
+
+/// The caller as a user with a role; integrations may read but not work cases.
+fn user_role(caller: &Caller) -> Result<Role, ApiError> {
+    caller.role().ok_or_else(|| ApiError::forbidden("integrations may not change cases"))
+}
+
+/// The request body as a JSON object; an empty body is an empty object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::invalid("body", format!("not valid JSON: {e}"))),
+    }
+}
+
+fn opt_str(m: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::invalid(field, format!("must be a string, got {other}"))),
+    }
+}
+
+fn req_str(m: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    opt_str(m, field)?
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid(field, "is required (a non-empty string)"))
+}
+
+fn str_list(m: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a string"))
+            })
+            .collect(),
+        Some(other) => Err(ApiError::invalid(field, format!("must be an array of strings, got {other}"))),
+    }
+}
+
+/// The stage index a change is aimed at: `stage_index` in the body, else the current one.
+fn stage_index(m: &Map<String, Value>, case: &Case) -> Result<i64, ApiError> {
+    match m.get("stage_index") {
+        None | Some(Value::Null) => Ok(case.stage_index),
+        Some(v) => v.as_i64().ok_or_else(|| ApiError::invalid("stage_index", format!("must be an integer, got {v}"))),
+    }
+}
+
+async fn workflow(s: &AppState) -> Result<Workflow, ApiError> {
+    Workflow::load(&s.store).await.map_err(oversight_error)
+}
+
+/// A case with its stage name, deadline countdown and (for the detail) timeline.
+async fn case_view(s: &AppState, case: &Case, full: bool) -> Result<Value, ApiError> {
+    let now = now_ms();
+    let stages = Workflow::case_stages(case).map_err(oversight_error)?;
+    let stage = stages.get(case.stage_index as usize);
+    let mut v = json!({
+        "id": case.id, "title": case.title, "status": case.status,
+        "origin": {"kind": case.origin.as_str(), "id": case.origin_id},
+        "parties": case.parties, "evidence": case.evidence,
+        "handler": case.handler, "unit": case.unit, "unit_head": case.unit_head,
+        "stage": {
+            "index": case.stage_index, "key": case.stage, "name": stage.map(|s| s.name.clone()),
+            "started_at": case.stage_started_at, "approvals_required": stage.map(|s| s.approvals),
+            "submitted_by": case.submitted_by, "submitted_at": case.submitted_at,
+        },
+        "deadline_at": case.deadline_at,
+        "remaining_ms": if case.status == "open" { Some(case.deadline_at - now) } else { None },
+        "overdue": case.overdue_at.is_some() || (case.status == "open" && now > case.deadline_at),
+        "overdue_at": case.overdue_at, "extensions": case.extensions,
+        "created_by": case.created_by, "created_at": case.created_at, "updated_at": case.updated_at,
+    });
+    if full {
+        v["stages"] = json!(
+            stages
+                .iter()
+                .map(|s| json!({
+                    "key": s.key, "name": s.name, "limit_days": s.limit_days, "day_kind": s.day_kind,
+                    "approvals": s.approvals, "max_extensions": s.max_extensions,
+                }))
+                .collect::<Vec<_>>()
+        );
+        v["timeline"] = json!(s.store.case_timeline(&case.id).await?);
+        v["approvals"] = json!(s.store.case_approvals(&case.id).await?);
+        v["timers"] = json!(s.store.case_timers(&case.id).await?);
+    }
+    Ok(v)
+}
+
+/// `POST /api/v1/cases` `{title, origin:{kind,id}?, parties?, evidence?, handler, unit, unit_head?}`.
+async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let role = user_role(&caller)?;
+    let m = object(&body)?;
+    let (origin, origin_id) = match m.get("origin") {
+        None | Some(Value::Null) => (CaseOrigin::Manual, None),
+        Some(Value::Object(o)) => {
+            let kind = req_str(o, "kind").map_err(|_| ApiError::invalid("origin.kind", "is required"))?;
+            let origin = CaseOrigin::parse(&kind).ok_or_else(|| {
+                ApiError::invalid("origin.kind", format!("one of report, lookup, evidence, manual; got {kind:?}"))
+            })?;
+            let id = opt_str(o, "id").map_err(|_| ApiError::invalid("origin.id", "must be a string"))?;
+            (origin, id)
+        }
+        Some(other) => return Err(ApiError::invalid("origin", format!("must be an object, got {other}"))),
+    };
+    let open = OpenCase {
+        title: req_str(&m, "title")?,
+        origin,
+        origin_id,
+        parties: str_list(&m, "parties")?,
+        evidence: str_list(&m, "evidence")?,
+        handler: req_str(&m, "handler")?,
+        unit: req_str(&m, "unit")?,
+        unit_head: opt_str(&m, "unit_head")?,
+    };
+    let wf = workflow(&s).await?;
+    let case = wf.open(&s.store, open, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
+    Ok((StatusCode::CREATED, Json(case_view(&s, &case, true).await?)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    unit: Option<String>,
+    overdue: Option<bool>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/cases?unit=&overdue=true&limit=&after=`: newest first.
+async fn list(caller: Caller, State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, false)?;
+    let page = Page { limit: q.limit, after: q.after };
+    let cases = s
+        .store
+        .cases(
+            q.unit.as_deref().filter(|u| !u.is_empty()),
+            q.overdue.unwrap_or(false),
+            page.limit(),
+            page.after.as_deref(),
+        )
+        .await?;
+    let mut items = Vec::with_capacity(cases.len());
+    for c in &cases {
+        items.push(case_view(&s, c, false).await?);
+    }
+    let next = (cases.len() as i64 == page.limit()).then(|| cases.last().map(|c| c.id.clone())).flatten();
+    Ok(Json(json!({"items": items, "next": next})))
+}
+
+/// `GET /api/v1/cases/{id}`: the case, its stages, timeline, approvals and timers.
+async fn detail(caller: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, false)?;
+    let case = s.store.case(&id).await?;
+    Ok(Json(case_view(&s, &case, true).await?))
+}
+
+/// `POST /api/v1/cases/{id}/advance` `{stage_index?, note?}`: ask to move on.
+async fn advance(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let role = user_role(&caller)?;
+    let m = object(&body)?;
+    let case = s.store.case(&id).await?;
+    let index = stage_index(&m, &case)?;
+    let note = opt_str(&m, "note")?;
+    let wf = workflow(&s).await?;
+    let case = wf
+        .advance(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
+        .await
+        .map_err(oversight_error)?;
+    Ok(Json(case_view(&s, &case, true).await?))
+}
+
+/// `POST /api/v1/cases/{id}/approve` `{stage_index?, note?}`: approve moving on.
+async fn approve(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let role = user_role(&caller)?;
+    let m = object(&body)?;
+    let case = s.store.case(&id).await?;
+    let index = stage_index(&m, &case)?;
+    let note = opt_str(&m, "note")?;
+    let wf = workflow(&s).await?;
+    let a = wf
+        .approve(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
+        .await
+        .map_err(oversight_error)?;
+    let mut v = case_view(&s, &a.case, true).await?;
+    v["approval"] = json!({"approvals": a.approvals, "moved": a.moved});
+    Ok(Json(v))
+}
+
+/// `POST /api/v1/cases/{id}/extend` `{stage_index?, days?, reason}`: extend the deadline.
+async fn extend(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let role = user_role(&caller)?;
+    let m = object(&body)?;
+    let case = s.store.case(&id).await?;
+    let index = stage_index(&m, &case)?;
+    let reason = req_str(&m, "reason")?;
+    let days = match m.get("days") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|d| u32::try_from(d).ok())
+                .ok_or_else(|| ApiError::invalid("days", format!("must be a positive integer, got {v}")))?,
+        ),
+    };
+    let wf = workflow(&s).await?;
+    let case =
+        wf.extend(&s.store, &id, index, days, &reason, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
+    Ok(Json(case_view(&s, &case, true).await?))
+}
+
+/// `GET /api/v1/cases/overview`: open and overdue cases per unit and stage (leaders' view).
+async fn overview(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, false)?;
+    Ok(Json(json!({"items": s.store.case_overview().await?})))
+}
+
+/// `GET /api/v1/cases/approvals`: cases waiting for an approval the caller's role may give.
+async fn approvals_inbox(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, false)?;
+    let role = user_role(&caller)?;
+    let mut items = Vec::new();
+    for case in s.store.cases_awaiting_approval(500).await? {
+        let stages = Workflow::case_stages(&case).map_err(oversight_error)?;
+        let may = stages.get(case.stage_index as usize).is_some_and(|st| st.approve.contains(&role));
+        let already = s
+            .store
+            .case_approvals(&case.id)
+            .await?
+            .iter()
+            .any(|a| a.stage_index == case.stage_index && a.approver == caller.name());
+        if may && !already {
+            items.push(case_view(&s, &case, false).await?);
+        }
+    }
+    Ok(Json(json!({"items": items})))
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordsQuery {
+    unit: Option<String>,
+    handler: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/negative-records?unit=|handler=`: negative records, newest first.
+async fn negative_records(
+    caller: Caller,
+    State(s): State<AppState>,
+    Query(q): Query<RecordsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(READERS, false)?;
+    let (kind, subject) = match (q.unit.filter(|u| !u.is_empty()), q.handler.filter(|h| !h.is_empty())) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("handler", "ask for a unit or a handler, not both")),
+        (Some(u), None) => (Some("unit"), Some(u)),
+        (None, Some(h)) => (Some("handler"), Some(h)),
+        (None, None) => (None, None),
+    };
+    let limit = Page { limit: q.limit, after: None }.limit();
+    Ok(Json(json!({"items": s.store.negative_records(kind, subject.as_deref(), limit).await?})))
+}
