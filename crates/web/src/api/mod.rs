@@ -4,7 +4,19 @@
 //!
 //! Authentication: HTTP Basic with a web user's name and password (argon2-verified, cached for a
 //! minute so API clients do not pay the hash on every call), or `Authorization: Bearer <token>`
-//! of an integration account. Browser sessions (cookies) come with the web view.
+//! of an integration account, or the web view's session cookie (`api/session.rs`), whose
+//! state-changing requests must carry the session's CSRF token (`X-CSRF-Token`).
+
+pub mod cases;
+pub mod devices;
+pub mod evidence;
+pub mod index;
+pub mod lookups;
+pub mod reports;
+pub mod session;
+pub mod stream;
+pub mod users;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +38,16 @@ use crate::AppState;
 /// All `/api/v1` routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .merge(devices::routes())
+        .merge(reports::routes())
+        .merge(evidence::routes())
+        .merge(lookups::routes())
+        .merge(cases::routes())
+        .merge(index::routes())
+        .merge(session::routes())
+        .merge(stream::routes())
+        .merge(users::routes())
+        .merge(view::routes())
 }
 
 /// An API error rendered as `{"error":{"code","message","field"}}` (DESIGN §6).
@@ -109,6 +131,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { what, id } => ApiError::not_found(what, &id),
             StoreError::DuplicateName { name } => ApiError::conflict(format!("'{name}' exists already")),
             StoreError::InvalidInput { field, reason } => ApiError::invalid(field, reason),
+            StoreError::Conflict { reason } => ApiError::conflict(reason),
             other => ApiError::internal(other),
         }
     }
@@ -223,6 +246,21 @@ impl FromRequestParts<AppState> for Caller {
                 Some(account) => Ok(Caller::Integration(account)),
                 None => Err(ApiError::unauthorized()),
             };
+        }
+        if let Some(id) = session::session_id(&parts.headers) {
+            let Some(s) = state.sessions.get(id) else { return Err(ApiError::unauthorized()) };
+            if !parts.method.is_safe() {
+                let sent = parts.headers.get(crate::session::CSRF_HEADER).and_then(|v| v.to_str().ok());
+                if !sent.is_some_and(|t| crate::session::same_token(t, &s.csrf)) {
+                    return Err(ApiError {
+                        status: StatusCode::FORBIDDEN,
+                        code: "csrf",
+                        message: "missing or wrong X-CSRF-Token header (GET /api/v1/session gives it)".into(),
+                        field: Some("X-CSRF-Token".into()),
+                    });
+                }
+            }
+            return Ok(Caller::User(s.user));
         }
         Err(ApiError::unauthorized())
     }

@@ -1,0 +1,135 @@
+//! Administration from the web view: users (`GET/POST /api/v1/users`, admins), registering and
+//! revoking phones (`POST /api/v1/devices`, `POST /api/v1/devices/{id}/revoke`, admins), and the
+//! evidence ledger for auditors (`GET /api/v1/ledger`).
+//!
+//! Everything here calls the same `Store` methods as `jiandu user add` and `jiandu device add`,
+//! so a phone registered in the browser is indistinguishable from one added on the command line;
+//! its token is in the answer once and stored only hashed.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jiandu_store::Role;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{ApiError, Caller};
+use crate::AppState;
+
+/// The administration routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/users", get(list_users).post(add_user))
+        .route("/devices", post(add_device))
+        .route("/devices/{id}/revoke", post(revoke_device))
+        .route("/ledger", get(ledger))
+}
+
+/// Reads a JSON body into `T`, naming the field that is missing, unknown or of the wrong type.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.to_string();
+        let field = if path != "." {
+            path
+        } else {
+            msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("body").to_owned()
+        };
+        ApiError::invalid(field, msg)
+    })
+}
+
+async fn list_users(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin], false)?;
+    Ok(Json(json!({"items": s.store.list_users().await?})))
+}
+
+/// Body of `POST /api/v1/users`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    role: String,
+    password: Option<String>,
+}
+
+/// `POST /api/v1/users` `{name,role,password?}` → 201 `{user,username,password}`; the password
+/// (generated when absent) is shown this once.
+async fn add_user(caller: Caller, State(s): State<AppState>, bytes: axum::body::Bytes) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin], false)?;
+    let b: NewUser = body(&bytes)?;
+    let role: Role = b.role.parse()?;
+    let (user, password) = s.store.create_user(&b.name, role, b.password.as_deref()).await?;
+    info!(user = %user.name, %role, by = caller.name(), "user added in the web view");
+    let out = json!({"user": user, "username": user.name, "password": password.expose()});
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// Body of `POST /api/v1/devices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    name: String,
+    staff: Option<String>,
+}
+
+/// `POST /api/v1/devices` `{name,staff?}` → 201 `{device,username,password,mqtt}`, the same shape
+/// as `jiandu device add`; the token is shown this once.
+async fn add_device(caller: Caller, State(s): State<AppState>, bytes: axum::body::Bytes) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin], false)?;
+    let b: NewDevice = body(&bytes)?;
+    let staff = b.staff.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    let (device, token) = s.store.create_device(&b.name, staff).await?;
+    info!(device = %device.id, name = %device.name, by = caller.name(), "device added in the web view");
+    let out = json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": s.ui.mqtt_url});
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// `POST /api/v1/devices/{id}/revoke`: the phone can no longer log in.
+async fn revoke_device(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin], false)?;
+    let device = s.store.revoke_device(&id).await?;
+    info!(device = %id, by = caller.name(), "device revoked in the web view");
+    Ok(Json(json!({"device": device})))
+}
+
+/// `?before=&limit=` of the ledger: entries with `seq < before`, newest first.
+#[derive(Debug, Deserialize)]
+struct LedgerQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/ledger`: the hash-chained ledger, newest first (auditors and admins);
+/// `next` is the `before` of the following page.
+async fn ledger(
+    caller: Caller,
+    State(s): State<AppState>,
+    Query(q): Query<LedgerQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Auditor, Role::Admin], false)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be within 1..=500, got {limit}")));
+    }
+    let (head, head_hash) = s.store.ledger_head().await?;
+    let before = match q.before {
+        Some(b) if b < 1 => return Err(ApiError::invalid("before", format!("must be at least 1, got {b}"))),
+        Some(b) => b.min(head + 1),
+        None => head + 1,
+    };
+    let after = (before - 1 - limit).max(0);
+    let mut items = s.store.ledger_entries(after, before - 1 - after).await?;
+    items.reverse();
+    let next = (after > 0).then_some(after + 1);
+    Ok(Json(json!({"items": items, "next": next, "head": {"seq": head, "hash": head_hash}})))
+}

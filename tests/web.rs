@@ -1,0 +1,499 @@
+//! The web view end to end (issue 8): browser sessions, CSRF and role checks, login rate limits,
+//! the admin endpoints, Server-Sent Events with `Last-Event-ID` resume, the embedded view and
+//! its OpenAPI description, all against a real `jiandu serve`; and the desk's work in Debian's
+//! headless Chromium (tests/browser/desk.mjs) with simulated phones over MQTT.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Db, TestApp, connect};
+use reqwest::StatusCode;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use serde_json::{Value, json};
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A browser-like HTTP client: keeps the session cookie and the CSRF token by hand, so the test
+/// sees exactly what is sent.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Browser {
+        Browser { base: app.http.clone(), http: reqwest::Client::new(), cookie: None, csrf: None }
+    }
+
+    /// `POST /api/v1/session`; on success keeps the cookie and token. Returns status and body.
+    async fn login(&mut self, name: &str, password: &str) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/session", self.base))
+            .json(&json!({"name": name, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::OK {
+            let set = headers.get("set-cookie").unwrap().to_str().unwrap();
+            self.cookie = Some(set.split(';').next().unwrap().to_owned());
+            self.csrf = body["csrf"].as_str().map(str::to_owned);
+        }
+        (status, body, headers)
+    }
+
+    /// A request with the cookie; `csrf` chooses the X-CSRF-Token header (None: not sent).
+    async fn send(&self, method: &str, path: &str, body: Option<Value>, csrf: Option<&str>) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        if let Some(t) = csrf {
+            req = req.header("x-csrf-token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request with the cookie and the right CSRF token.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let csrf = self.csrf.clone();
+        self.send(method, path, body, csrf.as_deref()).await
+    }
+}
+
+/// Adds a web user through the CLI; returns its generated password.
+fn add_user(app: &TestApp, name: &str, role: &str) -> String {
+    app.cli(&["user", "add", name, "--role", role])["password"].as_str().unwrap().to_owned()
+}
+
+async fn sessions_csrf_and_roles(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let desk_pw = add_user(&app, "desk", "dispatcher");
+    let mut desk = Browser::new(&app);
+
+    let (status, body, _) = desk.login("desk", "not-the-password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // API clients are offered Basic; the view (X-Requested-With) is not, so no browser dialog.
+    let url = format!("{}/api/v1/session", app.http);
+    let plain = reqwest::get(&url).await.unwrap();
+    assert_eq!(plain.headers()["www-authenticate"], "Basic realm=\"jiandu\"");
+    let view = reqwest::Client::new().get(&url).header("x-requested-with", "jiandu-web").send().await.unwrap();
+    assert_eq!(view.status(), StatusCode::UNAUTHORIZED);
+    assert!(!view.headers().contains_key("www-authenticate"));
+    let (status, body, _) = desk.login("", "x").await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")));
+
+    let (status, body, headers) = desk.login("desk", &desk_pw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user"], json!({"name": "desk", "role": "dispatcher"}));
+    let set = headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(set.starts_with("jd_session="), "{set}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    let csrf = desk.csrf.clone().unwrap();
+    assert_eq!(csrf.len(), 64);
+
+    // The session answers who is logged in, with the same token.
+    let (status, me) = desk.send("GET", "/session", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((me["user"]["name"].as_str(), me["csrf"].as_str()), (Some("desk"), Some(csrf.as_str())));
+
+    // Reads need no token; writes need the right one.
+    let (status, _) = desk.send("GET", "/reports", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let tip = json!({"kind": "tip", "text": "banquet at the hotel", "lat": 36.5, "lon": 118.5});
+    let (status, body) = desk.send("POST", "/reports", Some(tip.clone()), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")));
+    assert_eq!(body["error"]["field"], "X-CSRF-Token");
+    let wrong = "0".repeat(64);
+    let (status, body) = desk.send("POST", "/reports", Some(tip.clone()), Some(&wrong)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")));
+    let (status, body) = desk.call("POST", "/reports", Some(tip)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["report"]["origin"], "desk");
+    let reports = app.get_json("/api/v1/reports").await;
+    assert_eq!(reports["items"].as_array().unwrap().len(), 1, "the refused writes stored nothing");
+
+    // A dispatcher is not an admin.
+    let (status, body) = desk.call("GET", "/users", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, _) = desk.call("POST", "/devices", Some(json!({"name": "phone"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = desk.call("GET", "/ledger", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // An admin registers a phone and a user in the browser; the phone's token works on MQTT.
+    let mut admin = Browser::new(&app);
+    let (status, _, _) = admin.login(&app.admin.0, &app.admin.1).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, dev) = admin.call("POST", "/devices", Some(json!({"name": "patrol 7", "staff": "S-0007"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{dev}");
+    let id = dev["device"].as_str().unwrap().to_owned();
+    assert_eq!(dev["username"], id.as_str());
+    assert!(dev["mqtt"].as_str().unwrap().starts_with("mqtt://"), "{dev}");
+    let token = dev["password"].as_str().unwrap();
+    connect(app.options(&id, Some((&id, token)))).await.expect("the token shown once logs the phone in");
+    let (status, body) = admin.call("POST", "/devices", Some(json!({"staff": "S-1"}))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("name")));
+    let (status, body) = admin.call("POST", "/users", Some(json!({"name": "lead", "role": "chief"}))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("role")));
+    let (status, body) = admin
+        .call("POST", "/users", Some(json!({"name": "lead", "role": "leader", "password": "long enough pw"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["password"], "long enough pw");
+    let (status, users) = admin.call("GET", "/users", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = users["items"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"lead") && names.contains(&"desk"), "{names:?}");
+    let mut lead = Browser::new(&app);
+    assert_eq!(lead.login("lead", "long enough pw").await.0, StatusCode::OK);
+    let (status, _) = lead.call("POST", &format!("/devices/{id}/revoke"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a leader may not revoke");
+    let (status, body) = admin.call("POST", &format!("/devices/{id}/revoke"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["device"]["revoked_at"].as_i64().is_some());
+    assert!(connect(app.options(&id, Some((&id, token)))).await.is_err(), "a revoked phone cannot log in");
+
+    // The ledger, newest first, for admins and auditors.
+    let (status, ledger) = admin.call("GET", "/ledger?limit=2", None).await;
+    assert_eq!(status, StatusCode::OK, "{ledger}");
+    let items = ledger["items"].as_array().unwrap();
+    if ledger["head"]["seq"].as_i64().unwrap() >= 2 {
+        assert_eq!(items.len(), 2);
+        assert!(items[0]["seq"].as_i64() > items[1]["seq"].as_i64());
+        assert_eq!(items[0]["seq"], ledger["head"]["seq"]);
+    }
+    let (status, body) = admin.call("GET", "/ledger?limit=0", None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")));
+
+    // Logout ends the session; the old cookie is refused.
+    let (status, _) = desk.send("DELETE", "/session", None, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "logout needs the token too");
+    let (status, _) = desk.call("DELETE", "/session", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = desk.send("GET", "/reports", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    app.stop();
+}
+
+#[tokio::test]
+async fn sessions_csrf_and_roles_sqlite() {
+    sessions_csrf_and_roles(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sessions_csrf_and_roles_postgres() {
+    sessions_csrf_and_roles(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let pw = add_user(&app, "night", "dispatcher");
+    let mut b = Browser::new(&app);
+    for i in 0..5 {
+        assert_eq!(b.login("night", &format!("guess {i}")).await.0, StatusCode::UNAUTHORIZED);
+    }
+    // The sixth try is refused before the password is even checked, right or wrong.
+    let (status, body, headers) = b.login("night", &pw).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let wait: u64 = headers.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=300).contains(&wait), "{wait}");
+    // Another name from the same address is locked too: guessing across names does not help.
+    let other = add_user(&app, "day", "leader");
+    assert_eq!(b.login("day", &other).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // HTTP Basic for API clients is not a way around it either: it is the same store check,
+    // and a wrong Basic password is still 401.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/reports", app.http))
+        .basic_auth("night", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    app.stop();
+}
+
+/// Reads SSE frames from a response until `n` events with an `id:` arrived; returns (id, data).
+async fn sse_events(resp: &mut reqwest::Response, n: usize) -> Vec<(i64, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while out.len() < n {
+            let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
+            buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let id = frame.lines().find_map(|l| l.strip_prefix("id:")).map(|v| v.trim().parse::<i64>().unwrap());
+                let data = frame.lines().find_map(|l| l.strip_prefix("data:")).map(|v| v.trim().to_owned());
+                if let (Some(id), Some(data)) = (id, data) {
+                    out.push((id, serde_json::from_str(&data).unwrap()));
+                }
+            }
+        }
+    })
+    .await
+    .expect("SSE events did not arrive (safety-net timeout)");
+    out
+}
+
+async fn sse_resumes(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let http = reqwest::Client::new();
+    let post = |text: &str| {
+        http.post(format!("{}/api/v1/reports", app.http))
+            .basic_auth(&app.admin.0, Some(&app.admin.1))
+            .json(&json!({"kind": "tip", "text": text, "lat": 36.5, "lon": 118.5}))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for text in ["first", "second", "third"] {
+        let r: Value = post(text).await.unwrap().json().await.unwrap();
+        ids.push(r["report"]["id"].as_str().unwrap().to_owned());
+    }
+    let created = |evs: &[(i64, Value)]| -> Vec<String> {
+        evs.iter()
+            .filter(|(_, v)| v["type"] == "report.created")
+            .map(|(_, v)| v["data"]["report"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // From the beginning: every event, in seq order, ids strictly increasing.
+    let mut all = http
+        .get(format!("{}/api/v1/events?after=0", app.http))
+        .basic_auth(&app.admin.0, Some(&app.admin.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), StatusCode::OK);
+    assert_eq!(all.headers()["content-type"], "text/event-stream");
+    let mut seen = Vec::new();
+    while created(&seen).len() < 3 {
+        seen.extend(sse_events(&mut all, 1).await);
+    }
+    assert_eq!(created(&seen), ids);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    for (id, v) in &seen {
+        assert_eq!(v["seq"].as_i64(), Some(*id), "id: is the outbox seq");
+    }
+    let first = seen.iter().find(|(_, v)| v["type"] == "report.created").unwrap().0;
+
+    // A reconnect with Last-Event-ID gets exactly what came after it.
+    let mut resumed = http
+        .get(format!("{}/api/v1/events", app.http))
+        .basic_auth(&app.admin.0, Some(&app.admin.1))
+        .header("Last-Event-ID", first.to_string())
+        .send()
+        .await
+        .unwrap();
+    let after: Vec<(i64, Value)> = seen.iter().filter(|(id, _)| *id > first).cloned().collect();
+    let got = sse_events(&mut resumed, after.len()).await;
+    assert_eq!(got, after);
+
+    // Live: a new report wakes both open streams (through the web role's MQTT subscription).
+    let r: Value = post("fourth").await.unwrap().json().await.unwrap();
+    let fourth = r["report"]["id"].as_str().unwrap().to_owned();
+    for stream in [&mut all, &mut resumed] {
+        let mut live = Vec::new();
+        while !created(&live).contains(&fourth) {
+            live.extend(sse_events(stream, 1).await);
+        }
+    }
+
+    // A bad Last-Event-ID names the header; a device may not listen.
+    let resp = http
+        .get(format!("{}/api/v1/events", app.http))
+        .basic_auth(&app.admin.0, Some(&app.admin.1))
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "Last-Event-ID");
+    let resp = http.get(format!("{}/api/v1/events", app.http)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    drop((all, resumed));
+    app.stop();
+}
+
+#[tokio::test]
+async fn sse_resumes_from_last_event_id_sqlite() {
+    sse_resumes(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sse_resumes_from_last_event_id_postgres() {
+    sse_resumes(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_view_and_openapi_are_served() {
+    let app = TestApp::spawn_with_config(
+        Db::Sqlite,
+        "[web]\ntile_url = \"http://tiles.intranet/{z}/{x}/{y}.png\"\ngcj02 = true",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("{}/", app.http)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("lang=\"zh-CN\""), "Chinese by default");
+    let script = html.split("src=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let js = http.get(format!("{}{script}", app.http)).send().await.unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+    assert!(js.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(js.text().await.unwrap().contains("maplibre"), "the bundle carries the map library");
+    // Unknown API paths are JSON 404s, not the page.
+    let resp = http.get(format!("{}/api/v1/nothing-here", app.http)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let doc: Value = http.get(format!("{}/api/v1/openapi.json", app.http)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/devices",
+        "/devices/{id}/track",
+        "/reports",
+        "/reports/{id}",
+        "/reports/{id}/dispatch",
+        "/reports/{id}/cancel",
+        "/reports/{id}/reassign",
+        "/evidence",
+        "/evidence/{id}",
+        "/evidence/{id}/content",
+        "/ledger/key",
+        "/lookup/{kind}",
+        "/lookups",
+        "/session",
+        "/events",
+        "/users",
+        "/ledger",
+        "/cases",
+        "/cases/{id}/advance",
+        "/index/{unit}",
+    ] {
+        assert!(paths.contains_key(p), "openapi.json lacks {p}");
+    }
+
+    // The configured tiles reach the view.
+    let ui = app.get_json("/api/v1/ui").await;
+    assert_eq!(ui["tile_url"], "http://tiles.intranet/{z}/{x}/{y}.png");
+    assert_eq!(ui["gcj02"], true);
+    app.stop();
+}
+
+/// A simulated phone for the browser test: a heartbeat every 300 ms, walking up to 300 m north
+/// and back, and it accepts every assignment it is offered.
+async fn run_phone(app: &TestApp, name: &str, lat: f64, lon: f64) -> (String, tokio::task::JoinHandle<()>) {
+    let (id, token) = app.add_device(name);
+    let (client, mut events): (AsyncClient, _) = connect(app.options(&id, Some((&id, &token)))).await.unwrap();
+    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
+    let dev = id.clone();
+    let task = tokio::spawn(async move {
+        let topic = |s: &str| format!("jd/v1/dev/{dev}/{s}");
+        client
+            .publish(topic("presence"), QoS::AtLeastOnce, true, json!({"online": true, "ts": now()}).to_string())
+            .await
+            .ok();
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let mut step = 0.0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    step += 1.0;
+                    let hb = json!({"ts": now(), "lat": lat + (step % 10.0) * 0.0003, "lon": lon, "duty": "on", "bat": 80});
+                    client.publish(topic("hb"), QoS::AtLeastOnce, false, hb.to_string()).await.ok();
+                }
+                e = events.poll() => match e {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/inbox/assignment") => {
+                        let offer: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if let Some(a) = offer["assignment_id"].as_str() {
+                            let body = json!({"status": "accepted", "ts": now()}).to_string();
+                            client.publish(topic(&format!("asg/{a}")), QoS::AtLeastOnce, false, body).await.ok();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                },
+            }
+        }
+    });
+    (id, task)
+}
+
+#[tokio::test]
+async fn the_desk_works_in_headless_chromium() {
+    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
+        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed in tests/browser: run scripts/services.sh"
+    );
+    // Position samples for every heartbeat, so the map moves while the test watches.
+    // A 2 km dispatch radius, so the report the desk makes 2.9 km away is escalated to the desk.
+    let config = "[ingest]\nposition_event_interval_s = 0\n[dispatch]\nradius_m = 2000";
+    let app = TestApp::spawn_with_config(Db::Sqlite, config).await;
+    let desk_pw = add_user(&app, "desk", "dispatcher");
+    let mut phones = Vec::new();
+    for (i, (lat, lon)) in [(36.5010, 118.5000), (36.5200, 118.5300), (36.4700, 118.4600)].into_iter().enumerate() {
+        phones.push(run_phone(&app, &format!("patrol {i}"), lat, lon).await);
+    }
+    let artifacts = root.join("target/test-artifacts/web");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/desk.mjs"))
+        .env("JD_URL", &app.http)
+        .env("JD_CHROMIUM", &chromium)
+        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
+        .env("JD_DESK", format!("desk:{desk_pw}"))
+        .env("JD_NEAREST", &phones[0].0)
+        .env("JD_ARTIFACTS", &artifacts)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    // What the browser did is in the database: the nearest phone accepted the web-made report.
+    let reports = app.get_json("/api/v1/reports").await;
+    let r = &reports["items"][0];
+    assert_eq!(r["source"], "web");
+    assert_eq!(r["origin"], "desk");
+    let view = app.get_json(&format!("/api/v1/reports/{}", r["id"].as_str().unwrap())).await;
+    let accepted = view["assignments"].as_array().unwrap().iter().find(|a| a["status"] == "accepted");
+    let accepted = accepted.expect("an accepted assignment");
+    assert_eq!(accepted["device_id"], phones[0].0.as_str());
+    assert_eq!(accepted["actor"], "desk", "sent by hand from the browser");
+    for name in ["map-1920.png", "report-1920.png", "map-390.png", "report-390.png"] {
+        let len = std::fs::metadata(artifacts.join(name)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot {name} missing or empty ({len} bytes)");
+    }
+    for (_, task) in phones {
+        task.abort();
+    }
+    app.stop();
+}

@@ -1,0 +1,7 @@
+// Builds the browser view into dist/, which crates/web/build.rs embeds into the jiandu binary.
+import { defineConfig } from 'vite';
+
+export default defineConfig({
+  base: '/',
+  build: { outDir: 'dist', emptyOutDir: true, chunkSizeWarningLimit: 2000, sourcemap: false },
+});
