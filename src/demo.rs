@@ -1,21 +1,57 @@
-//! `jiandu demo`: everything embedded on a fresh data dir, with demo accounts, so a newcomer sees
-//! a running platform with one command. (The synthetic county and phone simulator come with the
-//! demo issue; today it starts the broker and web roles and hands out working credentials.)
+//! `jiandu demo`: a whole synthetic county on one machine with one command, so a newcomer sees
+//! the platform working within a minute. It seeds a data dir (temporary unless `--data-dir` is
+//! given) with the county's registries through the real import, demo users, a hotline
+//! integration and N phones, starts every role embedded (`serve::start`), and runs the phone
+//! simulator (`crate::sim`) against the embedded broker until Ctrl-C. What was seeded is kept in
+//! `{data_dir}/demo.json` (mode 0600), so a kept data dir can be demoed again.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use jiandu_store::{AccountKind, Role as UserRole};
+use anyhow::{Context, Result, bail};
+use jiandu_oversight::generate::{Generated, Scale, generate};
+use jiandu_oversight::{Encoding, ImportOptions, import_csv};
+use jiandu_store::{AccountKind, RegistryName, Role as UserRole, Store};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::accounts::open_store;
-use crate::config::{CONFIG_FILE, Config};
+use crate::config::{Config, parse_mqtt_url};
 use crate::serve::{self, Role};
+use crate::sim::{self, Credential, Hotline, SimOptions, Simulator};
+
+/// The data dir `Config` falls back to; the demo never seeds it (it may be a real deployment).
+const DEFAULT_DATA_DIR: &str = "./jiandu-data";
+/// The demo's login names and roles; they share one generated password.
+const USERS: &[(&str, UserRole)] = &[
+    ("demo", UserRole::Admin),
+    ("desk", UserRole::Dispatcher),
+    ("leader", UserRole::Leader),
+    ("auditor", UserRole::Auditor),
+];
+/// The integration account that sends hotline tips and may watch every event.
+const HOTLINE: &str = "demo-hotline";
+
+/// What the demo seeded into a data dir (`demo.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Seeded {
+    password: String,
+    hotline_password: String,
+    phones: Vec<(String, String)>,
+    registries_imported: bool,
+}
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(mut config: Config, devices: usize) -> Result<()> {
-    // A data dir given explicitly is kept; otherwise a temporary one is removed on exit.
-    let given = std::env::var_os("JIANDU_DATA_DIR").is_some() || config.data_dir.join(CONFIG_FILE).exists();
+    if devices == 0 {
+        bail!("--devices: must be at least 1");
+    }
+    let speed = demo_speed()?;
+    // A data dir given explicitly (flag, environment or config file) is kept; otherwise a
+    // temporary one is removed on exit.
+    let given = config.data_dir != Path::new(DEFAULT_DATA_DIR);
     let _temp = if given {
         None
     } else {
@@ -26,73 +62,210 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         Some(t)
     };
     for (addr, flag) in [(&mut config.mqtt_listen, "--mqtt-listen"), (&mut config.http_listen, "--http-listen")] {
-        if TcpListener::bind(*addr).is_err() {
+        if addr.port() != 0 && TcpListener::bind(*addr).is_err() {
             let taken = *addr;
             *addr = SocketAddr::new(addr.ip(), 0);
             eprintln!("{taken} is in use; the demo picks a free port instead (set {flag} to choose)");
         }
     }
+    if speed > 1.0 && std::env::var_os("JIANDU_DISPATCH_OFFER_TIMEOUT_S").is_none() {
+        // Fast-forwarded inspectors answer faster; so does the desk's patience.
+        config.dispatch.offer_timeout_s = ((config.dispatch.offer_timeout_s as f64 / speed).ceil() as u64).max(5);
+    }
 
     let store = open_store(&config).await?;
-    let (admin, admin_password) =
-        store.create_user(&format!("demo-admin-{}", short_id()), UserRole::Admin, None).await?;
-    let mut phones = Vec::new();
-    for i in 1..=devices {
-        phones.push(store.create_device(&format!("演示手机 {i}"), Some(&format!("demo-{i:03}"))).await?);
-    }
-    let (observer, observer_token) = store
-        .create_account(
-            &format!("demo-observer-{}", short_id()),
-            AccountKind::Integration,
-            &["jd/v1/#".to_owned()],
-            &["jd/v1/reports".to_owned()],
-        )
-        .await?;
+    let seeded = seed(&store, &config.data_dir, devices).await;
     store.close().await;
+    let mut seeded = seeded?;
+    let registries = config.data_dir.join("registries");
+    let files = generate(&registries, 1, Scale::COUNTY).context("generating the county's registries")?;
+    let plates = read_plates(&files.vehicles);
+
+    if !seeded.registries_imported {
+        // Before the roles start, so the import's long write transaction does not hold up
+        // live traffic on SQLite, and the look-up role starts with the registries loaded.
+        eprintln!("importing the county's registries (~57,000 records) through the real import…");
+        import_registries(&config, &files).await?;
+        seeded.registries_imported = true;
+    }
 
     let shutdown = CancellationToken::new();
-    let running = serve::start(&config, &[Role::Broker, Role::Web], shutdown.clone()).await?;
+    let all = [Role::Broker, Role::Ingest, Role::Dispatcher, Role::Oversight, Role::Web];
+    let running = serve::start(&config, &all, shutdown.clone()).await?;
     let mqtt = running.bound.mqtt.clone();
-    let (host, port) = crate::config::parse_mqtt_url(&mqtt)?;
+    let (host, port) = parse_mqtt_url(&mqtt)?;
     let http = running.bound.http.map(|a| format!("http://{a}")).unwrap_or_default();
+    print_banner(&config, given, &seeded, devices, &http, &mqtt, &host, port);
 
-    println!("jiandu demo is running (data dir {})", config.data_dir.display());
+    let sim = Simulator::start(
+        SimOptions {
+            host,
+            port,
+            phones: seeded
+                .phones
+                .iter()
+                .take(devices)
+                .map(|(d, p)| Credential { device: d.clone(), password: p.clone() })
+                .collect(),
+            hotline: Some(Hotline { username: HOTLINE.into(), password: seeded.hotline_password.clone() }),
+            rate_hz: 1.0,
+            speed,
+            // Every few seconds, but not more than half the inspectors can keep up with.
+            tip_every: Duration::from_secs_f64((5.0f64.max(1200.0 / devices as f64) / speed).max(0.5)),
+            mean_coverage_s: 900.0 / speed,
+            plates,
+            seed: 1,
+        },
+        shutdown.clone(),
+    );
+
+    serve::wait_for_signal().await;
+    info!("stopping the demo");
+    shutdown.cancel();
+    let stats = sim.stats.clone();
+    sim.stopped().await;
+    running.stopped().await;
+    eprintln!("simulated: {}", stats.snapshot());
+    Ok(())
+}
+
+/// `JIANDU_DEMO_SPEED`: simulated seconds per real second (default 1).
+fn demo_speed() -> Result<f64> {
+    match std::env::var("JIANDU_DEMO_SPEED") {
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s <= 1000.0 => Ok(s),
+            _ => bail!("JIANDU_DEMO_SPEED: must be a number within (0, 1000], got {v:?}"),
+        },
+        Err(_) => Ok(1.0),
+    }
+}
+
+/// Creates the demo users, hotline and phones, or reads them back from `demo.json` (adding
+/// phones if more are asked for now).
+async fn seed(store: &Store, data_dir: &Path, devices: usize) -> Result<Seeded> {
+    let path = data_dir.join("demo.json");
+    let mut seeded = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Seeded>(&bytes).with_context(|| format!("reading {}", path.display()))?,
+        Err(_) => {
+            let (_, password) = store.create_user(USERS[0].0, USERS[0].1, None).await.context("creating demo users")?;
+            let password = password.expose().to_owned();
+            for (name, role) in &USERS[1..] {
+                store.create_user(name, *role, Some(&password)).await.context("creating demo users")?;
+            }
+            let (_, hotline) = store
+                .create_account(
+                    HOTLINE,
+                    AccountKind::Integration,
+                    &["jd/v1/events/#".into()],
+                    &["jd/v1/reports".into()],
+                )
+                .await
+                .context("creating the hotline integration")?;
+            Seeded {
+                password,
+                hotline_password: hotline.expose().to_owned(),
+                phones: Vec::new(),
+                registries_imported: false,
+            }
+        }
+    };
+    if seeded.phones.len() < devices {
+        let from = seeded.phones.len() + 1;
+        let names: Vec<(String, Option<String>)> =
+            (from..=devices).map(|i| (format!("巡查手机 {i:03}"), Some(format!("LQ{i:04}")))).collect();
+        let created = store.create_devices(&names).await.context("registering the demo phones")?;
+        seeded.phones.extend(created.into_iter().map(|(d, t)| (d.id, t.expose().to_owned())));
+    }
+    save(data_dir, &seeded)?;
+    Ok(seeded)
+}
+
+fn save(data_dir: &Path, seeded: &Seeded) -> Result<()> {
+    sim::write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(seeded)?)
+}
+
+/// Loads the generated registries through the real import (departments first), then records
+/// that it is done.
+async fn import_registries(config: &Config, files: &Generated) -> Result<()> {
+    let store = open_store(config).await?;
+    let order = [
+        (RegistryName::Departments, &files.departments),
+        (RegistryName::Members, &files.members),
+        (RegistryName::Staff, &files.staff),
+        (RegistryName::Vehicles, &files.vehicles),
+    ];
+    let result: Result<()> = async {
+        for (registry, path) in order {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let options = ImportOptions {
+                encoding: Encoding::Auto,
+                dry_run: false,
+                actor: "demo".into(),
+                source: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            let outcome = import_csv(&store, registry, &bytes, &options, &mut |_, _| {}).await?;
+            info!(%registry, records = outcome.records, "registry imported");
+        }
+        let path = config.data_dir.join("demo.json");
+        let mut seeded: Seeded = serde_json::from_slice(&std::fs::read(&path)?)?;
+        seeded.registries_imported = true;
+        save(&config.data_dir, &seeded)
+    }
+    .await;
+    store.close().await;
+    result.context("importing the demo registries")
+}
+
+/// The plates of the generated vehicle registry (first column), for tips about official cars.
+fn read_plates(vehicles: &Path) -> Vec<String> {
+    std::fs::read_to_string(vehicles)
+        .map(|t| t.lines().skip(1).filter_map(|l| l.split(',').next()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_banner(
+    config: &Config,
+    given: bool,
+    seeded: &Seeded,
+    devices: usize,
+    http: &str,
+    mqtt: &str,
+    host: &str,
+    port: u16,
+) {
+    let pw = &seeded.password;
+    println!("jiandu demo: a synthetic county modelled on 临朐 (Linqu), {devices} simulated phones");
     println!();
-    println!("  web       {http}/healthz   (metrics at {http}/metrics)");
-    println!("  login     {} / {}", admin.name, admin_password.expose());
+    println!("  open      {http}/   (the live map of inspectors, tips and evidence)");
+    println!("  login     {} / {pw}", USERS[0].0);
+    println!("            also desk (dispatcher), leader, auditor with the same password");
+    println!("  REST      {http}/api/v1/devices  /api/v1/reports  /api/v1/evidence  (HTTP Basic, same login)");
+    println!("            e.g. curl -u '{}:{pw}' {http}/api/v1/reports", USERS[0].0);
+    println!("  health    {http}/healthz   metrics {http}/metrics");
     println!("  MQTT      {mqtt}");
     println!();
-    if let Some((device, token)) = phones.first() {
-        let token = token.expose();
-        let id = &device.id;
-        println!("  a phone   device {id}  password {token}");
+    if let Some((id, token)) = seeded.phones.first() {
+        println!("  a phone   device {id}  password {token}  (simulated; add tools as {id}-<anything>)");
         println!("    watch its inbox:");
-        println!("      mosquitto_sub -h {host} -p {port} -i {id} -u {id} -P '{token}' -t 'jd/v1/dev/{id}/inbox/#' -v");
+        println!(
+            "      mosquitto_sub -h {host} -p {port} -i {id}-sub -u {id} -P '{token}' -t 'jd/v1/dev/{id}/inbox/#' -v"
+        );
         println!("    send a heartbeat:");
         println!(
             "      mosquitto_pub -h {host} -p {port} -i {id}-pub -u {id} -P '{token}' -t 'jd/v1/dev/{id}/hb' \
              -m '{{\"ts\":'$(date +%s%3N)',\"lat\":36.51,\"lon\":118.54,\"duty\":\"on\"}}'"
         );
     }
-    println!("  observer  {} / {}  (subscribes to jd/v1/#)", observer.name, observer_token.expose());
-    println!(
-        "      mosquitto_sub -h {host} -p {port} -i {} -u {} -P '{}' -t 'jd/v1/#' -v",
-        observer.name,
-        observer.name,
-        observer_token.expose()
-    );
-    for (device, token) in phones.iter().skip(1) {
-        println!("  phone     {}  password {}", device.id, token.expose());
+    let hp = &seeded.hotline_password;
+    println!("  events    integration {HOTLINE} / {hp}  (sends the hotline tips)");
+    println!("      mosquitto_sub -h {host} -p {port} -i {HOTLINE}-sub -u {HOTLINE} -P '{hp}' -t 'jd/v1/events/#' -v");
+    println!();
+    if given {
+        println!("  data dir  {} (kept; phone credentials in demo.json)", config.data_dir.display());
+    } else {
+        println!("  data dir  {} (temporary, removed on exit; --data-dir DIR keeps one)", config.data_dir.display());
     }
     println!();
     println!("Ctrl-C to stop.");
-
-    serve::wait_for_signal().await;
-    shutdown.cancel();
-    running.stopped().await;
-    Ok(())
-}
-
-fn short_id() -> String {
-    format!("{:04x}", std::process::id() & 0xffff)
 }
