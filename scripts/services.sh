@@ -4,7 +4,8 @@
 #
 #     eval "$(scripts/services.sh)"
 #
-# Today that is PostgreSQL, for the store's tests on both databases. If nothing usable answers
+# Today that is PostgreSQL, for the store's tests on both databases, and an S3 server (moto, see
+# start_s3) for the evidence store. If nothing usable answers
 # on 127.0.0.1:${PGPORT:-5432}, it installs Debian's `postgresql` package when the server
 # binaries are missing, creates a private throw-away cluster (trust auth, user `postgres`) under
 # ${JIANDU_SERVICES_DIR:-/tmp/jiandu-services}/pg, and starts it on 127.0.0.1 (port 5432 if
@@ -86,6 +87,83 @@ print_env() {
     log "PostgreSQL ready on 127.0.0.1:$1"
     echo "export JIANDU_TEST_POSTGRES=postgres://postgres@127.0.0.1:$1/postgres"
 }
+
+# S3 for the evidence store's S3 path: moto's server (PyPI `moto[server]`), installed with pip
+# if missing, started on a free port with its pid and port under $SERVICES_DIR, with the bucket
+# `jiandu-test` created. Exports JIANDU_TEST_S3 (endpoint) and JIANDU_TEST_S3_BUCKET.
+S3_PORT_FILE="$SERVICES_DIR/s3.port"
+S3_BUCKET=jiandu-test
+s3_usable() {
+    python3 - "$1" "$S3_BUCKET" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+port, bucket = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+urllib.request.urlopen(f"{base}/moto-api/", timeout=5).read()
+req = urllib.request.Request(f"{base}/{bucket}", method="PUT")
+try:
+    urllib.request.urlopen(req, timeout=5).read()
+except urllib.error.HTTPError as e:
+    if e.code != 409:
+        raise
+PY
+}
+start_s3() {
+    mkdir -p "$SERVICES_DIR"
+    if [[ -f $S3_PORT_FILE ]] && s3_usable "$(cat "$S3_PORT_FILE")"; then
+        return 0
+    fi
+    if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+        log "installing moto[server] from PyPI"
+        python3 -m pip install -q 'moto[server]' >&2 || die "pip install 'moto[server]' failed"
+    fi
+    local port
+    for port in $(seq 54500 54600); do port_in_use "$port" || break; done
+    log "starting moto S3 on 127.0.0.1:$port (log: $SERVICES_DIR/s3.log)"
+    setsid nohup python3 -m moto.server -H 127.0.0.1 -p "$port" >"$SERVICES_DIR/s3.log" 2>&1 </dev/null &
+    echo $! >"$SERVICES_DIR/s3.pid"
+    for _ in $(seq 1 60); do
+        if s3_usable "$port"; then
+            echo "$port" >"$S3_PORT_FILE"
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -n 20 "$SERVICES_DIR/s3.log" >&2
+    die "moto S3 server did not answer on 127.0.0.1:$port"
+}
+start_s3
+log "S3 (moto) ready on 127.0.0.1:$(cat "$S3_PORT_FILE"), bucket $S3_BUCKET"
+echo "export JIANDU_TEST_S3=http://127.0.0.1:$(cat "$S3_PORT_FILE") JIANDU_TEST_S3_BUCKET=$S3_BUCKET"
+
+# Mosquitto: the reference broker of `jiandu bench ingest` (the bench starts its own instance on a
+# free port; nothing here runs it).
+if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; then
+    log "installing mosquitto (Debian) for the ingest benchmark's reference run"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto; } >&2 ||
+        die "apt-get install mosquitto failed"
+fi
+
+# The browser tests (tests/web.rs drives tests/browser/*.mjs): Debian's Chromium, installed if
+# missing, and playwright-core (no browser download) in tests/browser/node_modules.
+# Exports JIANDU_TEST_CHROMIUM.
+start_browser() {
+    local root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    # A CJK font, so the Chinese interface renders (and its screenshots are readable).
+    if [[ ! -x /usr/bin/chromium || ! -d /usr/share/fonts/truetype/wqy ]]; then
+        [[ $(id -u) -eq 0 ]] || die "Chromium or a CJK font is missing and we are not root; install 'chromium' and 'fonts-wqy-microhei'"
+        log "installing Debian's chromium and fonts-wqy-microhei packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >&2
+    fi
+    if [[ ! -f $root/tests/browser/node_modules/playwright-core/package.json ]]; then
+        log "installing playwright-core for the browser tests"
+        (cd "$root/tests/browser" && npm install --no-audit --no-fund >&2) || die "npm install in tests/browser failed"
+    fi
+}
+start_browser
+log "Chromium ready at /usr/bin/chromium"
+echo "export JIANDU_TEST_CHROMIUM=/usr/bin/chromium"
 
 PG_BIN=$(pg_bin_dir || true)
 

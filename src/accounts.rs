@@ -44,6 +44,7 @@ pub async fn init(config: &Config, admin: &str) -> Result<()> {
         eprintln!("wrote {}", file.display());
     }
     let store = open_store(config).await?;
+    crate::evidence_cli::init_platform_key(config, &store).await?;
     let admin_json = if store.list_users().await?.iter().any(|u| u.role == Role::Admin) {
         eprintln!("an admin user exists already; none created");
         None

@@ -62,6 +62,138 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
+    #[serde(default)]
+    ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
+    #[serde(default)]
+    evidence: jiandu_ingest::evidence::EvidenceConfig,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    #[serde(default)]
+    dispatch: jiandu_dispatcher::DispatchConfig,
+    #[serde(default)]
+    lookup: LookupFile,
+    #[serde(default)]
+    cases: CasesFile,
+    #[serde(default)]
+    index: IndexFile,
+    #[serde(default)]
+    web: WebFile,
+}
+
+/// `[web]` in the TOML file: the browser view's map. `JIANDU_WEB_TILE_URL` and
+/// `JIANDU_WEB_GCJ02` override the keys.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebFile {
+    /// Raster tile URL template, e.g. `http://tiles.intranet/{z}/{x}/{y}.png`; none: plain background.
+    pub tile_url: Option<String>,
+    /// Attribution text shown for the tiles.
+    pub tile_attribution: Option<String>,
+    /// The tiles are GCJ-02 (most Chinese tile sets): points are shifted for display only.
+    #[serde(default)]
+    pub gcj02: bool,
+}
+
+/// `[lookup]` in the TOML file; `JIANDU_LOOKUP_<KEY>` overrides each key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupFile {
+    rate_per_minute: Option<u32>,
+    burst: Option<u32>,
+    audit_batch: Option<usize>,
+    refresh_ms: Option<u64>,
+}
+
+/// The look-up role's settings: `JIANDU_LOOKUP_RATE_PER_MINUTE`, `…_BURST`, `…_AUDIT_BATCH` and
+/// `…_REFRESH_MS` over `[lookup]` over the defaults.
+fn lookup_config(file: LookupFile) -> Result<jiandu_oversight::LookupConfig> {
+    fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}")),
+            Err(_) => Ok(None),
+        }
+    }
+    let d = jiandu_oversight::LookupConfig::default();
+    let refresh_ms = var("JIANDU_LOOKUP_REFRESH_MS")?.or(file.refresh_ms);
+    Ok(jiandu_oversight::LookupConfig {
+        rate_per_minute: var("JIANDU_LOOKUP_RATE_PER_MINUTE")?.or(file.rate_per_minute).unwrap_or(d.rate_per_minute),
+        burst: var("JIANDU_LOOKUP_BURST")?.or(file.burst).unwrap_or(d.burst),
+        audit_batch: var("JIANDU_LOOKUP_AUDIT_BATCH")?.or(file.audit_batch).unwrap_or(d.audit_batch),
+        refresh: refresh_ms.map(std::time::Duration::from_millis).unwrap_or(d.refresh),
+    })
+}
+
+/// `[cases]` in the TOML file; `JIANDU_CASES_TICK_MS` and `JIANDU_CASES_CLOCK_OFFSET_MS` override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasesFile {
+    tick_ms: Option<u64>,
+    clock_offset_ms: Option<i64>,
+    stages_file: Option<PathBuf>,
+}
+
+/// The case scheduler's settings; the stage template defaults to `{data_dir}/stages.toml` when
+/// that file exists.
+fn cases_config(file: CasesFile, data_dir: &Path) -> Result<jiandu_oversight::cases::CaseConfig> {
+    fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}")),
+            Err(_) => Ok(None),
+        }
+    }
+    let d = jiandu_oversight::cases::CaseConfig::default();
+    let tick_ms = var("JIANDU_CASES_TICK_MS")?.or(file.tick_ms);
+    let in_data_dir = data_dir.join("stages.toml");
+    Ok(jiandu_oversight::cases::CaseConfig {
+        tick: tick_ms.map(std::time::Duration::from_millis).unwrap_or(d.tick),
+        clock_offset_ms: var("JIANDU_CASES_CLOCK_OFFSET_MS")?.or(file.clock_offset_ms).unwrap_or(0),
+        stages_file: file.stages_file.or_else(|| in_data_dir.exists().then_some(in_data_dir)),
+    })
+}
+
+/// `[index]` in the TOML file; `JIANDU_INDEX_INTERVAL_S` and `JIANDU_INDEX_CLOCK_OFFSET_MS` override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexFile {
+    interval_s: Option<u64>,
+    clock_offset_ms: Option<i64>,
+    formula_file: Option<PathBuf>,
+}
+
+/// The index scheduler's settings; the formula defaults to `{data_dir}/index.toml` when that
+/// file exists (else the embedded one).
+fn index_config(file: IndexFile, data_dir: &Path) -> Result<jiandu_oversight::integrity::IndexConfig> {
+    fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}")),
+            Err(_) => Ok(None),
+        }
+    }
+    let d = jiandu_oversight::integrity::IndexConfig::default();
+    let interval_s: Option<u64> = var("JIANDU_INDEX_INTERVAL_S")?.or(file.interval_s);
+    if interval_s == Some(0) {
+        bail!("[index] interval_s: must be at least 1");
+    }
+    let in_data_dir = data_dir.join("index.toml");
+    Ok(jiandu_oversight::integrity::IndexConfig {
+        interval: interval_s.map(std::time::Duration::from_secs).unwrap_or(d.interval),
+        clock_offset_ms: var("JIANDU_INDEX_CLOCK_OFFSET_MS")?.or(file.clock_offset_ms).unwrap_or(0),
+        formula_file: file.formula_file.or_else(|| in_data_dir.exists().then_some(in_data_dir)),
+    })
+}
+
+fn index_json<S: serde::Serializer>(c: &jiandu_oversight::integrity::IndexConfig, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "interval_s": c.interval.as_secs(), "clock_offset_ms": c.clock_offset_ms, "formula_file": c.formula_file,
+    })
+    .serialize(s)
+}
+
+fn cases_json<S: serde::Serializer>(c: &jiandu_oversight::cases::CaseConfig, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "tick_ms": c.tick.as_millis() as u64, "clock_offset_ms": c.clock_offset_ms, "stages_file": c.stages_file,
+    })
+    .serialize(s)
 }
 
 /// The resolved configuration every role is started with.
@@ -90,6 +222,36 @@ pub struct Config {
     pub max_packet_bytes: usize,
     /// Most MQTT client connections at once.
     pub max_connections: usize,
+    /// Heartbeat ingest (`[ingest]`).
+    pub ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
+    /// Evidence uploads (`[evidence]`): limits and the staging directory.
+    pub evidence: jiandu_ingest::evidence::EvidenceConfig,
+    /// S3 endpoint for an `s3://` object store (`JIANDU_S3_ENDPOINT`); credentials come from
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub s3_endpoint: Option<String>,
+    /// S3 region (`JIANDU_S3_REGION`, else `AWS_REGION`, else us-east-1).
+    pub s3_region: Option<String>,
+    /// Dispatch (`[dispatch]`); `JIANDU_DISPATCH_<KEY>` overrides each key.
+    pub dispatch: jiandu_dispatcher::DispatchConfig,
+    /// Registry look-ups (`[lookup]`); `JIANDU_LOOKUP_<KEY>` overrides each key.
+    #[serde(serialize_with = "lookup_json")]
+    pub lookup: jiandu_oversight::LookupConfig,
+    /// The case scheduler (`[cases]`).
+    #[serde(serialize_with = "cases_json")]
+    pub cases: jiandu_oversight::cases::CaseConfig,
+    /// The integrity index scheduler (`[index]`).
+    #[serde(serialize_with = "index_json")]
+    pub index: jiandu_oversight::integrity::IndexConfig,
+    /// The browser view (`[web]`).
+    pub web: WebFile,
+}
+
+fn lookup_json<S: serde::Serializer>(l: &jiandu_oversight::LookupConfig, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "rate_per_minute": l.rate_per_minute, "burst": l.burst, "audit_batch": l.audit_batch,
+        "refresh_ms": l.refresh.as_millis() as u64,
+    })
+    .serialize(s)
 }
 
 fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -134,6 +296,12 @@ impl Config {
         if let Some(url) = &broker {
             parse_mqtt_url(url).with_context(|| "--broker")?;
         }
+        // A file:// store stages under its own root (finished files are hard-linked into place).
+        let staging_default = (!object_store.starts_with("file://")).then(|| absolute(&data_dir.join("staging")));
+        let evidence = jiandu_ingest::evidence::EvidenceConfig {
+            staging_dir: file.evidence.staging_dir.clone().or(staging_default),
+            ..file.evidence
+        };
         Ok(Config {
             mqtt_listen: args.mqtt_listen.or(file.mqtt_listen).unwrap_or(([127, 0, 0, 1], 1883).into()),
             http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
@@ -145,8 +313,38 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
+            ingest: file.ingest,
+            evidence,
+            s3_endpoint: std::env::var("JIANDU_S3_ENDPOINT").ok().or(file.s3_endpoint),
+            s3_region: std::env::var("JIANDU_S3_REGION").ok().or(file.s3_region),
+            dispatch: dispatch_from_env(file.dispatch)?,
+            lookup: lookup_config(file.lookup)?,
+            cases: cases_config(file.cases, &data_dir)?,
+            index: index_config(file.index, &data_dir)?,
+            web: WebFile {
+                tile_url: std::env::var("JIANDU_WEB_TILE_URL").ok().filter(|v| !v.is_empty()).or(file.web.tile_url),
+                gcj02: match std::env::var("JIANDU_WEB_GCJ02") {
+                    Ok(v) => matches!(v.trim(), "1" | "true" | "yes"),
+                    Err(_) => file.web.gcj02,
+                },
+                tile_attribution: file.web.tile_attribution,
+            },
             data_dir,
         })
+    }
+
+    /// The evidence object store settings for [`jiandu_store::Blobs::open`].
+    pub fn s3_settings(&self) -> jiandu_store::S3Settings {
+        jiandu_store::S3Settings {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Where the platform's receipt-signing key lives (`jiandu init` creates it, mode 0600).
+    pub fn platform_key_path(&self) -> PathBuf {
+        self.data_dir.join("platform.key")
     }
 
     /// The MQTT URL phones should use, as printed by `device add`.
@@ -156,6 +354,31 @@ impl Config {
             None => format!("mqtt://{}", self.mqtt_listen),
         }
     }
+}
+
+/// Applies `JIANDU_DISPATCH_OFFER_TIMEOUT_S`, `…_RADIUS_M`, `…_FRESHNESS_S` and
+/// `…_TWO_INSPECTOR_KINDS` (comma-separated) over the `[dispatch]` section.
+fn dispatch_from_env(mut d: jiandu_dispatcher::DispatchConfig) -> Result<jiandu_dispatcher::DispatchConfig> {
+    fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}")),
+            Err(_) => Ok(None),
+        }
+    }
+    if let Some(v) = var("JIANDU_DISPATCH_OFFER_TIMEOUT_S")? {
+        d.offer_timeout_s = v;
+    }
+    if let Some(v) = var("JIANDU_DISPATCH_RADIUS_M")? {
+        d.radius_m = v;
+    }
+    if let Some(v) = var("JIANDU_DISPATCH_FRESHNESS_S")? {
+        d.freshness_s = v;
+    }
+    if let Ok(v) = std::env::var("JIANDU_DISPATCH_TWO_INSPECTOR_KINDS") {
+        d.two_inspector_kinds = v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+    }
+    jiandu_dispatcher::validate(&d).context("[dispatch]")?;
+    Ok(d)
 }
 
 /// Makes a path absolute without requiring it to exist.
@@ -194,6 +417,34 @@ http_listen = "127.0.0.1:8080"
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
+# s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
+#
+# [evidence]
+# max_item_bytes = 2147483648                 # largest photo/video accepted (2 GiB)
+# max_open_per_device = 8                     # uploads one phone may have open at once
+# staging_quota_bytes = 34359738368           # bytes all open uploads may announce together
+# staging_dir = "/var/lib/jiandu/staging"     # default: staging/ under a file:// object store
+# idle_upload_hours = 72                      # untouched uploads are discarded after this
+#
+# [dispatch]
+# offer_timeout_s = 60                        # seconds to accept or decline before the next one is asked
+# radius_m = 30000                            # farthest inspector to offer to; beyond, escalate
+# freshness_s = 300                           # positions older than this are stale: not offered
+# two_inspector_kinds = ["banquet"]           # report kinds that need two inspectors
+#
+# [lookup]
+# rate_per_minute = 120                       # sustained look-ups per phone and minute (0: no limit)
+# burst = 30                                  # look-ups a phone may make at once
+# audit_batch = 5000                          # most audit rows per transaction and ledger entry
+# refresh_ms = 1000                           # how often to check for a new registry import
+#
+# [cases]
+# tick_ms = 5000                              # how often the case scheduler looks for due reminders/alarms
+# stages_file = "/etc/jiandu/stages.toml"     # stage template; default {{data_dir}}/stages.toml if present
+#
+# [index]
+# interval_s = 3600                           # how often the integrity index of the current period is recomputed
+# formula_file = "/etc/jiandu/index.toml"     # index formula; default {{data_dir}}/index.toml if present
 "#,
         dir = data_dir.display()
     )

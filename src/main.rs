@@ -2,9 +2,16 @@
 //! into the role crates; nothing here knows MQTT packets or SQL.
 
 mod accounts;
+#[allow(dead_code)] // used by the `bench` subcommands as they land
+mod bench;
+mod cases_cli;
 mod config;
 mod demo;
+mod evidence_cli;
+mod import;
+mod index_cli;
 mod serve;
+mod sim;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -26,16 +33,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything embedded on a temporary data dir, with demo accounts; runs until Ctrl-C
+    /// A live synthetic county: every role embedded, registries, simulated phones; runs until Ctrl-C
     Demo {
-        /// Number of demo devices to create
-        #[arg(long, default_value_t = 3)]
+        /// Number of simulated phones
+        #[arg(long, default_value_t = 200)]
         devices: usize,
     },
+    /// Phone simulator and load generator: N phones from a credentials file against a broker
+    Sim(sim::SimArgs),
     /// Run the platform roles (all by default) until SIGINT/SIGTERM
     Serve {
-        /// Roles to run, comma-separated: broker, web
-        #[arg(long, value_delimiter = ',', default_value = "broker,web")]
+        /// Roles to run, comma-separated: broker, ingest, dispatcher, oversight, web
+        #[arg(long, value_delimiter = ',', default_value = "broker,ingest,dispatcher,oversight,web")]
         roles: Vec<serve::Role>,
         /// Print the resolved configuration (secrets redacted) and exit
         #[arg(long)]
@@ -62,6 +71,203 @@ enum Command {
         #[command(subcommand)]
         action: IntegrationAction,
     },
+    /// Evidence receipts: check one offline against the platform's public key
+    Receipt {
+        #[command(subcommand)]
+        action: ReceiptAction,
+    },
+    /// Re-walk the ledger's hash chain and check every evidence record (--deep: re-hash blobs)
+    Verify {
+        /// Also re-read and re-hash every stored blob
+        #[arg(long)]
+        deep: bool,
+    },
+    /// Import a registry CSV (UTF-8 or GBK) as a new version; --dry-run shows the diff only
+    Import {
+        /// Which registry the file holds
+        #[arg(value_enum)]
+        registry: RegistryArg,
+        /// The CSV file (Chinese or English headers)
+        file: PathBuf,
+        /// Check and diff against the current version without writing anything
+        #[arg(long)]
+        dry_run: bool,
+        /// Text encoding of the file: auto, utf-8 or gbk (GB18030)
+        #[arg(long, default_value = "auto")]
+        encoding: jiandu_oversight::Encoding,
+    },
+    /// Registries: generate the synthetic seed-county files
+    Registry {
+        #[command(subcommand)]
+        action: RegistryAction,
+    },
+    /// Registry look-ups: the audit trail (for auditors)
+    Lookup {
+        #[command(subcommand)]
+        action: LookupAction,
+    },
+    /// The official working-day calendar used for case deadlines
+    Calendar {
+        #[command(subcommand)]
+        action: CalendarAction,
+    },
+    /// Disciplinary cases
+    Case {
+        #[command(subcommand)]
+        action: CaseAction,
+    },
+    /// The integrity index per township and department
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
+    },
+    /// Benchmarks; each prints our figure beside a reference run
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+/// The registries `jiandu import` accepts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RegistryArg {
+    /// Party members
+    Members,
+    /// Public-institution staff
+    Staff,
+    /// Official vehicles
+    Vehicles,
+    /// Departments with power and responsibility lists
+    Departments,
+}
+
+impl From<RegistryArg> for jiandu_store::RegistryName {
+    fn from(r: RegistryArg) -> Self {
+        match r {
+            RegistryArg::Members => jiandu_store::RegistryName::Members,
+            RegistryArg::Staff => jiandu_store::RegistryName::Staff,
+            RegistryArg::Vehicles => jiandu_store::RegistryName::Vehicles,
+            RegistryArg::Departments => jiandu_store::RegistryName::Departments,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistryAction {
+    /// Write members.csv, staff.csv, vehicles.csv and departments.csv at the seed county's scale
+    Generate {
+        /// Output directory
+        dir: PathBuf,
+        /// Random seed (the same seed gives the same files)
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CalendarAction {
+    /// Check a year's calendar file (holidays, worked weekend days) and put it in force
+    Load {
+        /// TOML file, shaped like crates/oversight/calendar/2026.toml
+        file: PathBuf,
+    },
+    /// Print the years in force as JSON lines
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum IndexAction {
+    /// Recompute a period now and print one JSON line per unit
+    Compute {
+        /// Period: 2026-Q4, 2026-11 or 2026 [default: the current one]
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// Import indicators the platform cannot see (CSV: unit,period,indicator,value)
+    ImportIndicators {
+        /// CSV file
+        file: PathBuf,
+    },
+    /// The index formula
+    Formula {
+        #[command(subcommand)]
+        action: FormulaAction,
+    },
+    /// Print the yearly assessment as CSV (one row per unit)
+    Assessment {
+        /// Year [default: this year]
+        #[arg(long)]
+        year: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FormulaAction {
+    /// Store a formula file (shaped like crates/oversight/index.toml) as the version in force
+    Load {
+        /// TOML file
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaseAction {
+    /// Print cases as JSON lines, newest first
+    List {
+        /// Only cases of this unit
+        #[arg(long)]
+        unit: Option<String>,
+        /// Only open cases past a deadline
+        #[arg(long)]
+        overdue: bool,
+        /// Most cases to print
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LookupAction {
+    /// Print audited look-ups as JSON lines, newest first
+    Audit {
+        /// Most rows to print
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only rows with an id below this (paging)
+        #[arg(long)]
+        before: Option<i64>,
+        /// Only look-ups by this device
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Heartbeats persisted/s end to end with many phones, beside the bare broker relay,
+    /// Mosquitto and raw inserts; server memory per idle phone
+    Ingest(bench::ingest::IngestBenchArgs),
+    /// Registry look-ups over MQTT at the phone (p50/p99, throughput) and import time
+    Lookup(bench::BenchArgs),
+    /// Dispatch: report → offer at the phone with 100,000 live devices (p50/p99/max), and the
+    /// nearest-device query at 1,000,000 devices against a linear scan
+    Dispatch(bench::dispatch::DispatchArgs),
+    /// Evidence: 1 GiB over MQTT against `cp` (MiB/s, server RSS growth), and
+    /// `verify --deep` against `sha256sum` (size: JIANDU_BENCH_EVIDENCE_MB)
+    Evidence(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptAction {
+    /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
+    Verify {
+        /// The receipt file
+        file: PathBuf,
+        /// Public key: hex, or a file with the hex or the JSON of GET /api/v1/ledger/key
+        /// [default: the platform key in the configured database]
+        #[arg(long, value_name = "HEX|FILE")]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +279,17 @@ enum DeviceAction {
         /// Staff id of the inspector who carries it
         #[arg(long)]
         staff: Option<String>,
+    },
+    /// Register N phones at once; writes their credentials (JSON lines, mode 0600) for `jiandu sim`
+    AddBulk {
+        /// How many phones
+        count: usize,
+        /// Credentials file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Name prefix (phones are named "{prefix} 1", "{prefix} 2", …)
+        #[arg(long, default_value = "模拟手机")]
+        prefix: String,
     },
     /// List registered phones as JSON lines
     List,
@@ -124,6 +341,7 @@ fn main() -> Result<()> {
 async fn run(command: Command, config: Config) -> Result<()> {
     match command {
         Command::Demo { devices } => demo::run(config, devices).await,
+        Command::Sim(args) => sim::run_cli(&config, args).await,
         Command::Serve { roles, print_config } => {
             if print_config {
                 println!("{}", serde_json::to_string_pretty(&config)?);
@@ -134,6 +352,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Init { admin } => accounts::init(&config, &admin).await,
         Command::Device { action } => match action {
             DeviceAction::Add { name, staff } => accounts::device_add(&config, &name, staff.as_deref()).await,
+            DeviceAction::AddBulk { count, out, prefix } => sim::add_bulk(&config, count, &prefix, &out).await,
             DeviceAction::List => accounts::device_list(&config).await,
             DeviceAction::Revoke { id } => accounts::device_revoke(&config, &id).await,
         },
@@ -146,6 +365,46 @@ async fn run(command: Command, config: Config) -> Result<()> {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await
             }
+        },
+        Command::Receipt { action } => match action {
+            ReceiptAction::Verify { file, public_key } => {
+                evidence_cli::receipt_verify(&config, &file, public_key.as_deref()).await
+            }
+        },
+        Command::Verify { deep } => evidence_cli::verify(&config, deep).await,
+        Command::Import { registry, file, dry_run, encoding } => {
+            import::import(&config, registry.into(), &file, dry_run, encoding).await
+        }
+        Command::Registry { action } => match action {
+            RegistryAction::Generate { dir, seed } => import::generate_files(&dir, seed),
+        },
+        Command::Lookup { action } => match action {
+            LookupAction::Audit { limit, before, device } => {
+                import::audit(&config, limit, before, device.as_deref()).await
+            }
+        },
+        Command::Calendar { action } => match action {
+            CalendarAction::Load { file } => cases_cli::calendar_load(&config, &file).await,
+            CalendarAction::Show => cases_cli::calendar_show(&config).await,
+        },
+        Command::Case { action } => match action {
+            CaseAction::List { unit, overdue, limit } => {
+                cases_cli::case_list(&config, unit.as_deref(), overdue, limit).await
+            }
+        },
+        Command::Index { action } => match action {
+            IndexAction::Compute { period } => index_cli::compute(&config, period.as_deref()).await,
+            IndexAction::ImportIndicators { file } => index_cli::import_indicators(&config, &file).await,
+            IndexAction::Formula { action: FormulaAction::Load { file } } => {
+                index_cli::formula_load(&config, &file).await
+            }
+            IndexAction::Assessment { year } => index_cli::assessment(&config, year).await,
+        },
+        Command::Bench { which } => match which {
+            BenchCommand::Ingest(args) => bench::ingest::run(args).await,
+            BenchCommand::Lookup(args) => bench::lookup::run(&args).await,
+            BenchCommand::Dispatch(args) => bench::dispatch::run(args).await,
+            BenchCommand::Evidence(args) => bench::evidence::run(&args).await,
         },
     }
 }

@@ -18,6 +18,12 @@ use crate::config::{Config, parse_mqtt_url};
 pub enum Role {
     /// The embedded MQTT broker with device authentication and topic ACL.
     Broker,
+    /// Heartbeats into live positions and history (and evidence uploads).
+    Ingest,
+    /// Dispatch: the live index of inspectors, offers, re-dispatch and escalation.
+    Dispatcher,
+    /// Registry look-ups from phones, answered from memory and audited in batches.
+    Oversight,
     /// HTTP: health, metrics (and the web view and REST API as they land).
     Web,
 }
@@ -52,6 +58,7 @@ pub struct Running {
     broker: Option<jiandu_broker::RunningBroker>,
     web: Option<jiandu_web::RunningWeb>,
     relay: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     store: jiandu_store::Store,
 }
 
@@ -60,6 +67,9 @@ impl Running {
     pub async fn stopped(self) {
         if let Some(w) = self.web {
             w.stopped().await;
+        }
+        for t in self.tasks {
+            t.await.ok();
         }
         self.relay.await.ok();
         if let Some(b) = self.broker {
@@ -77,6 +87,9 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     }
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
     let store = open_store(config).await?;
+    let blobs = jiandu_store::Blobs::open(&config.object_store, &config.s3_settings())
+        .with_context(|| format!("opening the evidence store {} (--object-store)", config.object_store))?;
+    let store = store.with_blobs(blobs);
 
     let run_broker = roles.contains(&Role::Broker);
     if run_broker && config.broker.is_some() {
@@ -103,16 +116,13 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             shutdown.clone(),
         )
         .await?;
+        // The roles of this process log in through the same front as everyone else, as the
+        // internal service account, whose token is rotated at every start.
         let token = store.ensure_service_account(SERVICE_ACCOUNT).await?;
         let addr = b.local_addr;
         broker = Some(b);
         let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        BrokerEndpoint {
-            host,
-            port: addr.port(),
-            username: SERVICE_ACCOUNT.into(),
-            password: token.expose().to_owned(),
-        }
+        BrokerEndpoint { host, port: addr.port(), username: SERVICE_ACCOUNT.into(), password: token.into_inner() }
     } else {
         bail!("no broker: run the broker role or point --broker at an external broker");
     };
@@ -122,8 +132,82 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     let relay =
         tokio::spawn(jiandu_broker::client::run_outbox_relay(store.clone(), endpoint.clone(), shutdown.clone()));
 
+    let mut tasks = Vec::new();
+    if roles.contains(&Role::Ingest) {
+        let (store, endpoint, config, stop) =
+            (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = jiandu_ingest::heartbeat::run(store, endpoint, config, stop).await {
+                tracing::error!(error = %e, "heartbeat ingest stopped");
+            }
+        }));
+    }
+    if roles.contains(&Role::Ingest) {
+        let (key, _) = jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
+            .context("loading the platform signing key (created by `jiandu init`)")?;
+        let (store, endpoint, evidence, stop) =
+            (store.clone(), endpoint.clone(), config.evidence.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = jiandu_ingest::evidence::run(store, endpoint, evidence, key, stop).await {
+                tracing::error!(error = %e, "evidence ingest stopped");
+            }
+        }));
+    }
+
+    if roles.contains(&Role::Dispatcher) {
+        let mut dispatcher =
+            jiandu_dispatcher::spawn(store.clone(), endpoint.clone(), config.dispatch.clone(), shutdown.clone());
+        // Ready means subscribed (or on standby behind another process), so nothing sent after
+        // serve.json appears is missed.
+        let state = dispatcher.settled(std::time::Duration::from_secs(30)).await;
+        info!(?state, "dispatcher started");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = dispatcher.stopped().await {
+                tracing::error!(error = %e, "dispatcher stopped");
+            }
+        }));
+    }
+
+    if roles.contains(&Role::Oversight) {
+        let (store, endpoint, lookup, stop) =
+            (store.clone(), endpoint.clone(), config.lookup.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = jiandu_oversight::run(store, endpoint, lookup, stop).await {
+                tracing::error!(error = %e, "look-up role stopped");
+            }
+        }));
+    }
+    if roles.contains(&Role::Oversight) {
+        let (store, cases, stop) = (store.clone(), config.cases.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = jiandu_oversight::cases::run(store, cases, stop).await {
+                tracing::error!(error = %e, "case scheduler stopped");
+            }
+        }));
+    }
+    if roles.contains(&Role::Oversight) {
+        let (store, index, stop) = (store.clone(), config.index.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = jiandu_oversight::integrity::run(store, index, stop).await {
+                tracing::error!(error = %e, "integrity index scheduler stopped");
+            }
+        }));
+    }
+
     let web = if roles.contains(&Role::Web) {
-        Some(jiandu_web::start(config.http_listen, store.clone(), endpoint.clone(), metrics, shutdown.clone()).await?)
+        let ui = jiandu_web::ViewSettings {
+            tile_url: config.web.tile_url.clone(),
+            tile_attribution: config.web.tile_attribution.clone(),
+            gcj02: config.web.gcj02,
+            mqtt_url: match &broker {
+                Some(b) if !config.mqtt_listen.ip().is_unspecified() => format!("mqtt://{}", b.local_addr),
+                _ => config.public_mqtt_url(),
+            },
+        };
+        Some(
+            jiandu_web::start_with(config.http_listen, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
+                .await?,
+        )
     } else {
         None
     };
@@ -141,7 +225,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     std::fs::create_dir_all(&config.data_dir)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", path.display()))?;
     info!(mqtt = %bound.mqtt, http = ?bound.http, "jiandu running");
-    Ok(Running { bound, broker, web, relay, store })
+    Ok(Running { bound, broker, web, relay, tasks, store })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -55,29 +55,36 @@ pub struct TestApp {
     pub mqtt_host: String,
     pub mqtt_port: u16,
     pub http: String,
+    /// The admin user `init` created: (name, password).
+    pub admin: (String, String),
     child: Child,
 }
 
 impl TestApp {
     /// Initialises a data dir and starts `jiandu serve` on port 0.
     pub async fn spawn(db: Db) -> TestApp {
+        TestApp::spawn_with_config(db, "").await
+    }
+
+    /// Like [`TestApp::spawn`], with `toml` appended to the data dir's `jiandu.toml` (kept for
+    /// [`TestApp::restart`]), e.g. a `[dispatch]` section.
+    pub async fn spawn_with_config(db: Db, toml: &str) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
             Db::Postgres => fresh_postgres_db().await,
         };
         let out = cli(dir.path(), &db, &["init"]);
-        assert!(out.get("password").is_some(), "init prints the admin credentials: {out}");
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(bin())
-            .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .env("JIANDU_DATA_DIR", dir.path())
-            .env("JIANDU_DB", &db)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        if !toml.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml")).unwrap();
+            writeln!(f, "\n{toml}").unwrap();
+        }
+        let admin = (
+            out["username"].as_str().expect("init prints the admin credentials").to_owned(),
+            out["password"].as_str().expect("init prints the admin password").to_owned(),
+        );
+        let child = serve(dir.path(), &db, "127.0.0.1:0", "127.0.0.1:0");
         let state = wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60));
         let mqtt = state["mqtt"].as_str().unwrap().trim_start_matches("mqtt://").to_owned();
         let (host, port) = mqtt.rsplit_once(':').unwrap();
@@ -85,10 +92,39 @@ impl TestApp {
             mqtt_host: host.to_owned(),
             mqtt_port: port.parse().unwrap(),
             http: state["http"].as_str().unwrap().to_owned(),
+            admin,
             db,
             dir,
             child,
         }
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything).
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same data dir, database and ports (after [`kill9`]).
+    pub fn restart(&mut self) {
+        std::fs::remove_file(self.dir.path().join("serve.json")).ok();
+        let http = self.http.trim_start_matches("http://").to_owned();
+        self.child = serve(self.dir.path(), &self.db, &format!("{}:{}", self.mqtt_host, self.mqtt_port), &http);
+        wait_for_file(&self.dir.path().join("serve.json"), Duration::from_secs(60));
+    }
+
+    /// GET a JSON API path as the admin (HTTP Basic).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.http))
+            .basic_auth(&self.admin.0, Some(&self.admin.1))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        body
     }
 
     /// Runs a CLI command against this app's data dir; returns its stdout JSON (last line).
@@ -151,6 +187,20 @@ impl Drop for TestApp {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// Spawns `jiandu serve` on a data dir, appending its log to `serve.log`.
+fn serve(dir: &Path, db: &str, mqtt: &str, http: &str) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
+    Command::new(bin())
+        .args(["serve", "--mqtt-listen", mqtt, "--http-listen", http])
+        .env("JIANDU_DATA_DIR", dir)
+        .env("JIANDU_DB", db)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// Runs `jiandu ARGS` on a data dir and database; panics with stderr on failure.

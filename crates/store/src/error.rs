@@ -21,6 +21,12 @@ pub enum StoreError {
         /// The id or name that was not found.
         id: String,
     },
+    /// The change conflicts with the current state (e.g. a busy device, a finished report).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What stands in the way, in words.
+        reason: String,
+    },
     /// An argument was refused before touching the database.
     #[error("invalid {field}: {reason}")]
     InvalidInput {
@@ -66,6 +72,29 @@ pub enum StoreError {
         what: &'static str,
         /// Why.
         reason: String,
+    },
+    /// A blob with this key is stored already; evidence is never overwritten.
+    #[error("blob {key} exists already; evidence is write-once and is never overwritten")]
+    BlobExists {
+        /// The content-addressed key.
+        key: String,
+    },
+    /// The object store failed (unreachable, refused, out of space…).
+    #[error("object store failed on {key}: {reason} (check --object-store and the S3 settings)")]
+    Blob {
+        /// The key (or store URL) involved.
+        key: String,
+        /// The object store's reason.
+        reason: String,
+    },
+    /// Reading or writing a local file failed.
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
     },
     /// Hashing or checking a password failed.
     #[error("password hashing failed: {0}")]

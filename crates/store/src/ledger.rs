@@ -32,8 +32,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 use tracing::{debug, info, warn};
 
 use crate::{Store, StoreError, now_ms};
@@ -200,15 +200,23 @@ impl Store {
     /// Appends an entry to the chain and returns it with its `seq` and hash. Safe to call from
     /// many tasks and processes at once: the chain stays gap-free and linear.
     pub async fn ledger_append(&self, entry: NewLedgerEntry) -> Result<LedgerEntry, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let appended = Store::ledger_append_in(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    /// Appends an entry inside the caller's transaction, so it commits (or rolls back) together
+    /// with the change it records. The chain stays locked until that transaction ends.
+    pub async fn ledger_append_in(conn: &mut AnyConnection, entry: NewLedgerEntry) -> Result<LedgerEntry, StoreError> {
         if entry.kind.trim().is_empty() {
             return Err(StoreError::InvalidInput { field: "kind", reason: "must not be empty".into() });
         }
         let body_text = canonical_json(&entry.body);
-        let mut tx = self.pool.begin().await?;
         // The first statement writes, so it takes SQLite's write lock (or PostgreSQL's row lock)
         // at once; every other appender waits here until we commit.
         let head = sqlx::query("UPDATE ledger_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
         let seq: i64 = head.try_get("seq")?;
         let prev_hash: String = head.try_get("hash")?;
@@ -223,10 +231,9 @@ impl Store {
             .bind(&body_text)
             .bind(&prev_hash)
             .bind(&hash)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        sqlx::query("UPDATE ledger_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *tx).await?;
-        tx.commit().await?;
+        sqlx::query("UPDATE ledger_head SET hash = $1 WHERE id = 1").bind(&hash).execute(&mut *conn).await?;
         debug!(seq, kind = %entry.kind, subject = %entry.subject, "ledger entry appended");
         Ok(LedgerEntry {
             seq,

@@ -12,11 +12,17 @@
 //! once, wrapped in [`Secret`].
 
 mod accounts;
+mod blobs;
+mod cases;
 mod devices;
+mod dispatch;
 mod error;
 mod events;
+mod evidence;
+mod integrity;
 mod ledger;
 mod positions;
+mod registry;
 mod secret;
 mod users;
 
@@ -28,11 +34,31 @@ use sqlx::{AnyPool, Executor};
 use tracing::{debug, info};
 
 pub use accounts::{Account, AccountKind, Principal};
+pub use blobs::{Blobs, Committed, S3Settings, blob_key};
+pub use cases::{
+    Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,
+    NewCaseTimer, StageStart,
+};
 pub use devices::Device;
+pub use dispatch::{
+    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, StoredReport,
+    TimelineEntry, Transition,
+};
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
-pub use positions::{LivePosition, PositionRow, PresenceChange};
+pub use evidence::{
+    Access, Evidence, OpenUpload, PlatformKey, PublicKeyInfo, ReceiptFields, UploadSpec, UploadState, verify_receipt,
+};
+pub use integrity::{
+    FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewIndexRow, NewIndexRun, NewIndicator,
+    NewNotice, Notice, UnitRecord,
+};
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
+pub use positions::{LivePosition, PositionRow, PresenceChange};
+pub use registry::{
+    Department, IdNumber, ImportPlan, ImportVersion, LookupAudit, LookupBatch, NewLookupAudit, Person, RegistryName,
+    RegistryRecord, RegistrySnapshot, Vehicle, Versioned, lookup_rows_sha256,
+};
 pub use secret::{Secret, hash_token};
 pub use users::{Role, User};
 
@@ -86,6 +112,7 @@ impl std::fmt::Display for Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    blobs: Option<Blobs>,
 }
 
 impl Store {
@@ -116,7 +143,22 @@ impl Store {
         };
         migrator.run(&pool).await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, blobs: None })
+    }
+
+    /// The same store with the evidence object store attached (see [`Store::blobs`]).
+    pub fn with_blobs(mut self, blobs: Blobs) -> Store {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// The evidence object store, when one is attached (`serve` and the CLI attach the configured
+    /// `--object-store`).
+    pub fn blobs(&self) -> Result<&Blobs, StoreError> {
+        self.blobs.as_ref().ok_or_else(|| StoreError::Blob {
+            key: "evidence".into(),
+            reason: "no object store attached to this store".into(),
+        })
     }
 
     /// Which database this store talks to.

@@ -4,9 +4,14 @@
 mod helpers;
 
 mod accounts;
+mod cases;
 mod connect;
 mod devices;
+mod dispatch;
 mod events;
+mod evidence;
+mod integrity;
 mod ledger;
 mod positions;
+mod registry;
 mod users;
