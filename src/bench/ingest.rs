@@ -60,9 +60,12 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
             let before = store.history_count(None).await? as f64;
             let started = Instant::now();
             publish_all(&phones, rep, points).await?;
-            wait_until(|| async { Ok(store.history_count(None).await? as f64 >= before + total) }, Duration::from_secs(600))
-                .await
-                .context("not every heartbeat was persisted")?;
+            wait_until(
+                || async { Ok(store.history_count(None).await? as f64 >= before + total) },
+                Duration::from_secs(600),
+            )
+            .await
+            .context("not every heartbeat was persisted")?;
             Ok(total / started.elapsed().as_secs_f64())
         }
     })
@@ -81,7 +84,9 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
         sub["password"].as_str().unwrap_or_default().to_owned(),
     );
     let phones = connect_phones(&relay_sut.mqtt, &creds).await?;
-    let relay = relay_rate(&relay_sut.mqtt, Some(sink_creds), &phones, args.points, reps, "embedded broker: bare relay msg/s").await?;
+    let relay =
+        relay_rate(&relay_sut.mqtt, Some(sink_creds), &phones, args.points, reps, "embedded broker: bare relay msg/s")
+            .await?;
     drop(phones);
     relay_store.close().await;
     drop(relay_sut);
@@ -105,7 +110,8 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
     // Reference 3: raw batched inserts into the same kind of database.
     let raw_db = bench_database(&args.common.db).await?;
     let raw_dir = tempfile::tempdir()?;
-    let raw_url = if raw_db == "sqlite" { format!("sqlite://{}", raw_dir.path().join("raw.db").display()) } else { raw_db };
+    let raw_url =
+        if raw_db == "sqlite" { format!("sqlite://{}", raw_dir.path().join("raw.db").display()) } else { raw_db };
     let raw_store = Store::connect(&raw_url).await?;
     let raw = measure("raw batched inserts rows/s", reps, |rep| {
         let raw_store = raw_store.clone();
@@ -282,7 +288,9 @@ async fn publish_all(phones: &Arc<Vec<Phone>>, rep: usize, points: usize) -> Res
                 for p in &chunk {
                     let ts = T0 + ((rep * points + k) as i64) * 1000;
                     let body = json!({"ts": ts, "lat": 36.5, "lon": 118.5, "acc": 5.0, "spd": 1.0, "duty": "on"});
-                    p.client.publish(format!("jd/v1/dev/{}/hb", p.id), QoS::AtLeastOnce, false, body.to_string()).await?;
+                    p.client
+                        .publish(format!("jd/v1/dev/{}/hb", p.id), QoS::AtLeastOnce, false, body.to_string())
+                        .await?;
                 }
             }
             Ok::<_, rumqttc::ClientError>(())
@@ -351,10 +359,13 @@ async fn relay_rate(
             let started = Instant::now();
             publish_all(&phones, rep, points).await?;
             let r = received.clone();
-            wait_until(move || {
-                let r = r.clone();
-                async move { Ok(r.load(Ordering::Relaxed) >= before + total) }
-            }, Duration::from_secs(300))
+            wait_until(
+                move || {
+                    let r = r.clone();
+                    async move { Ok(r.load(Ordering::Relaxed) >= before + total) }
+                },
+                Duration::from_secs(300),
+            )
             .await
             .context("the sink did not receive every message")?;
             Ok(total as f64 / started.elapsed().as_secs_f64())
@@ -476,7 +487,12 @@ impl Mosquitto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_inflight_messages 200\nmax_queued_messages 100000\n"))?;
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_inflight_messages 200\nmax_queued_messages 100000\n"
+            ),
+        )?;
         let child = std::process::Command::new(bin)
             .args(["-c", &conf.display().to_string()])
             .stdout(std::process::Stdio::null())

@@ -132,10 +132,15 @@ impl Report {
             return;
         }
         println!("jiandu bench {}  {}", self.bench, self.setup);
-        println!("{:<44} {:>14} {:>22} {:>14} {:>8}  goal", "metric", "ours (median)", "reference", "ref (median)", "ratio");
+        println!(
+            "{:<44} {:>14} {:>22} {:>14} {:>8}  goal",
+            "metric", "ours (median)", "reference", "ref (median)", "ratio"
+        );
         for r in &self.rows {
             let (rname, rval, ratio) = match &r.reference {
-                Some((name, s)) => (name.as_str(), format!("{:.2}", s.median), format!("{:.2}", r.ours.median / s.median)),
+                Some((name, s)) => {
+                    (name.as_str(), format!("{:.2}", s.median), format!("{:.2}", r.ours.median / s.median))
+                }
                 None => ("", String::new(), String::new()),
             };
             println!(
@@ -147,11 +152,7 @@ impl Report {
                 ratio,
                 r.goal.as_deref().unwrap_or("")
             );
-            println!(
-                "{:<44} {:>14}",
-                "",
-                format!("{:.2}..{:.2}", r.ours.min, r.ours.max)
-            );
+            println!("{:<44} {:>14}", "", format!("{:.2}..{:.2}", r.ours.min, r.ours.max));
         }
     }
 }
@@ -174,7 +175,8 @@ impl SystemUnderTest {
     /// `db` is "sqlite" or a PostgreSQL URL (an empty database is expected).
     pub fn start(db: &str, roles: &str, extra_env: &[(&str, &str)]) -> Result<SystemUnderTest> {
         let dir = tempfile::Builder::new().prefix("jiandu-bench-").tempdir()?;
-        let db = if db == "sqlite" { format!("sqlite://{}", dir.path().join("jiandu.db").display()) } else { db.to_owned() };
+        let db =
+            if db == "sqlite" { format!("sqlite://{}", dir.path().join("jiandu.db").display()) } else { db.to_owned() };
         run_cli(dir.path(), &db, &["init"])?;
         let log = std::fs::File::create(dir.path().join("serve.log"))?;
         let mut cmd = Command::new(std::env::current_exe()?);

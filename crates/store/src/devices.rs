@@ -78,7 +78,10 @@ impl Store {
 
     /// Registers many phones in one transaction (the demo's county, simulators, benchmarks);
     /// each `(name, staff_id)` gets a device and a token shown once.
-    pub async fn create_devices(&self, phones: &[(String, Option<String>)]) -> Result<Vec<(Device, Secret)>, StoreError> {
+    pub async fn create_devices(
+        &self,
+        phones: &[(String, Option<String>)],
+    ) -> Result<Vec<(Device, Secret)>, StoreError> {
         let created_at = now_ms();
         let mut out = Vec::with_capacity(phones.len());
         let mut tx = self.pool.begin().await?;
@@ -89,16 +92,14 @@ impl Store {
             }
             let token = new_token();
             let id = new_id('d');
-            sqlx::query(
-                "INSERT INTO devices (id, name, staff_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&id)
-            .bind(name)
-            .bind(staff_id.as_deref())
-            .bind(hash_token(token.expose()))
-            .bind(created_at)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO devices (id, name, staff_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&id)
+                .bind(name)
+                .bind(staff_id.as_deref())
+                .bind(hash_token(token.expose()))
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await?;
             out.push((
                 Device { id, name: name.to_owned(), staff_id: staff_id.clone(), created_at, revoked_at: None },
                 token,

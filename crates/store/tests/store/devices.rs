@@ -13,7 +13,8 @@ on_both!(
 
 async fn devices_are_created_in_bulk(db: &TestDb) {
     let store = &db.store;
-    let phones: Vec<(String, Option<String>)> = (0..300).map(|i| (format!("phone {i}"), Some(format!("S{i:04}")))).collect();
+    let phones: Vec<(String, Option<String>)> =
+        (0..300).map(|i| (format!("phone {i}"), Some(format!("S{i:04}")))).collect();
     let created = store.create_devices(&phones).await.unwrap();
     assert_eq!(created.len(), 300);
     assert_eq!(store.list_devices().await.unwrap().len(), 300);
