@@ -224,7 +224,7 @@ async fn notices_are_recorded(db: &TestDb) {
         .unwrap();
     assert!(n.ledger_seq > 0);
     let listed = s.integrity_notices(Some("2026-Q4")).await.unwrap();
-    assert_eq!(listed, [n.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&n));
     let ev = s.events_after(0, 10).await.unwrap();
     assert_eq!(ev.iter().filter(|e| e.r#type == "index.notice").count(), 1);
     let e = s
