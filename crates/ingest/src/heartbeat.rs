@@ -181,10 +181,19 @@ impl Ingest {
                 self.unacked.push(p);
             }
             Parsed::Presence { device, online } => {
-                match self.store.set_presence(&device, online, now_ms()).await {
-                    Ok(Some(change)) => info!(device = %change.device_id, online = change.online, "presence changed"),
-                    Ok(None) => {}
-                    Err(e) => warn!(device = %device, error = %e, "recording presence failed"),
+                let at = now_ms();
+                for attempt in 1..=5 {
+                    match self.store.set_presence(&device, online, at).await {
+                        Ok(Some(change)) => {
+                            info!(device = %change.device_id, online = change.online, "presence changed");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(device = %device, error = %e, attempt, "recording presence failed");
+                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                        }
+                    }
                 }
                 self.ack(&p).await;
             }

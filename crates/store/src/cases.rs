@@ -328,15 +328,7 @@ fn case_summary(c: &Case) -> Value {
 }
 
 async fn lock_case(conn: &mut AnyConnection, id: &str, now: i64) -> Result<Case, StoreError> {
-    let touched = sqlx::query("UPDATE cases SET updated_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if touched == 0 {
-        return Err(StoreError::NotFound { what: "case", id: id.to_owned() });
-    }
+    crate::lock_row(conn, "cases", "case", id, now).await?;
     fetch_case(conn, id).await
 }
 

@@ -848,15 +848,7 @@ impl Store {
 
 /// Takes the report's row lock (and on SQLite the write lock) and returns the report.
 async fn lock_report(conn: &mut AnyConnection, id: &str, now: i64) -> Result<StoredReport, StoreError> {
-    let touched = sqlx::query("UPDATE reports SET updated_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if touched == 0 {
-        return Err(StoreError::NotFound { what: "report", id: id.to_owned() });
-    }
+    crate::lock_row(conn, "reports", "report", id, now).await?;
     fetch_report(conn, id).await
 }
 

@@ -208,6 +208,28 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
     })
 }
 
+/// Takes the row lock of `table`'s row `id` (on SQLite, the database write lock) by touching
+/// its `updated_at`, so read-decide-write sequences on one case or report run one at a time
+/// across tasks and processes; `NotFound` names `what` when there is no such row.
+pub(crate) async fn lock_row(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    what: &'static str,
+    id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let touched = sqlx::query(&format!("UPDATE {table} SET updated_at = $1 WHERE id = $2"))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if touched == 0 {
+        return Err(StoreError::NotFound { what, id: id.to_owned() });
+    }
+    Ok(())
+}
+
 /// The current time as Unix epoch milliseconds, the unit of every time column.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -200,12 +200,21 @@ impl Store {
         at: i64,
     ) -> Result<Option<PresenceChange>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before: Option<i64> = sqlx::query("SELECT online FROM device_position WHERE device_id = $1")
+        // Write first: on SQLite a transaction that reads before its first write cannot take the
+        // write lock if another writer committed in between (SQLITE_BUSY_SNAPSHOT), and waiting
+        // does not help; writing first makes it wait for the lock instead.
+        let created =
+            sqlx::query("INSERT INTO device_position (device_id) VALUES ($1) ON CONFLICT (device_id) DO NOTHING")
+                .bind(device_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        let before: i64 = sqlx::query("SELECT online FROM device_position WHERE device_id = $1")
             .bind(device_id)
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?
-            .map(|r| r.try_get("online"))
-            .transpose()?;
+            .try_get("online")?;
         sqlx::query(
             "INSERT INTO device_position (device_id, online, presence_ts) VALUES ($1, $2, $3) \
              ON CONFLICT (device_id) DO UPDATE SET online = excluded.online, presence_ts = excluded.presence_ts, \
@@ -217,7 +226,7 @@ impl Store {
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        let changed = before.map(|b| (b != 0) != online).unwrap_or(true);
+        let changed = created || (before != 0) != online;
         if changed {
             Store::append_event_in(
                 &mut tx,
@@ -237,9 +246,10 @@ impl Store {
     /// `device.stale` event); returns their ids.
     pub async fn mark_stale(&self, silent_since: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // One write statement (see `set_presence` on why writes come first).
         let rows = sqlx::query(
-            "SELECT device_id FROM device_position WHERE online = 1 AND stale = 0 \
-             AND COALESCE(last_seen, presence_ts, 0) < $1",
+            "UPDATE device_position SET stale = 1 WHERE online = 1 AND stale = 0 \
+             AND COALESCE(last_seen, presence_ts, 0) < $1 RETURNING device_id",
         )
         .bind(silent_since)
         .fetch_all(&mut *tx)
@@ -247,10 +257,6 @@ impl Store {
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             let id: String = row.try_get("device_id")?;
-            sqlx::query("UPDATE device_position SET stale = 1 WHERE device_id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
             Store::append_event_in(
                 &mut tx,
                 NewEvent {

@@ -17,7 +17,7 @@ use jiandu_store::{Case, CaseOrigin, Role, now_ms};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, Caller, Page};
+use super::{ApiError, Caller, Page, json_object, opt_str};
 use crate::AppState;
 
 /// Roles that may read cases.
@@ -48,26 +48,6 @@ fn oversight_error(e: OversightError) -> ApiError {
 /// The caller as a user with a role; integrations may read but not work cases.
 fn user_role(caller: &Caller) -> Result<Role, ApiError> {
     caller.role().ok_or_else(|| ApiError::forbidden("integrations may not change cases"))
-}
-
-/// The request body as a JSON object; an empty body is an empty object.
-fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
-        Err(e) => Err(ApiError::invalid("body", format!("not valid JSON: {e}"))),
-    }
-}
-
-fn opt_str(m: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::invalid(field, format!("must be a string, got {other}"))),
-    }
 }
 
 fn req_str(m: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
@@ -145,7 +125,7 @@ async fn case_view(s: &AppState, case: &Case, full: bool) -> Result<Value, ApiEr
 /// `POST /api/v1/cases` `{title, origin:{kind,id}?, parties?, evidence?, handler, unit, unit_head?}`.
 async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let role = user_role(&caller)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let (origin, origin_id) = match m.get("origin") {
         None | Some(Value::Null) => (CaseOrigin::Manual, None),
         Some(Value::Object(o)) => {
@@ -217,7 +197,7 @@ async fn advance(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let case = s.store.case(&id).await?;
     let index = stage_index(&m, &case)?;
     let note = opt_str(&m, "note")?;
@@ -237,7 +217,7 @@ async fn approve(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let case = s.store.case(&id).await?;
     let index = stage_index(&m, &case)?;
     let note = opt_str(&m, "note")?;
@@ -259,7 +239,7 @@ async fn extend(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let case = s.store.case(&id).await?;
     let index = stage_index(&m, &case)?;
     let reason = req_str(&m, "reason")?;

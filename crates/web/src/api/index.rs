@@ -18,7 +18,7 @@ use jiandu_store::{IndexRow, NewIndicator, NewNotice, Role, now_ms};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, Caller};
+use super::{ApiError, Caller, json_object, opt_str};
 use crate::AppState;
 
 /// Roles that may read the index.
@@ -52,25 +52,6 @@ fn oversight_error(e: OversightError) -> ApiError {
         },
         OversightError::Store(e) => ApiError::from(e),
         other => ApiError::internal(other),
-    }
-}
-
-fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
-        Err(e) => Err(ApiError::invalid("body", format!("not valid JSON: {e}"))),
-    }
-}
-
-fn opt_str(m: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::invalid(field, format!("must be a string, got {other}"))),
     }
 }
 
@@ -151,7 +132,7 @@ async fn unit_view(
 /// the rows stored and the alerts raised.
 async fn compute(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let period = opt_str(&m, "period")?;
     let run = integrity::compute(&s.store, period.as_deref(), caller.name(), now_ms(), false)
         .await
@@ -173,7 +154,7 @@ async fn compute(caller: Caller, State(s): State<AppState>, body: axum::body::By
 /// imported indicators (education, organisation checks), checked against the formula.
 async fn indicators(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let items: Vec<Value> = match m.get("rows") {
         Some(Value::Array(a)) => a.clone(),
         Some(other) => return Err(ApiError::invalid("rows", format!("must be an array, got {other}"))),
@@ -226,7 +207,7 @@ async fn issue_notice(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = object(&body)?;
+    let m = json_object(&body)?;
     let period = opt_str(&m, "period")?.ok_or_else(|| ApiError::invalid("period", "is required"))?;
     let period = Period::parse(&period).map_err(oversight_error)?.label;
     let units = match m.get("units") {

@@ -281,3 +281,25 @@ impl Page {
         self.limit.unwrap_or(50).clamp(1, 500)
     }
 }
+
+/// A request body as a JSON object (an empty body is an empty object), for endpoints that name
+/// the offending field themselves.
+pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::invalid("body", format!("not valid JSON: {e}"))),
+    }
+}
+
+/// An optional string field of a JSON object body; another type is a 422 naming the field.
+pub(crate) fn opt_str(m: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match m.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::invalid(field, format!("must be a string, got {other}"))),
+    }
+}

@@ -13,10 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiandu_schemas::topic::inbox;
-use jiandu_schemas::{AssignmentOffer, InboxKind, Notice, Report};
-use jiandu_store::{
-    Assignment, AssignmentState, NewOffer, NewReport, ReportSource, ReportStatus, Role, StoredReport, now_ms,
-};
+use jiandu_schemas::{InboxKind, Notice};
+use jiandu_store::{Assignment, AssignmentState, NewOffer, NewReport, ReportSource, ReportStatus, Role, now_ms};
 use rumqttc::QoS;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -276,7 +274,7 @@ async fn offer_to(
             actor: caller.name().to_owned(),
         })
         .await?;
-    let offer = offer_payload(&report, &a);
+    let offer = jiandu_dispatcher::offer_payload(&report, &a);
     match serde_json::to_vec(&offer) {
         Ok(bytes) => {
             if let Err(e) = s.mqtt.publish(inbox(device, InboxKind::Assignment), QoS::AtLeastOnce, false, bytes).await {
@@ -296,24 +294,6 @@ async fn tell_withdrawn(s: &AppState, a: &Assignment, why: &str) {
         && let Err(e) = s.mqtt.publish(inbox(&a.device_id, InboxKind::Notice), QoS::AtLeastOnce, false, bytes).await
     {
         warn!(device = %a.device_id, error = %e, "cannot queue a notice to the phone");
-    }
-}
-
-/// The `inbox/assignment` payload (the same shape the dispatcher sends).
-fn offer_payload(report: &StoredReport, a: &Assignment) -> AssignmentOffer {
-    AssignmentOffer {
-        assignment_id: a.id.clone(),
-        report: Report {
-            id: report.id.clone(),
-            kind: report.kind.clone(),
-            text: report.text.clone(),
-            lat: report.lat,
-            lon: report.lon,
-            ts: report.ts,
-            plate: report.plate.clone(),
-        },
-        distance_m: a.distance_m,
-        respond_by: a.respond_by,
     }
 }
 
