@@ -63,15 +63,22 @@ try {
   check(count.includes('3'), `device count: ${count}`);
   await page.screenshot({ path: path.join(OUT, 'map-1920.png') });
 
-  // Click a device: details and today's track.
-  const px = await page.evaluate((id) => {
-    const d = window.__jd.devices.get(id);
-    const p = window.__jd.map.project([d.position.lon, d.position.lat]);
-    const r = window.__jd.map.getCanvas().getBoundingClientRect();
-    return [r.left + p.x, r.top + p.y];
-  }, NEAREST);
-  await page.mouse.click(px[0], px[1]);
-  await page.waitForFunction(() => /\d+$/.test(document.querySelector('#track-info')?.textContent || ''), null, WAIT);
+  // Click a device: details and today's track. The phone keeps walking, so a click can land
+  // where it was a moment ago: aim again until the details open.
+  let opened = false;
+  for (let attempt = 0; attempt < 10 && !opened; attempt++) {
+    const px = await page.evaluate((id) => {
+      const d = window.__jd.devices.get(id);
+      const p = window.__jd.map.project([d.position.lon, d.position.lat]);
+      const r = window.__jd.map.getCanvas().getBoundingClientRect();
+      return [r.left + p.x, r.top + p.y];
+    }, NEAREST);
+    await page.mouse.click(px[0], px[1]);
+    opened = await page
+      .waitForFunction(() => /\d+$/.test(document.querySelector('#track-info')?.textContent || ''), null, { timeout: 3000 })
+      .then(() => true, () => false);
+  }
+  check(opened, 'clicking the device did not open its details and track');
 
   // State filter: hiding "available" hides all three.
   await page.uncheck('input[data-state="available"]');
