@@ -497,3 +497,119 @@ async fn the_desk_works_in_headless_chromium() {
     }
     app.stop();
 }
+
+/// Cases and the integrity index in headless Chromium (tests/browser/leaders.mjs): the desk opens
+/// a case and submits it, a leader approves and extends it from the approvals inbox, recomputes
+/// the index and reads the red unit's explanation. Four departments with seeded indicators make
+/// one unit of each of green, blue, yellow and red; the scheduler's clock is a year back, so only
+/// the leader's click computes the period under test.
+#[tokio::test]
+async fn leaders_work_cases_and_the_index_in_headless_chromium() {
+    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
+        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed in tests/browser: run scripts/services.sh"
+    );
+    let app = TestApp::spawn_with_config(Db::Sqlite, "[index]\nclock_offset_ms = -31536000000\n").await;
+    let desk_pw = add_user(&app, "desk", "dispatcher");
+    let lead_pw = add_user(&app, "lead", "leader");
+    let depts = app.dir.path().join("departments.csv");
+    std::fs::write(
+        &depts,
+        "部门代码,部门名称,权力清单,责任清单\nD001,县财政局,财政拨款,预算管理\nD002,县教育局,教育管理,学校安全\n\
+         D003,县审计局,审计监督,审计报告\nD004,县水利局,水利建设,防汛抗旱\n",
+    )
+    .unwrap();
+    app.cli(&["import", "departments", depts.to_str().unwrap()]);
+    let period = jiandu_oversight::integrity::Period::containing(
+        jiandu_oversight::integrity::PeriodKind::Quarter,
+        jiandu_store::now_ms(),
+    )
+    .label;
+    // Nobody is in the registries, so every unit counts the default 100 people.
+    // D001 meets every target: 100 green. D002: attendance 90 of 95 (-1.05): 88.95 blue.
+    // D004: no sessions (-20), organisation check 90 of 100 (-2): 78 yellow.
+    // D003: no figures at all (-20, -10, -10) and one tip naming it (-2): 58 red.
+    let mut rows = Vec::new();
+    for (unit, sessions, attendance, org) in
+        [("D001", 3.0, 95.0, 100.0), ("D002", 3.0, 90.0, 100.0), ("D004", 0.0, 95.0, 90.0)]
+    {
+        for (indicator, value) in
+            [("education_sessions", sessions), ("education_attendance", attendance), ("org_building", org)]
+        {
+            rows.push(json!({"unit": unit, "period": period, "indicator": indicator, "value": value}));
+        }
+    }
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/api/v1/index/indicators", app.http))
+        .basic_auth("lead", Some(&lead_pw))
+        .json(&json!({ "rows": rows }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+    let resp = http
+        .post(format!("{}/api/v1/reports", app.http))
+        .basic_auth("desk", Some(&desk_pw))
+        .json(&json!({"kind": "tip", "text": "县审计局有人违规吃喝", "lat": 36.5, "lon": 118.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let tip: Value = resp.json().await.unwrap();
+    let tip = tip["report"]["id"].as_str().unwrap().to_owned();
+
+    let artifacts = root.join("target/test-artifacts/web");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let colours = r#"{"D001":"green","D002":"blue","D003":"red","D004":"yellow"}"#;
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/leaders.mjs"))
+        .env("JD_URL", &app.http)
+        .env("JD_CHROMIUM", &chromium)
+        .env("JD_DESK", format!("desk:{desk_pw}"))
+        .env("JD_LEADER", format!("lead:{lead_pw}"))
+        .env("JD_PERIOD", &period)
+        .env("JD_COLOURS", colours)
+        .env("JD_ARTIFACTS", &artifacts)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+
+    // What the browser did is in the database.
+    let case_id = stdout.lines().find_map(|l| l.strip_prefix("case: ")).expect("the script names its case").trim();
+    let case = app.get_json(&format!("/api/v1/cases/{case_id}")).await;
+    assert_eq!((case["title"].as_str(), case["unit"].as_str()), (Some("县审计局公车私用核查"), Some("D003")));
+    assert_eq!(case["parties"], json!(["members:M00001", "members:M00002"]));
+    assert_eq!(case["created_by"], "desk");
+    assert_eq!(case["stage"]["key"], "preliminary_verification");
+    assert_eq!(case["extensions"], 1);
+    let approvals = case["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 1, "{case}");
+    assert_eq!((approvals[0]["approver"].as_str(), approvals[0]["stage_index"].as_i64()), (Some("lead"), Some(0)));
+    let kinds: Vec<&str> = case["timeline"].as_array().unwrap().iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["opened", "submitted", "approved", "advanced", "extended"]);
+    let submitted = &case["timeline"][1];
+    assert_eq!((submitted["actor"].as_str(), submitted["note"].as_str()), (Some("desk"), Some("材料齐全，提请审批")));
+    assert_eq!(case["timeline"][4]["note"], "需补充调取银行流水");
+    let index = app.get_json(&format!("/api/v1/index?period={period}")).await;
+    let scores: Vec<(&str, f64, &str)> = index["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["unit"].as_str().unwrap(), u["score"].as_f64().unwrap(), u["colour"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        scores,
+        [("D001", 100.0, "green"), ("D002", 88.95, "blue"), ("D003", 58.0, "red"), ("D004", 78.0, "yellow")]
+    );
+    let d003 = app.get_json("/api/v1/index/D003").await;
+    assert_eq!(d003["records"]["reports"], json!([tip]));
+    assert_eq!(d003["records"]["cases"], json!([case_id]), "the desk's case was opened in the period");
+    assert_eq!(d003["history"][0]["row"]["computed_at"], d003["latest"]["row"]["computed_at"]);
+    app.stop();
+}

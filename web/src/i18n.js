@@ -19,6 +19,26 @@ const zh = {
   outcome: '结果', channel: '渠道', paths: '接口', method: '方法', description: '说明', extent: '数据范围',
   lang: 'English', error: '错误', offered: '已派发', accepted: '已接受', declined: '已拒绝', arrived: '已到达',
   expired: '已超时', needs: '所需人数',
+  cases: '案件', approvals: '待我审批', index: '廉洁指数', unit: '单位', overdue: '已超期', overdue_only: '仅看超期',
+  filter: '筛选', stage: '阶段', deadline: '期限', remaining: '剩余', wd_left: '剩余 {n} 个工作日',
+  wd_over: '超期 {n} 个工作日', wd_unknown: '缺少工作日历', time_left: '距截止 {d} 天 {h} 小时 {m} 分',
+  handler: '承办人', unit_head: '单位负责人', parties: '涉及人员', case_title: '标题', new_case: '新建案件',
+  open: '办理中', closed: '已办结', advance: '提请审批', approve: '批准', extend: '申请延期', days: '天数', reason: '理由',
+  approvals_n: '审批 {a}/{n}', awaiting_approval: '待审批', in_progress: '办理中', stages: '办理阶段',
+  approval_log: '审批记录', approver: '审批人', timers: '提醒与告警', pending: '待触发', fired: '已触发',
+  negative_records: '负面记录', overview: '各单位在办案件', open_count: '在办', overdue_count: '超期',
+  working: '个工作日', calendar: '个自然日', extensions: '延期次数', no_approvals: '暂无待您审批的案件',
+  log_opened: '立案登记', log_submitted: '提请审批', log_approved: '批准', log_advanced: '进入下一阶段',
+  log_extended: '延期', log_closed: '办结', log_overdue: '超期告警', log_reminder: '期限提醒',
+  case: '案件', comma_hint: '多个用逗号分隔', subject_kind: '对象类别', period: '周期', prev: '上一期', next: '下一期',
+  show: '查看', recompute: '重新计算', assessment_csv: '年度考核表（CSV）', assessment_html: '年度考核表（打印版）',
+  green: '绿', blue: '蓝', yellow: '黄', orange: '橙', red: '红', score: '得分', not_computed: '该周期尚未计算',
+  trend: '趋势', explanation: '说明', terms: '扣分项', indicator: '指标', raw: '原始值', value: '计量值', points: '扣分',
+  records_behind: '依据记录', alerts: '预警与告警', warning: '预警', alarm: '告警', rectification: '整改案件',
+  history: '计算历史', formula_version: '公式版本', unit_size: '单位人数', computed_at: '计算时间',
+  size_default: '（登记人数为零，按缺省人数计）', src_reports: '线索', src_cases: '案件', src_disciplined: '处分',
+  src_overdue_alarms: '超期告警', src_negative_records: '负面记录', src_indicators: '导入指标', computed: '已计算 {n} 个单位',
+  back: '返回', stage_now: '当前阶段', approved_by_me: '您已批准',
 };
 const en = {
   title: 'Jiandu · Desk', login: 'Log in', logout: 'Log out', name: 'Name', password: 'Password',
@@ -43,6 +63,30 @@ const en = {
   outcome: 'Outcome', channel: 'Channel', paths: 'Endpoints', method: 'Method', description: 'Description',
   extent: 'Data extent', lang: '中文', error: 'Error', offered: 'Offered', accepted: 'Accepted', declined: 'Declined',
   arrived: 'Arrived', expired: 'Expired', needs: 'Inspectors needed',
+  cases: 'Cases', approvals: 'My approvals', index: 'Integrity index', unit: 'Unit', overdue: 'Overdue',
+  overdue_only: 'Overdue only', filter: 'Filter', stage: 'Stage', deadline: 'Deadline', remaining: 'Remaining',
+  wd_left: '{n} working days left', wd_over: '{n} working days overdue', wd_unknown: 'no working-day calendar',
+  time_left: '{d} d {h} h {m} min to the deadline', handler: 'Handler', unit_head: 'Unit head', parties: 'Parties',
+  case_title: 'Title', new_case: 'New case', open: 'Open', closed: 'Closed', advance: 'Submit for approval',
+  approve: 'Approve', extend: 'Extend', days: 'Days', reason: 'Reason', approvals_n: 'Approvals {a}/{n}',
+  awaiting_approval: 'Awaiting approval', in_progress: 'In progress', stages: 'Stages', approval_log: 'Approvals',
+  approver: 'Approver', timers: 'Reminders and alarms', pending: 'Pending', fired: 'Fired',
+  negative_records: 'Negative records', overview: 'Open cases per unit', open_count: 'Open', overdue_count: 'Overdue',
+  working: 'working days', calendar: 'calendar days', extensions: 'Extensions',
+  no_approvals: 'Nothing is waiting for your approval', log_opened: 'Opened', log_submitted: 'Submitted for approval',
+  log_approved: 'Approved', log_advanced: 'Moved on', log_extended: 'Extended', log_closed: 'Closed',
+  log_overdue: 'Overdue alarm', log_reminder: 'Deadline reminder', case: 'Case', comma_hint: 'comma-separated',
+  subject_kind: 'Subject kind', period: 'Period', prev: 'Previous', next: 'Next', show: 'Show', recompute: 'Recompute',
+  assessment_csv: 'Yearly assessment (CSV)', assessment_html: 'Yearly assessment (printable)', green: 'Green',
+  blue: 'Blue', yellow: 'Yellow', orange: 'Orange', red: 'Red', score: 'Score',
+  not_computed: 'Not computed for this period yet', trend: 'Trend', explanation: 'Explanation', terms: 'Deductions',
+  indicator: 'Indicator', raw: 'Raw', value: 'Value', points: 'Points', records_behind: 'Underlying records',
+  alerts: 'Warnings and alarms', warning: 'Warning', alarm: 'Alarm', rectification: 'Rectification case',
+  history: 'Computation history', formula_version: 'Formula version', unit_size: 'Unit size',
+  computed_at: 'Computed', size_default: '(nobody in the registries: the default size)', src_reports: 'Reports',
+  src_cases: 'Cases', src_disciplined: 'Disciplined', src_overdue_alarms: 'Overdue alarms',
+  src_negative_records: 'Negative records', src_indicators: 'Imported indicators', computed: '{n} units computed',
+  back: 'Back', stage_now: 'Current stage', approved_by_me: 'You approved',
 };
 
 export let lang = localStorage.getItem('jd.lang') === 'en' ? 'en' : 'zh';
@@ -51,6 +95,18 @@ export let lang = localStorage.getItem('jd.lang') === 'en' ? 'en' : 'zh';
 export function t(key) {
   const d = lang === 'en' ? en : zh;
   return d[key] ?? zh[key] ?? key;
+}
+
+/** The text for `key` with `{name}` placeholders filled from `vars`. */
+export function tf(key, vars) {
+  return t(key).replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
+}
+
+/** A bilingual name such as `线索处置 clue handling` in the current language (whole when not split). */
+export function localName(name) {
+  const m = /^([^A-Za-z]+?)\s+([A-Za-z].*)$/.exec(name || '');
+  if (!m) return name || '';
+  return lang === 'en' ? m[2] : m[1];
 }
 
 /** Switches between Chinese and English. */

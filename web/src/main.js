@@ -1,16 +1,21 @@
-// The jiandu web view: login, then a hash-routed single page (map, reports, look-up, audit,
-// admin, API). Every page is also checked by role on the server; the menu only hides what the
+// The jiandu web view: login, then a hash-routed single page (map, reports, cases, approvals,
+// integrity index, look-up, audit, admin, API); `#/page/id` opens one item of a page. Every page is also checked by role on the server; the menu only hides what the
 // role cannot use.
 import './style.css';
 import { t, toggleLang, lang } from './i18n.js';
 import { h, api, session, openEvents, closeEvents } from './core.js';
 import { mapPage } from './map.js';
 import { reportsPage, reportPage, lookupPage, auditPage, adminPage, apiPage } from './pages.js';
+import { casesPage, casePage, approvalsPage } from './cases.js';
+import { indexPage, unitIndexPage } from './integrity.js';
 
 const ALL = ['dispatcher', 'leader', 'admin', 'auditor'];
 const PAGES = [
   { path: 'map', roles: ['dispatcher', 'leader', 'admin'], render: mapPage },
-  { path: 'reports', roles: ALL, render: reportsPage },
+  { path: 'reports', roles: ALL, render: reportsPage, detail: reportPage },
+  { path: 'cases', roles: ALL, render: casesPage, detail: casePage },
+  { path: 'approvals', roles: ['leader'], render: approvalsPage },
+  { path: 'index', roles: ALL, render: indexPage, detail: unitIndexPage },
   { path: 'lookup', roles: ['dispatcher', 'leader', 'admin'], render: lookupPage },
   { path: 'audit', roles: ['auditor'], render: auditPage },
   { path: 'admin', roles: ['admin'], render: adminPage },
@@ -118,7 +123,7 @@ async function route() {
   }
   try {
     const params = new URLSearchParams(query || '');
-    const r = page.path === 'reports' && parts[1] ? await reportPage(main, parts[1]) : await page.render(main, params);
+    const r = page.detail && parts[1] ? await page.detail(main, parts[1], params) : await page.render(main, params);
     cleanup = typeof r === 'function' ? r : null;
   } catch (e) {
     main.append(h('div', { class: 'error' }, e.message));

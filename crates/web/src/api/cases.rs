@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiandu_oversight::OversightError;
-use jiandu_oversight::cases::{OpenCase, Workflow};
+use jiandu_oversight::cases::{Day, OpenCase, WorkCalendar, Workflow};
 use jiandu_store::{Case, CaseOrigin, Role, now_ms};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -84,8 +84,25 @@ async fn workflow(s: &AppState) -> Result<Workflow, ApiError> {
     Workflow::load(&s.store).await.map_err(oversight_error)
 }
 
+/// The countdown in working days on the official calendar: the working days after today (UTC+8)
+/// up to and including the deadline's day, so a fresh 15-working-day stage shows 15 and the last
+/// day 0; once past the deadline, minus the working days since. `None` when the calendar lacks a
+/// year in between.
+fn working_days_left(cal: &WorkCalendar, deadline_at: i64, now: i64) -> Option<i64> {
+    let (today, last) = (Day::of_ms(now), Day::of_ms(deadline_at));
+    let (from, to, sign) = if now > deadline_at { (last, today, -1) } else { (today, last, 1) };
+    if to.0 - from.0 > 3660 {
+        return None;
+    }
+    let mut n = 0;
+    for d in from.0 + 1..=to.0 {
+        n += i64::from(cal.is_working_day(Day(d)).ok()?);
+    }
+    Some(sign * n)
+}
+
 /// A case with its stage name, deadline countdown and (for the detail) timeline.
-async fn case_view(s: &AppState, case: &Case, full: bool) -> Result<Value, ApiError> {
+async fn case_view(s: &AppState, cal: &WorkCalendar, case: &Case, full: bool) -> Result<Value, ApiError> {
     let now = now_ms();
     let stages = Workflow::case_stages(case).map_err(oversight_error)?;
     let stage = stages.get(case.stage_index as usize);
@@ -101,6 +118,7 @@ async fn case_view(s: &AppState, case: &Case, full: bool) -> Result<Value, ApiEr
         },
         "deadline_at": case.deadline_at,
         "remaining_ms": if case.status == "open" { Some(case.deadline_at - now) } else { None },
+        "remaining_working_days": if case.status == "open" { working_days_left(cal, case.deadline_at, now) } else { None },
         "overdue": case.overdue_at.is_some() || (case.status == "open" && now > case.deadline_at),
         "overdue_at": case.overdue_at, "extensions": case.extensions,
         "created_by": case.created_by, "created_at": case.created_at, "updated_at": case.updated_at,
@@ -150,7 +168,7 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
     };
     let wf = workflow(&s).await?;
     let case = wf.open(&s.store, open, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
-    Ok((StatusCode::CREATED, Json(case_view(&s, &case, true).await?)).into_response())
+    Ok((StatusCode::CREATED, Json(case_view(&s, &wf.calendar, &case, true).await?)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,9 +192,10 @@ async fn list(caller: Caller, State(s): State<AppState>, Query(q): Query<ListQue
             page.after.as_deref(),
         )
         .await?;
+    let wf = workflow(&s).await?;
     let mut items = Vec::with_capacity(cases.len());
     for c in &cases {
-        items.push(case_view(&s, c, false).await?);
+        items.push(case_view(&s, &wf.calendar, c, false).await?);
     }
     let next = (cases.len() as i64 == page.limit()).then(|| cases.last().map(|c| c.id.clone())).flatten();
     Ok(Json(json!({"items": items, "next": next})))
@@ -186,7 +205,8 @@ async fn list(caller: Caller, State(s): State<AppState>, Query(q): Query<ListQue
 async fn detail(caller: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(READERS, false)?;
     let case = s.store.case(&id).await?;
-    Ok(Json(case_view(&s, &case, true).await?))
+    let wf = workflow(&s).await?;
+    Ok(Json(case_view(&s, &wf.calendar, &case, true).await?))
 }
 
 /// `POST /api/v1/cases/{id}/advance` `{stage_index?, note?}`: ask to move on.
@@ -206,7 +226,7 @@ async fn advance(
         .advance(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
         .await
         .map_err(oversight_error)?;
-    Ok(Json(case_view(&s, &case, true).await?))
+    Ok(Json(case_view(&s, &wf.calendar, &case, true).await?))
 }
 
 /// `POST /api/v1/cases/{id}/approve` `{stage_index?, note?}`: approve moving on.
@@ -226,7 +246,7 @@ async fn approve(
         .approve(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
         .await
         .map_err(oversight_error)?;
-    let mut v = case_view(&s, &a.case, true).await?;
+    let mut v = case_view(&s, &wf.calendar, &a.case, true).await?;
     v["approval"] = json!({"approvals": a.approvals, "moved": a.moved});
     Ok(Json(v))
 }
@@ -254,7 +274,7 @@ async fn extend(
     let wf = workflow(&s).await?;
     let case =
         wf.extend(&s.store, &id, index, days, &reason, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
-    Ok(Json(case_view(&s, &case, true).await?))
+    Ok(Json(case_view(&s, &wf.calendar, &case, true).await?))
 }
 
 /// `GET /api/v1/cases/overview`: open and overdue cases per unit and stage (leaders' view).
@@ -267,6 +287,7 @@ async fn overview(caller: Caller, State(s): State<AppState>) -> Result<Json<Valu
 async fn approvals_inbox(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     caller.require(READERS, false)?;
     let role = user_role(&caller)?;
+    let wf = workflow(&s).await?;
     let mut items = Vec::new();
     for case in s.store.cases_awaiting_approval(500).await? {
         let stages = Workflow::case_stages(&case).map_err(oversight_error)?;
@@ -278,7 +299,7 @@ async fn approvals_inbox(caller: Caller, State(s): State<AppState>) -> Result<Js
             .iter()
             .any(|a| a.stage_index == case.stage_index && a.approver == caller.name());
         if may && !already {
-            items.push(case_view(&s, &case, false).await?);
+            items.push(case_view(&s, &wf.calendar, &case, false).await?);
         }
     }
     Ok(Json(json!({"items": items})))
