@@ -38,7 +38,7 @@ const zh = {
   history: '计算历史', formula_version: '公式版本', unit_size: '单位人数', computed_at: '计算时间',
   size_default: '（登记人数为零，按缺省人数计）', src_reports: '线索', src_cases: '案件', src_disciplined: '处分',
   src_overdue_alarms: '超期告警', src_negative_records: '负面记录', src_indicators: '导入指标', computed: '已计算 {n} 个单位',
-  back: '返回', stage_now: '当前阶段', approved_by_me: '您已批准',
+  back: '返回', stage_now: '当前阶段', approved_by_me: '您已批准', wd_before: '截止前 {n} 个工作日',
 };
 const en = {
   title: 'Jiandu · Desk', login: 'Log in', logout: 'Log out', name: 'Name', password: 'Password',
@@ -86,7 +86,7 @@ const en = {
   computed_at: 'Computed', size_default: '(nobody in the registries: the default size)', src_reports: 'Reports',
   src_cases: 'Cases', src_disciplined: 'Disciplined', src_overdue_alarms: 'Overdue alarms',
   src_negative_records: 'Negative records', src_indicators: 'Imported indicators', computed: '{n} units computed',
-  back: 'Back', stage_now: 'Current stage', approved_by_me: 'You approved',
+  back: 'Back', stage_now: 'Current stage', approved_by_me: 'You approved', wd_before: '{n} working days before',
 };
 
 export let lang = localStorage.getItem('jd.lang') === 'en' ? 'en' : 'zh';
