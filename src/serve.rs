@@ -22,9 +22,9 @@ pub enum Role {
     Ingest,
     /// Dispatch: the live index of inspectors, offers, re-dispatch and escalation.
     Dispatcher,
-    /// Registry look-ups from phones, answered from memory and audited in batches.
+    /// Registry look-ups from phones, the case deadline scheduler and the integrity index.
     Oversight,
-    /// HTTP: health, metrics (and the web view and REST API as they land).
+    /// HTTP: the web view, REST API, Server-Sent Events, health and metrics.
     Web,
 }
 
