@@ -264,11 +264,7 @@ export async function casePage(root, id) {
     negativeRecords(records, c.unit);
   }
 
-  try {
-    await render();
-  } catch (e) {
-    box.replaceChildren(errorBox(e));
-  }
+  // Listen before the first load, so a change made while it loads still refreshes the page.
   let pending = null;
   const off = onEvent((ev) => {
     const d = ev.data || {};
@@ -277,6 +273,11 @@ export async function casePage(root, id) {
       pending = setTimeout(() => render().catch(() => {}), 150);
     }
   });
+  try {
+    await render();
+  } catch (e) {
+    box.replaceChildren(errorBox(e));
+  }
   return () => { off(); clearTimeout(pending); clearInterval(tick); };
 }
 

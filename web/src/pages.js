@@ -40,11 +40,7 @@ export async function reportsPage(root, params) {
       ], rows, { class: 'list', id: 'reports-table' }),
       next ? h('button', { onclick: () => load(next) }, t('more')) : null);
   }
-  try {
-    await load();
-  } catch (e) {
-    listBox.replaceChildren(errorBox(e));
-  }
+  // Listen before the first load, so a report that changes while it loads still refreshes it.
   let pending = null;
   const off = onEvent((ev) => {
     if (ev.kind === 'report' || ev.kind === 'assignment' || ev.kind === 'alarm') {
@@ -55,6 +51,11 @@ export async function reportsPage(root, params) {
       }, 300);
     }
   });
+  try {
+    await load();
+  } catch (e) {
+    listBox.replaceChildren(errorBox(e));
+  }
   return () => { off(); clearTimeout(pending); };
 }
 
@@ -204,16 +205,18 @@ export async function reportPage(root, id) {
     }
   }
 
-  try {
-    await render();
-  } catch (e) {
-    box.replaceChildren(errorBox(e));
-  }
+  // Listen before the first load: an event that lands while the report is being fetched
+  // (the dispatcher answers within milliseconds) must still refresh the page.
   const off = onEvent((ev) => {
     const d = ev.data || {};
     const mine = d.report === id || d.report?.id === id || d.report_id === id || d.id === id;
     if (mine && ['report', 'assignment', 'evidence', 'alarm'].includes(ev.kind)) later();
   });
+  try {
+    await render();
+  } catch (e) {
+    box.replaceChildren(errorBox(e));
+  }
   return () => { off(); clearTimeout(pending); miniMap?.remove(); };
 }
 
