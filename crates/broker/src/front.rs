@@ -246,7 +246,9 @@ impl Front {
             last_notice: None,
         };
         let ended = session.run(client, buf).await;
-        session.finish(matches!(ended, Ok(true))).await;
+        // A session taken over by a new connection of the same client was already ended by the
+        // router, and the client is back: neither a will nor a DISCONNECT is due.
+        session.finish(matches!(ended, Ok(true) | Err(SessionEnd::TakenOver))).await;
         ended.map(|_| ())
     }
 }
