@@ -47,22 +47,8 @@ pub enum Version {
 pub mod kind {
     /// CONNECT.
     pub const CONNECT: u8 = 1;
-    /// CONNACK.
-    pub const CONNACK: u8 = 2;
     /// PUBLISH.
     pub const PUBLISH: u8 = 3;
-    /// PUBACK.
-    pub const PUBACK: u8 = 4;
-    /// PUBREC.
-    pub const PUBREC: u8 = 5;
-    /// PUBREL.
-    pub const PUBREL: u8 = 6;
-    /// PUBCOMP.
-    pub const PUBCOMP: u8 = 7;
-    /// SUBSCRIBE.
-    pub const SUBSCRIBE: u8 = 8;
-    /// SUBACK.
-    pub const SUBACK: u8 = 9;
     /// DISCONNECT.
     pub const DISCONNECT: u8 = 14;
 }

@@ -128,15 +128,15 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Refuses strings that are not valid MQTT topic filters (`+` and `#` only as whole levels,
-/// `#` only last).
+/// Refuses strings that are not valid MQTT topic filters (1–512 characters, `+` and `#` only as
+/// whole levels, `#` only last).
 fn check_filters(field: &'static str, filters: &[String]) -> Result<(), StoreError> {
     for filter in filters {
         let levels: Vec<&str> = filter.split('/').collect();
         let bad_level = levels.iter().enumerate().any(|(i, level)| {
             (level.contains('+') && *level != "+") || (level.contains('#') && (*level != "#" || i + 1 != levels.len()))
         });
-        if filter.is_empty() || filter.contains('\0') || bad_level {
+        if filter.is_empty() || filter.len() > 512 || filter.contains('\0') || bad_level {
             return Err(StoreError::InvalidInput {
                 field,
                 reason: format!("'{filter}' is not a valid MQTT topic filter"),
@@ -313,7 +313,8 @@ mod tests {
     fn filters_are_checked_for_mqtt_syntax() {
         let ok = ["jd/v1/events/#", "#", "+/x/+", "jd/v1/reports"].map(String::from);
         check_filters("subscribe", &ok).unwrap();
-        for bad in ["", "a/#/b", "a/b#", "a+/b", "x\0y"] {
+        let too_long = "a/".repeat(300);
+        for bad in ["", "a/#/b", "a/b#", "a+/b", "x\0y", "jd/v1/ev#", "jd/v1+/x", too_long.as_str()] {
             assert!(check_filters("subscribe", &[bad.to_owned()]).is_err(), "{bad:?} accepted");
         }
     }
