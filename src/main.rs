@@ -168,7 +168,7 @@ enum RegistryAction {
 enum CalendarAction {
     /// Check a year's calendar file (holidays, worked weekend days) and put it in force
     Load {
-        /// TOML file, shaped like crates/oversight/calendar/2026.toml
+        /// TOML file, shaped like oversight/calendar/2026.toml
         file: PathBuf,
     },
     /// Print the years in force as JSON lines
@@ -203,7 +203,7 @@ enum IndexAction {
 
 #[derive(Debug, Subcommand)]
 enum FormulaAction {
-    /// Store a formula file (shaped like crates/oversight/index.toml) as the version in force
+    /// Store a formula file (shaped like oversight/index.toml) as the version in force
     Load {
         /// TOML file
         file: PathBuf,

@@ -2,7 +2,7 @@
 //! yellow, orange, red), warnings and alarms, rectification tasks, circulation notices and the
 //! yearly assessment.
 //!
-//! How it fits: the formula is data ([`formula`], `crates/oversight/index.toml`), stored in the
+//! How it fits: the formula is data ([`formula`], `oversight/index.toml`), stored in the
 //! database as immutable versions so every process computes alike and every stored index names
 //! the version it came from. [`compute`] gathers one period's inputs — the platform's own records
 //! (reports and tips, cases, decisions, overdue alarms, negative records, read through `store`),

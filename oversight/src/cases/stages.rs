@@ -1,4 +1,4 @@
-//! Stage templates: the steps of a disciplinary case as data (`crates/oversight/stages.toml`,
+//! Stage templates: the steps of a disciplinary case as data (`oversight/stages.toml`,
 //! embedded; `{data_dir}/stages.toml` overrides it). Each stage says who may work it, who must
 //! approve moving on and how many distinct approvers that takes, its time limit in working or
 //! calendar days, and the extensions allowed. The file documents where each default comes from.

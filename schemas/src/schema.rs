@@ -1,6 +1,6 @@
 //! JSON Schemas of every payload, generated from the Rust types.
 //!
-//! The files under `crates/schemas/json/` are what phone and integration developers read; the
+//! The files under `schemas/json/` are what phone and integration developers read; the
 //! test `json_schemas_match_types` keeps them equal to what this module generates.
 
 use schemars::{JsonSchema, schema_for};

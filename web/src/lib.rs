@@ -1,6 +1,6 @@
 //! The HTTP face of jiandu (axum): health, Prometheus metrics, the REST API under `/api/v1`
 //! (see [`api`]), Server-Sent Events of the event outbox, and the browser view for the 24-hour
-//! desk, leaders, auditors and admins (built from `web/` and embedded, see [`assets`]).
+//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]).
 //!
 //! Like every role, `web` reaches the rest of the platform only through the broker, as an MQTT
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database

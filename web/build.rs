@@ -1,5 +1,5 @@
-//! Builds the browser view (`web/`, a Vite project) into `web/dist` when it is missing or older
-//! than its sources, and writes `$OUT_DIR/assets.rs`, which embeds every file of `web/dist` in the
+//! Builds the browser view (`web/ui/`, a Vite project) into `web/ui/dist` when it is missing or older
+//! than its sources, and writes `$OUT_DIR/assets.rs`, which embeds every file of `web/ui/dist` in the
 //! binary. So `cargo build` on a fresh checkout needs npm and the registry once, and the binary
 //! needs neither (nor the internet) at run time.
 
@@ -34,7 +34,7 @@ fn npm(web: &Path, args: &[&str]) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let web = manifest.join("../../web").canonicalize().expect("the web/ front-end project next to crates/");
+    let web = manifest.join("ui").canonicalize().expect("the ui/ front-end project inside the web crate");
     let mut inputs = Vec::new();
     let mut sources = SystemTime::UNIX_EPOCH;
     for name in ["index.html", "package.json", "package-lock.json", "vite.config.js", "src", "public"] {
@@ -58,7 +58,7 @@ fn main() {
     let mut files = Vec::new();
     newest(&dist, &mut files);
     files.sort();
-    let mut code = String::from("/// Every file of `web/dist`: path relative to it, and the bytes.\n");
+    let mut code = String::from("/// Every file of `web/ui/dist`: path relative to it, and the bytes.\n");
     code.push_str("pub static ASSETS: &[(&str, &[u8])] = &[\n");
     for f in &files {
         let rel = f.strip_prefix(&dist).expect("under dist").to_string_lossy().replace('\\', "/");

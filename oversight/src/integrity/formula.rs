@@ -1,4 +1,4 @@
-//! The index formula as data (`crates/oversight/index.toml`, embedded; `{data_dir}/index.toml`
+//! The index formula as data (`oversight/index.toml`, embedded; `{data_dir}/index.toml`
 //! overrides it) and the arithmetic: a unit's inputs become terms (value, points deducted), a
 //! score, a colour and the sentence that explains it. Pure functions, so a fixed set of inputs
 //! always gives the same score whatever the database.

@@ -1,4 +1,4 @@
-// Builds the browser view into dist/, which crates/web/build.rs embeds into the jiandu binary.
+// Builds the browser view into dist/, which the web crate's build.rs (../build.rs) embeds into the jiandu binary.
 import { defineConfig } from 'vite';
 
 export default defineConfig({
