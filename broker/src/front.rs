@@ -30,8 +30,7 @@ use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, SubAck, SubscribeReasonCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::Acl;
@@ -40,6 +39,11 @@ use crate::wire::{self, Refusal, Version, kind};
 /// Opens a link into the router for a client id: (client id, clean session, topic alias max).
 pub(crate) type LinkFactory =
     Arc<dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+
+/// A client's byte stream: plain TCP, TLS or a WebSocket's binary messages all serve alike.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for S {}
 
 /// What every connection of the front shares.
 pub(crate) struct Front {
@@ -125,7 +129,7 @@ fn without_properties(packet: Packet) -> Packet {
 
 impl Front {
     /// Serves one client connection until it closes.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    pub async fn serve<S: ClientStream>(self: Arc<Self>, stream: S, peer: SocketAddr) {
         let span = info_span!("mqtt", %peer, client = tracing::field::Empty);
         async move {
             match self.session(stream).await {
@@ -141,8 +145,7 @@ impl Front {
         .await
     }
 
-    async fn session(&self, mut client: TcpStream) -> Result<(), SessionEnd> {
-        client.set_nodelay(true)?;
+    async fn session<S: ClientStream>(&self, mut client: S) -> Result<(), SessionEnd> {
         // Buffers start small and grow on demand: most phones are idle most of the time.
         let mut buf = BytesMut::with_capacity(512);
         let first =
@@ -254,14 +257,18 @@ impl Front {
 }
 
 /// Answers CONNECT with a refusing CONNACK and closes.
-async fn refuse(client: &mut TcpStream, version: Version, why: Refusal) -> Result<(), SessionEnd> {
+async fn refuse<S: ClientStream>(client: &mut S, version: Version, why: Refusal) -> Result<(), SessionEnd> {
     client.write_all(&wire::connack_refused(version, why)).await.ok();
     client.shutdown().await.ok();
     Err(SessionEnd::Refused(why))
 }
 
 /// Reads until one complete frame is buffered; `None` on a clean EOF before any byte.
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, SessionEnd> {
+async fn read_frame<S: ClientStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Option<BytesMut>, SessionEnd> {
     loop {
         if let Some(n) = wire::frame_len(buf, limit)? {
             return Ok(Some(buf.split_to(n)));
@@ -300,8 +307,8 @@ struct Session {
 
 impl Session {
     /// Pumps packets both ways; `Ok(true)` when the client ended with DISCONNECT.
-    async fn run(&mut self, mut client: TcpStream, mut buf: BytesMut) -> Result<bool, SessionEnd> {
-        let (mut rd, mut wr) = client.split();
+    async fn run<S: ClientStream>(&mut self, client: S, mut buf: BytesMut) -> Result<bool, SessionEnd> {
+        let (mut rd, mut wr) = tokio::io::split(client);
         let mut out = BytesMut::new();
         let mut to_router: Vec<Packet> = Vec::new();
         // MQTT: the server may close a connection silent for 1.5 × keep-alive.

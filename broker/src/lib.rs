@@ -20,7 +20,7 @@ use rumqttd::RouterConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use acl::Acl;
 pub use client::BrokerEndpoint;
@@ -125,6 +125,9 @@ pub async fn start(
                     }
                 },
             };
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(error = %e, "TCP_NODELAY not set");
+            }
             let front = front.clone();
             tokio::spawn(async move {
                 front.serve(stream, peer).await;
