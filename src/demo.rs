@@ -91,7 +91,7 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let all = [Role::Broker, Role::Ingest, Role::Dispatcher, Role::Oversight, Role::Web];
-    let running = serve::start(&config, &all, shutdown.clone()).await?;
+    let mut running = serve::start(&config, &all, shutdown.clone()).await?;
     let mqtt = running.bound.mqtt.clone();
     let (host, port) = parse_mqtt_url(&mqtt)?;
     let http = running.bound.http.map(|a| format!("http://{a}")).unwrap_or_default();
@@ -119,14 +119,20 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         shutdown.clone(),
     );
 
-    serve::wait_for_signal().await;
+    let failure = tokio::select! {
+        _ = serve::wait_for_signal() => None,
+        f = running.failure() => Some(f),
+    };
     info!("stopping the demo");
     shutdown.cancel();
     let stats = sim.stats.clone();
     sim.stopped().await;
     running.stopped().await;
     eprintln!("simulated: {}", stats.snapshot());
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => bail!("role {} keeps failing ({} failures), last: {}", f.role, f.failures, f.reason),
+    }
 }
 
 /// `JIANDU_DEMO_SPEED`: simulated seconds per real second (default 1).
