@@ -63,6 +63,13 @@ pub(crate) struct Front {
     pub max_sessions_per_device: usize,
     /// Most distinct client ids one integration account may hold connected at once.
     pub max_sessions_per_integration: usize,
+    /// Becomes true once a service account has subscribed to the heartbeat ingest group.
+    pub ingest_ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Until then, and at most until this moment, the CONNACK of a device or integration waits:
+    /// rumqttd drops messages nobody subscribes to, so a phone that reconnects to a restarted
+    /// server before ingest has subscribed would have its re-sent backlog dropped, and the next
+    /// `inbox/ack` would then cover points never stored.
+    pub hold_logins_until: Instant,
 }
 
 /// Why a connection ended.
@@ -234,6 +241,11 @@ impl Front {
             return refuse(&mut client, version, Refusal::Unavailable).await;
         }
         let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+        if !matches!(principal, Principal::Service { .. }) && !*self.ingest_ready.borrow() {
+            let mut ready = self.ingest_ready.subscribe();
+            let until = self.hold_logins_until.into();
+            let _ = tokio::time::timeout_at(until, ready.wait_for(|r| *r)).await;
+        }
         let links = self.links.clone();
         let client_id = connect.client_id.clone();
         let clean = header.clean_session;
@@ -273,6 +285,8 @@ impl Front {
             will,
             registration,
             qos2_open: 0,
+            ingest_ready: (!*self.ingest_ready.borrow()).then(|| self.ingest_ready.clone()),
+            ingest_subscribing: false,
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
@@ -334,6 +348,10 @@ struct Session {
     registration: Registration,
     /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
     qos2_open: usize,
+    /// Set to true once this (service) session's heartbeat subscription reached the router.
+    ingest_ready: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+    /// The heartbeat subscription is among the packets about to go to the router.
+    ingest_subscribing: bool,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -383,6 +401,13 @@ impl Session {
                 // Queue all but the last directly; sending the last one wakes the router once.
                 self.link_tx.buffer().extend(to_router.drain(..));
                 self.link_tx.send(last).await?;
+            }
+            if self.ingest_subscribing
+                && let Some(ready) = self.ingest_ready.take()
+            {
+                // Logins held since start go on now: their link reaches the router after this
+                // subscription.
+                ready.send_replace(true);
             }
             if !out.is_empty() {
                 wr.write_all(&out).await?;
@@ -510,6 +535,12 @@ impl Session {
                     }
                 }
                 Packet::Subscribe(mut sub, props) => {
+                    if self.ingest_ready.is_some()
+                        && matches!(self.acl, Acl::Service)
+                        && sub.filters.iter().any(|f| f.path == jiandu_schemas::topic::SHARED_HEARTBEATS)
+                    {
+                        self.ingest_subscribing = true;
+                    }
                     let keep: Vec<bool> = sub.filters.iter().map(|f| self.acl.may_subscribe(&f.path)).collect();
                     for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k) {
                         metrics::counter!("jiandu_broker_denied_total", "what" => "subscribe").increment(1);

@@ -63,6 +63,9 @@ pub struct BrokerConfig {
     pub max_sessions_per_integration: usize,
     /// How often the store is asked which accounts were revoked (their sessions are ended).
     pub revocation_poll: Duration,
+    /// After start, device and integration logins wait (at most this long) until ingest has
+    /// subscribed, so nothing a reconnecting phone re-sends is dropped for want of a subscriber.
+    pub hold_logins_for_ingest: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -75,6 +78,7 @@ impl Default for BrokerConfig {
             max_sessions_per_device: 3,
             max_sessions_per_integration: 16,
             revocation_poll: Duration::from_secs(1),
+            hold_logins_for_ingest: Duration::from_secs(15),
         }
     }
 }
@@ -124,6 +128,8 @@ pub async fn start(
         sessions,
         max_sessions_per_device: config.max_sessions_per_device,
         max_sessions_per_integration: config.max_sessions_per_integration,
+        ingest_ready: Arc::new(tokio::sync::watch::channel(false).0),
+        hold_logins_until: std::time::Instant::now() + config.hold_logins_for_ingest,
     });
     let permits = Arc::new(Semaphore::new(config.max_connections));
     info!(addr = %local_addr, "MQTT listening (3.1.1 and 5)");
