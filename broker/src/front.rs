@@ -63,13 +63,51 @@ pub(crate) struct Front {
     pub max_sessions_per_device: usize,
     /// Most distinct client ids one integration account may hold connected at once.
     pub max_sessions_per_integration: usize,
-    /// Becomes true once a service account has subscribed to the heartbeat ingest group.
-    pub ingest_ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The platform subscriptions still awaited since start; logins are held until it is empty.
+    pub awaited: Arc<Awaited>,
     /// Until then, and at most until this moment, the CONNACK of a device or integration waits:
     /// rumqttd drops messages nobody subscribes to, so a phone that reconnects to a restarted
     /// server before ingest has subscribed would have its re-sent backlog dropped, and the next
     /// `inbox/ack` would then cover points never stored.
     pub hold_logins_until: Instant,
+}
+
+/// The service subscriptions a freshly started broker waits for before it lets devices and
+/// integrations in (the local ingest role's shared filters).
+pub(crate) struct Awaited {
+    filters: std::sync::Mutex<HashSet<String>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Awaited {
+    /// Waits for `filters` (none: ready at once).
+    pub fn new(filters: impl IntoIterator<Item = String>) -> Awaited {
+        let filters: HashSet<String> = filters.into_iter().collect();
+        let ready = tokio::sync::watch::channel(filters.is_empty()).0;
+        Awaited { filters: std::sync::Mutex::new(filters), ready }
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Whether any of `filters` is awaited.
+    fn wants(&self, filters: &[String]) -> bool {
+        let awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        filters.iter().any(|f| awaited.contains(f))
+    }
+
+    /// Marks `filters` as subscribed (they reached the router).
+    fn arrived(&self, filters: &[String]) {
+        let mut awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        for f in filters {
+            awaited.remove(f);
+        }
+        if awaited.is_empty() && !self.is_ready() {
+            info!("platform subscriptions in place: devices and integrations may log in");
+            self.ready.send_replace(true);
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -241,8 +279,8 @@ impl Front {
             return refuse(&mut client, version, Refusal::Unavailable).await;
         }
         let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
-        if !matches!(principal, Principal::Service { .. }) && !*self.ingest_ready.borrow() {
-            let mut ready = self.ingest_ready.subscribe();
+        if !matches!(principal, Principal::Service { .. }) && !self.awaited.is_ready() {
+            let mut ready = self.awaited.ready.subscribe();
             let until = self.hold_logins_until.into();
             let _ = tokio::time::timeout_at(until, ready.wait_for(|r| *r)).await;
         }
@@ -285,8 +323,8 @@ impl Front {
             will,
             registration,
             qos2_open: 0,
-            ingest_ready: (!*self.ingest_ready.borrow()).then(|| self.ingest_ready.clone()),
-            ingest_subscribing: false,
+            awaited: (!self.awaited.is_ready()).then(|| self.awaited.clone()),
+            subscribing: Vec::new(),
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
@@ -348,10 +386,10 @@ struct Session {
     registration: Registration,
     /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
     qos2_open: usize,
-    /// Set to true once this (service) session's heartbeat subscription reached the router.
-    ingest_ready: Option<Arc<tokio::sync::watch::Sender<bool>>>,
-    /// The heartbeat subscription is among the packets about to go to the router.
-    ingest_subscribing: bool,
+    /// The platform subscriptions awaited since start (for a service session, until they came).
+    awaited: Option<Arc<Awaited>>,
+    /// Awaited filters among the packets about to go to the router.
+    subscribing: Vec<String>,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -402,12 +440,12 @@ impl Session {
                 self.link_tx.buffer().extend(to_router.drain(..));
                 self.link_tx.send(last).await?;
             }
-            if self.ingest_subscribing
-                && let Some(ready) = self.ingest_ready.take()
+            if !self.subscribing.is_empty()
+                && let Some(awaited) = &self.awaited
             {
-                // Logins held since start go on now: their link reaches the router after this
-                // subscription.
-                ready.send_replace(true);
+                // Logins held since start go on once all are in: their links reach the router
+                // after these subscriptions.
+                awaited.arrived(&std::mem::take(&mut self.subscribing));
             }
             if !out.is_empty() {
                 wr.write_all(&out).await?;
@@ -535,11 +573,13 @@ impl Session {
                     }
                 }
                 Packet::Subscribe(mut sub, props) => {
-                    if self.ingest_ready.is_some()
+                    if let Some(awaited) = &self.awaited
                         && matches!(self.acl, Acl::Service)
-                        && sub.filters.iter().any(|f| f.path == jiandu_schemas::topic::SHARED_HEARTBEATS)
                     {
-                        self.ingest_subscribing = true;
+                        let paths: Vec<String> = sub.filters.iter().map(|f| f.path.clone()).collect();
+                        if awaited.wants(&paths) {
+                            self.subscribing.extend(paths);
+                        }
                     }
                     let keep: Vec<bool> = sub.filters.iter().map(|f| self.acl.may_subscribe(&f.path)).collect();
                     for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k) {
