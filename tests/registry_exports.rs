@@ -74,3 +74,27 @@ async fn a_member_export_keyed_by_identity_number_is_looked_up_masked() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401, "a phone's token is no web login");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_choose_units_from_the_departments_registry() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let path = app.dir.path().join("departments.csv");
+    std::fs::write(&path, "部门代码,部门名称\nD001,县财政局\nD002,城关街道办事处\n").unwrap();
+    app.cli(&["import", "departments", &path.display().to_string()]);
+
+    let list = app.get_json("/api/v1/departments").await;
+    assert_eq!(
+        list["items"],
+        json!([{"code": "D001", "name": "县财政局"}, {"code": "D002", "name": "城关街道办事处"}]),
+        "{list}"
+    );
+    // Nobody without a staff login reads it: no credentials, a phone's token, an integration.
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/departments", app.http);
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 401);
+    let (id, token) = app.add_device("巡查四号");
+    assert_eq!(http.get(&url).basic_auth(&id, Some(&token)).send().await.unwrap().status().as_u16(), 401);
+    let (name, password) = app.add_integration("hotline", &[], &["jd/v1/reports"]);
+    let resp = http.get(&url).bearer_auth(&password).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 403, "integration {name} is no office user");
+}
