@@ -532,10 +532,11 @@ async fn leaders_work_cases_and_the_index_in_headless_chromium() {
     // D001 meets every target: 100 green. D002: half the sessions (-10) and attendance 90 of 95
     // (-1.05): 88.95 blue.
     // D004: no sessions (-20), organisation check 90 of 100 (-2): 78 yellow.
-    // D003: no figures at all (-20, -10, -10) and one tip naming it (-2): 58 red.
+    // D003: zero sessions, attendance and checks (-20, -10, -10; imported zeros are data, unlike
+    // figures never imported, which read as "no data") and one tip naming it (-2): 58 red.
     let mut rows = Vec::new();
     for (unit, sessions, attendance, org) in
-        [("D001", 3.0, 95.0, 100.0), ("D002", 1.5, 90.0, 100.0), ("D004", 0.0, 95.0, 90.0)]
+        [("D001", 3.0, 95.0, 100.0), ("D002", 1.5, 90.0, 100.0), ("D003", 0.0, 0.0, 0.0), ("D004", 0.0, 95.0, 90.0)]
     {
         for (indicator, value) in
             [("education_sessions", sessions), ("education_attendance", attendance), ("org_building", org)]

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiandu_schemas::topic::{InboxKind, Topic, inbox};
+use jiandu_broker::client::PhoneInbox;
+use jiandu_schemas::topic::{InboxKind, Topic};
 use jiandu_schemas::{EvidenceMeta, Receipt, check_chunk, parse_evidence_meta};
 use jiandu_store::{
     Blobs, Committed, Evidence, OpenUpload, PlatformKey, Store, StoreError, UploadSpec, UploadState, now_ms,
 };
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, Publish};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -320,10 +321,7 @@ impl Assembly {
     }
 
     async fn send(&self, device: &str, receipt: &Receipt) {
-        let payload = serde_json::to_vec(receipt).unwrap_or_default();
-        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
-            warn!(device, error = %e, "sending a receipt failed");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Receipt, receipt).await;
     }
 
     async fn reject(&self, device: &str, evid: &str, error: String) {
@@ -651,10 +649,7 @@ impl Handover {
     }
 
     async fn publish(&self, device: &str, receipt: &Receipt) {
-        let payload = serde_json::to_vec(receipt).unwrap_or_default();
-        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
-            warn!(error = %e, "sending a receipt failed");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Receipt, receipt).await;
     }
 
     async fn store_it(&self) -> Outcome {
