@@ -10,6 +10,7 @@
 //! `Retry-After` once a limit is reached.
 
 pub mod cases;
+pub mod departments;
 pub mod devices;
 pub mod evidence;
 pub mod index;
@@ -46,6 +47,7 @@ pub fn router() -> Router<AppState> {
         .merge(evidence::routes())
         .merge(lookups::routes())
         .merge(cases::routes())
+        .merge(departments::routes())
         .merge(index::routes())
         .merge(session::routes())
         .merge(stream::routes())
