@@ -130,7 +130,7 @@ impl Acl {
                     Topic::Presence { .. } | Topic::Lookup { .. } | Topic::EvidenceMeta { .. } => {
                         MAX_SMALL_MESSAGE_BYTES
                     }
-                    Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey => {
+                    Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey | Topic::PlatformCheckpoint => {
                         return Err(Denied::NotAuthorised);
                     }
                 };

@@ -14,6 +14,7 @@
 mod accounts;
 mod blobs;
 mod cases;
+mod checkpoint;
 mod devices;
 mod dispatch;
 mod error;
@@ -39,6 +40,7 @@ pub use cases::{
     Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,
     NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects,
 };
+pub use checkpoint::{CHECKPOINT_TYPE, Checkpoint};
 pub use devices::Device;
 pub use dispatch::{
     Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, StoredReport,
@@ -47,7 +49,8 @@ pub use dispatch::{
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
 pub use evidence::{
-    Access, Evidence, OpenUpload, PlatformKey, PublicKeyInfo, ReceiptFields, UploadSpec, UploadState, verify_receipt,
+    Access, Evidence, OpenUpload, PlatformKey, PublicKeyInfo, ReceiptFields, UploadSpec, UploadState, public_key_id,
+    verify_receipt,
 };
 pub use integrity::{
     AlertLevel, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
