@@ -18,7 +18,7 @@ use jiandu_broker::BrokerEndpoint;
 use jiandu_broker::client::RoleSession;
 use jiandu_schemas::Heartbeat;
 use jiandu_schemas::topic::{self, InboxKind, Topic};
-use jiandu_store::{PositionRow, Store, now_ms};
+use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -44,6 +44,9 @@ pub struct HeartbeatConfig {
     pub error_interval_s: u64,
     /// Least time between two sampled `jd/v1/events/position` per device (seconds).
     pub position_event_interval_s: u64,
+    /// Commits failing for this long end the role with an error, so `serve` restarts it and
+    /// reports it failing (seconds).
+    pub commit_give_up_s: u64,
 }
 
 impl Default for HeartbeatConfig {
@@ -55,6 +58,7 @@ impl Default for HeartbeatConfig {
             retention_days: 365,
             error_interval_s: 10,
             position_event_interval_s: 30,
+            commit_give_up_s: 60,
         }
     }
 }
@@ -85,10 +89,20 @@ pub async fn run(
         session_stop.clone(),
     );
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
-    let mut ingest = Ingest::new(store, session.client.clone(), config).await?;
+    let mut ingest = match Ingest::new(store, session.client.clone(), config).await {
+        Ok(ingest) => ingest,
+        Err(e) => {
+            // Leave nothing running behind: a supervisor may start the role again.
+            background.abort();
+            session_stop.cancel();
+            session.stopped().await;
+            return Err(e);
+        }
+    };
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     info!("heartbeat ingest running");
     let mut ack_tick = tokio::time::interval(Duration::from_millis(ingest.config.ack_interval_ms.max(10)));
+    let mut failure = None;
     loop {
         tokio::select! {
             biased;
@@ -105,18 +119,28 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                ingest.flush(&shutdown).await;
+                if let Err(e) = ingest.flush(&shutdown).await {
+                    failure = Some(e);
+                    break;
+                }
             }
             _ = ack_tick.tick() => ingest.send_due_acks(false).await,
         }
     }
-    ingest.flush(&shutdown).await;
-    ingest.send_due_acks(true).await;
+    if failure.is_none() {
+        failure = ingest.flush(&shutdown).await.err();
+        ingest.send_due_acks(true).await;
+    }
     background.abort();
     session_stop.cancel();
     session.stopped().await;
-    info!("heartbeat ingest stopped");
-    Ok(())
+    match failure {
+        None => {
+            info!("heartbeat ingest stopped");
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
 }
 
 /// The batching state of one ingest process.
@@ -142,6 +166,8 @@ struct Ingest {
     known: HashSet<String>,
     /// Unknown ids recently looked up, so a flood of them does not hit the database.
     unknown: HashMap<String, Instant>,
+    /// When revocations were last read (Unix ms).
+    revocations_seen: i64,
 }
 
 impl Ingest {
@@ -159,6 +185,7 @@ impl Ingest {
             last_position_event: HashMap::new(),
             known,
             unknown: HashMap::new(),
+            revocations_seen: now_ms(),
         })
     }
 
@@ -252,6 +279,31 @@ impl Ingest {
         }
     }
 
+    /// Right before a commit, learns which devices were revoked since the last look and drops
+    /// their points: a revoked phone's messages already queued at the broker are not stored.
+    async fn drop_revoked(&mut self) {
+        let now = now_ms();
+        match self.store.revoked_since(self.revocations_seen - REVOCATION_LOOKBACK_MS).await {
+            Ok(revoked) => {
+                self.revocations_seen = now;
+                for device in revoked.devices {
+                    self.known.remove(&device);
+                    self.unknown.insert(device, Instant::now());
+                }
+            }
+            // The login check still holds; the next commit looks again.
+            Err(e) => warn!(error = %e, "cannot read revocations"),
+        }
+        let before = self.batch.len();
+        let unknown = &self.unknown;
+        self.batch.retain(|row| !unknown.contains_key(&row.device_id));
+        if self.batch.len() < before {
+            metrics::counter!("jiandu_ingest_rejected_total", "reason" => "revoked")
+                .increment((before - self.batch.len()) as u64);
+            info!(points = before - self.batch.len(), "points of revoked devices dropped");
+        }
+    }
+
     async fn is_known(&mut self, device: &str) -> bool {
         if self.known.contains(device) {
             return true;
@@ -261,6 +313,7 @@ impl Ingest {
         }
         match self.store.device(device).await {
             Ok(Some(d)) if d.revoked_at.is_none() => {
+                self.unknown.remove(device);
                 self.known.insert(device.to_owned());
                 true
             }
@@ -304,14 +357,17 @@ impl Ingest {
     }
 
     /// Commits the batch (retrying while the database is unavailable), then acks its messages.
-    async fn flush(&mut self, shutdown: &CancellationToken) {
+    /// Commits the batch (retrying with backoff), then acknowledges its messages; fails when
+    /// commits keep failing for `commit_give_up_s`.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), IngestError> {
         if self.batch.is_empty() {
             // Nothing waits for a commit, so nothing can be queued for acknowledgement.
-            return;
+            return Ok(());
         }
+        self.drop_revoked().await;
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        loop {
+        while !self.batch.is_empty() {
             match self.store.store_heartbeats(&self.batch, now_ms()).await {
                 Ok(inserted) => {
                     metrics::counter!("jiandu_ingest_points_stored_total").increment(inserted);
@@ -325,7 +381,14 @@ impl Ingest {
                         // Not acked: the broker and the phones still have these points.
                         self.batch.clear();
                         self.unacked.clear();
-                        return;
+                        return Ok(());
+                    }
+                    if started.elapsed() >= Duration::from_secs(self.config.commit_give_up_s.max(1)) {
+                        // Not acked either: the restarted role gets them again.
+                        return Err(IngestError::CommitsFailing {
+                            seconds: started.elapsed().as_secs(),
+                            last: e.to_string(),
+                        });
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -355,6 +418,7 @@ impl Ingest {
             self.sample_position(row).await;
         }
         self.send_due_acks(false).await;
+        Ok(())
     }
 
     /// Sends `inbox/ack {"hb_upto"}` to devices whose last ack is older than the interval (all
