@@ -204,6 +204,7 @@ struct FileConfig {
     web: WebFile,
     #[serde(default)]
     tls: TlsFile,
+    #[serde(default)]
     supervise: crate::serve::SuperviseConfig,
 }
 
