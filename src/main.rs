@@ -11,7 +11,9 @@ mod index_cli;
 mod serve;
 mod sim_cli;
 mod telemetry;
+mod tls_cli;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -132,6 +134,11 @@ enum Command {
     Index {
         #[command(subcommand)]
         action: IndexAction,
+    },
+    /// TLS: a private CA and server certificate for an office without a public CA; phone certificates
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
     },
     /// Benchmarks; each prints our figure beside a reference run
     Bench {
@@ -280,6 +287,37 @@ enum LedgerAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum TlsAction {
+    /// Make a private CA and a server certificate in {data-dir}/tls, set [tls] in jiandu.toml and
+    /// print how to install the CA on phones; run again to renew the server certificate
+    Init {
+        /// Host names phones and browsers reach the server by, comma-separated
+        #[arg(long, value_delimiter = ',', value_name = "H1,H2")]
+        hosts: Vec<String>,
+        /// IP addresses they reach it by, comma-separated
+        #[arg(long, value_delimiter = ',', value_name = "IP1,IP2")]
+        ip: Vec<IpAddr>,
+        /// Office name written into the CA certificate
+        #[arg(long, default_value = "jiandu")]
+        office: String,
+        /// Also require phones to show a client certificate from the CA (mTLS; see `tls device`)
+        #[arg(long)]
+        client_certs: bool,
+        /// Make a new CA even if one exists (every phone must then install the new one)
+        #[arg(long)]
+        new_ca: bool,
+    },
+    /// Issue a phone's client certificate (CN = device id) from the private CA
+    Device {
+        /// Device id
+        id: String,
+        /// Directory for {id}.pem and {id}.key [default: {data-dir}/tls/devices]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReceiptAction {
     /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
     Verify {
@@ -363,10 +401,10 @@ fn main() -> Result<()> {
     let config = Config::load(&cli.common)?;
     telemetry::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(cli.command, config))
+    runtime.block_on(run(cli.command, config, cli.common))
 }
 
-async fn run(command: Command, config: Config) -> Result<()> {
+async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()> {
     match command {
         Command::Demo { devices } => demo::run(config, devices).await,
         Command::Sim(args) => sim_cli::run_cli(&config, args).await,
@@ -433,6 +471,12 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 index_cli::formula_load(&config, &file).await
             }
             IndexAction::Assessment { year } => index_cli::assessment(&config, year).await,
+        },
+        Command::Tls { action } => match action {
+            TlsAction::Init { hosts, ip, office, client_certs, new_ca } => {
+                tls_cli::init(&config, common.config.as_deref(), &hosts, &ip, &office, client_certs, new_ca)
+            }
+            TlsAction::Device { id, out } => tls_cli::device(&config, &id, out.as_deref()).await,
         },
         Command::Bench { which } => match which {
             BenchCommand::Ingest(args) => Ok(jiandu_sim::bench::ingest::run(args).await?),

@@ -22,6 +22,8 @@ pub struct BrokerEndpoint {
     pub username: String,
     /// Service account token.
     pub password: String,
+    /// TLS for the connection (`None`: plaintext TCP).
+    pub tls: Option<std::sync::Arc<jiandu_tls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for BrokerEndpoint {
@@ -31,6 +33,7 @@ impl std::fmt::Debug for BrokerEndpoint {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &"[redacted]")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -45,7 +48,10 @@ impl BrokerEndpoint {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         o.set_clean_session(true);
-        o.set_transport(Transport::Tcp);
+        o.set_transport(match &self.tls {
+            Some(config) => Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config.clone())),
+            None => Transport::Tcp,
+        });
         o
     }
 }

@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::{Acl, Denied};
 use crate::sessions::{AccountKey, Registration, Sessions};
+use crate::tls::Transport;
 use crate::wire::{self, Refusal, Version, kind};
 
 /// Opens a link into the router for a client id: (client id, clean session, topic alias max).
@@ -188,10 +189,10 @@ fn without_properties(packet: Packet) -> Packet {
 
 impl Front {
     /// Serves one client connection until it closes.
-    pub async fn serve<S: ClientStream>(self: Arc<Self>, stream: S, peer: SocketAddr) {
-        let span = info_span!("mqtt", %peer, client = tracing::field::Empty);
+    pub async fn serve<S: ClientStream>(self: Arc<Self>, stream: S, peer: SocketAddr, transport: Transport) {
+        let span = info_span!("mqtt", %peer, tls = transport.tls, client = tracing::field::Empty);
         async move {
-            match self.session(stream).await {
+            match self.session(stream, &transport).await {
                 Ok(()) => debug!("connection closed"),
                 Err(SessionEnd::Refused(why)) => {
                     metrics::counter!("jiandu_broker_connections_total", "result" => "refused").increment(1);
@@ -204,7 +205,7 @@ impl Front {
         .await
     }
 
-    async fn session<S: ClientStream>(&self, mut client: S) -> Result<(), SessionEnd> {
+    async fn session<S: ClientStream>(&self, mut client: S, transport: &Transport) -> Result<(), SessionEnd> {
         // Buffers start small and grow on demand: most phones are idle most of the time.
         let mut buf = BytesMut::with_capacity(512);
         let first = tokio::time::timeout(self.connect_timeout, read_connect(&mut client, &mut buf))
@@ -248,6 +249,10 @@ impl Front {
             || connect.client_id.strip_prefix(name.as_str()).is_some_and(|r| r.len() > 1 && r.starts_with('-'));
         if !client_id_ok {
             return refuse(&mut client, version, Refusal::BadClientId).await;
+        }
+        if let Err(why) = transport.admits(&principal) {
+            warn!(reason = why, "client certificate does not fit the account");
+            return refuse(&mut client, version, Refusal::NotAuthorized).await;
         }
         let acl = Acl::for_principal(&principal);
         let Packet::Connect(header, props, will, _will_props, _login) =

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod health;
 pub mod lockout;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,17 @@ pub enum WebError {
         /// Why the bind failed.
         source: std::io::Error,
     },
+    /// The HTTPS address is taken or not ours to bind.
+    #[error("cannot listen for HTTPS on {addr}: {source} (choose another address with --https-listen)")]
+    ListenTls {
+        /// Address we tried.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+    /// Neither HTTP nor HTTPS is configured.
+    #[error("no HTTP listener: set --http-listen or --https-listen (with a TLS certificate)")]
+    NoListener,
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -90,18 +102,31 @@ pub struct ViewSettings {
     pub roles: health::RoleBoard,
 }
 
+/// Where the web role listens: plaintext HTTP and/or HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    /// Plaintext HTTP address.
+    pub http: Option<SocketAddr>,
+    /// HTTPS address and certificates.
+    pub https: Option<(SocketAddr, jiandu_tls::ServerTls)>,
+}
+
 /// A running web role.
 pub struct RunningWeb {
-    /// The bound HTTP address (the real port when configured with port 0).
-    pub local_addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    /// The bound HTTP address (the real port when configured with port 0), if any.
+    pub local_addr: Option<SocketAddr>,
+    /// The bound HTTPS address, if any.
+    pub tls_addr: Option<SocketAddr>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     mqtt: RoleSession,
 }
 
 impl RunningWeb {
-    /// Waits until the server has drained after shutdown.
+    /// Waits until the servers have drained after shutdown.
     pub async fn stopped(self) {
-        self.server.await.ok();
+        for s in self.servers {
+            s.await.ok();
+        }
         self.mqtt.stopped().await;
     }
 }
@@ -114,21 +139,35 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    start_with(listen, store, broker, metrics, ViewSettings::default(), shutdown).await
+    let listeners = Listeners { http: Some(listen), https: None };
+    start_with(listeners, store, broker, metrics, ViewSettings::default(), shutdown).await
 }
 
-/// Binds `listen`, connects to the broker and serves the API and the view until `shutdown`.
+/// Binds the listeners, connects to the broker and serves the API and the view until `shutdown`.
 pub async fn start_with(
-    listen: SocketAddr,
+    listeners: Listeners,
     store: Store,
     broker: BrokerEndpoint,
     metrics: PrometheusHandle,
     ui: ViewSettings,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| WebError::Listen { addr: listen, source })?;
-    let local_addr = listener.local_addr()?;
+    if listeners.http.is_none() && listeners.https.is_none() {
+        return Err(WebError::NoListener);
+    }
+    let plain = match listeners.http {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Listen { addr, source })?)
+        }
+        None => None,
+    };
+    let secure = match listeners.https {
+        Some((addr, tls)) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::ListenTls { addr, source })?;
+            Some((l, tls))
+        }
+        None => None,
+    };
     let mut session = RoleSession::start(
         &broker,
         "web",
@@ -180,15 +219,41 @@ pub async fn start_with(
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state);
-    info!(addr = %local_addr, "HTTP listening");
-    let server = tokio::spawn(async move {
+    let mut running = RunningWeb { local_addr: None, tls_addr: None, servers: Vec::new(), mqtt };
+    if let Some(listener) = plain {
+        let addr = listener.local_addr()?;
+        info!(%addr, "HTTP listening");
+        running.local_addr = Some(addr);
+        let (app, stop) = (app.clone(), shutdown.clone());
+        running.servers.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        }));
+    }
+    if let Some((listener, tls)) = secure {
+        use axum::serve::ListenerExt;
+        let listener = tls::TlsListener::new(listener, tls, shutdown.clone())?;
+        let addr = axum::serve::Listener::local_addr(&listener)?;
+        info!(%addr, "HTTPS listening");
+        running.tls_addr = Some(addr);
+        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies));
         let stop = shutdown.clone();
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
-            warn!(error = %e, "HTTP server stopped");
-        }
-    });
-    Ok(RunningWeb { local_addr, server, mqtt })
+        running.servers.push(tokio::spawn(async move {
+            // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> (the client address).
+            let listener = listener.tap_io(|_| ());
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            {
+                warn!(error = %e, "HTTPS server stopped");
+            }
+        }));
+    }
+    Ok(running)
 }
 
 /// Drops `WWW-Authenticate: Basic` from answers to the browser view (it marks its requests with
