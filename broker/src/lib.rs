@@ -8,7 +8,9 @@
 
 pub mod acl;
 pub mod client;
+mod delivery;
 mod front;
+mod session;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -52,6 +54,11 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
+    /// Longest keep-alive accepted, in seconds: an MQTT 5 client asking for 0 or more is given
+    /// this one as Server Keep Alive.
+    pub max_keep_alive_secs: u16,
+    /// Longest MQTT 5 Session Expiry Interval granted, in seconds (sessions live in memory).
+    pub max_session_expiry_secs: u32,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +68,8 @@ impl Default for BrokerConfig {
             max_packet_bytes: 300 * 1024,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            max_keep_alive_secs: 300,
+            max_session_expiry_secs: 24 * 3600,
         }
     }
 }
@@ -102,9 +111,13 @@ pub async fn start(
 
     let front = Arc::new(front::Front {
         store,
+        sessions: session::Sessions::new(links.clone()),
         links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
+        max_keep_alive: config.max_keep_alive_secs.max(1),
+        max_session_expiry: config.max_session_expiry_secs,
+        epoch: std::time::Instant::now(),
     });
     let permits = Arc::new(Semaphore::new(config.max_connections));
     info!(addr = %local_addr, "MQTT listening (3.1.1 and 5)");
