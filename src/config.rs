@@ -78,6 +78,8 @@ struct FileConfig {
     index: IndexFile,
     #[serde(default)]
     web: WebFile,
+    #[serde(default)]
+    supervise: crate::serve::SuperviseConfig,
 }
 
 /// `[web]` in the TOML file: the browser view's map. `JIANDU_WEB_TILE_URL` and
@@ -244,6 +246,8 @@ pub struct Config {
     pub index: jiandu_oversight::integrity::IndexConfig,
     /// The browser view (`[web]`).
     pub web: WebFile,
+    /// How `serve` restarts failing roles (`[supervise]`).
+    pub supervise: crate::serve::SuperviseConfig,
 }
 
 fn lookup_json<S: serde::Serializer>(l: &jiandu_oversight::LookupConfig, s: S) -> Result<S::Ok, S::Error> {
@@ -329,6 +333,7 @@ impl Config {
                 },
                 tile_attribution: file.web.tile_attribution,
             },
+            supervise: file.supervise,
             data_dir,
         })
     }

@@ -2,7 +2,7 @@
 //! the platform working within a minute. It seeds a data dir (temporary unless `--data-dir` is
 //! given) with the county's registries through the real import, demo users, a hotline
 //! integration and N phones, starts every role embedded (`serve::start`), and runs the phone
-//! simulator (`crate::sim`) against the embedded broker until Ctrl-C. What was seeded is kept in
+//! simulator (`jiandu_sim`) against the embedded broker until Ctrl-C. What was seeded is kept in
 //! `{data_dir}/demo.json` (mode 0600), so a kept data dir can be demoed again.
 
 use std::net::{SocketAddr, TcpListener};
@@ -20,7 +20,7 @@ use tracing::info;
 use crate::accounts::open_store;
 use crate::config::{Config, parse_mqtt_url};
 use crate::serve::{self, Role};
-use crate::sim::{self, Credential, Hotline, SimOptions, Simulator};
+use jiandu_sim::{self as sim, Credential, Hotline, SimOptions, Simulator};
 
 /// The data dir `Config` falls back to; the demo never seeds it (it may be a real deployment).
 const DEFAULT_DATA_DIR: &str = "./jiandu-data";
@@ -91,7 +91,7 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let all = [Role::Broker, Role::Ingest, Role::Dispatcher, Role::Oversight, Role::Web];
-    let running = serve::start(&config, &all, shutdown.clone()).await?;
+    let mut running = serve::start(&config, &all, shutdown.clone()).await?;
     let mqtt = running.bound.mqtt.clone();
     let (host, port) = parse_mqtt_url(&mqtt)?;
     let http = running.bound.http.map(|a| format!("http://{a}")).unwrap_or_default();
@@ -119,14 +119,20 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         shutdown.clone(),
     );
 
-    serve::wait_for_signal().await;
+    let failure = tokio::select! {
+        _ = serve::wait_for_signal() => None,
+        f = running.failure() => Some(f),
+    };
     info!("stopping the demo");
     shutdown.cancel();
     let stats = sim.stats.clone();
     sim.stopped().await;
     running.stopped().await;
     eprintln!("simulated: {}", stats.snapshot());
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => bail!("role {} keeps failing ({} failures), last: {}", f.role, f.failures, f.reason),
+    }
 }
 
 /// `JIANDU_DEMO_SPEED`: simulated seconds per real second (default 1).
@@ -181,7 +187,7 @@ async fn seed(store: &Store, data_dir: &Path, devices: usize) -> Result<Seeded> 
 }
 
 fn save(data_dir: &Path, seeded: &Seeded) -> Result<()> {
-    sim::write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(seeded)?)
+    Ok(sim::write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(seeded)?)?)
 }
 
 /// Loads the generated registries through the real import (departments first), then records

@@ -142,8 +142,13 @@ pub async fn start(
                 debug!(error = %e, "TCP_NODELAY not set");
             }
             let front = front.clone();
+            // Shutdown reaches every connection, not only the listener.
+            let stop = shutdown.child_token();
             tokio::spawn(async move {
-                front.serve(stream, peer).await;
+                tokio::select! {
+                    _ = front.serve(stream, peer) => {}
+                    _ = stop.cancelled() => debug!(%peer, "connection closed at shutdown"),
+                }
                 drop(permit);
             });
         }

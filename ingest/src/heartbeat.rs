@@ -44,6 +44,9 @@ pub struct HeartbeatConfig {
     pub error_interval_s: u64,
     /// Least time between two sampled `jd/v1/events/position` per device (seconds).
     pub position_event_interval_s: u64,
+    /// Commits failing for this long end the role with an error, so `serve` restarts it and
+    /// reports it failing (seconds).
+    pub commit_give_up_s: u64,
 }
 
 impl Default for HeartbeatConfig {
@@ -55,6 +58,7 @@ impl Default for HeartbeatConfig {
             retention_days: 365,
             error_interval_s: 10,
             position_event_interval_s: 30,
+            commit_give_up_s: 60,
         }
     }
 }
@@ -85,10 +89,20 @@ pub async fn run(
         session_stop.clone(),
     );
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
-    let mut ingest = Ingest::new(store, session.client.clone(), config).await?;
+    let mut ingest = match Ingest::new(store, session.client.clone(), config).await {
+        Ok(ingest) => ingest,
+        Err(e) => {
+            // Leave nothing running behind: a supervisor may start the role again.
+            background.abort();
+            session_stop.cancel();
+            session.stopped().await;
+            return Err(e);
+        }
+    };
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     info!("heartbeat ingest running");
     let mut ack_tick = tokio::time::interval(Duration::from_millis(ingest.config.ack_interval_ms.max(10)));
+    let mut failure = None;
     loop {
         tokio::select! {
             biased;
@@ -105,18 +119,28 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                ingest.flush(&shutdown).await;
+                if let Err(e) = ingest.flush(&shutdown).await {
+                    failure = Some(e);
+                    break;
+                }
             }
             _ = ack_tick.tick() => ingest.send_due_acks(false).await,
         }
     }
-    ingest.flush(&shutdown).await;
-    ingest.send_due_acks(true).await;
+    if failure.is_none() {
+        failure = ingest.flush(&shutdown).await.err();
+        ingest.send_due_acks(true).await;
+    }
     background.abort();
     session_stop.cancel();
     session.stopped().await;
-    info!("heartbeat ingest stopped");
-    Ok(())
+    match failure {
+        None => {
+            info!("heartbeat ingest stopped");
+            Ok(())
+        }
+        Some(e) => Err(e),
+    }
 }
 
 /// The batching state of one ingest process.
@@ -304,10 +328,12 @@ impl Ingest {
     }
 
     /// Commits the batch (retrying while the database is unavailable), then acks its messages.
-    async fn flush(&mut self, shutdown: &CancellationToken) {
+    /// Commits the batch (retrying with backoff), then acknowledges its messages; fails when
+    /// commits keep failing for `commit_give_up_s`.
+    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), IngestError> {
         if self.batch.is_empty() {
             // Nothing waits for a commit, so nothing can be queued for acknowledgement.
-            return;
+            return Ok(());
         }
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
@@ -325,7 +351,14 @@ impl Ingest {
                         // Not acked: the broker and the phones still have these points.
                         self.batch.clear();
                         self.unacked.clear();
-                        return;
+                        return Ok(());
+                    }
+                    if started.elapsed() >= Duration::from_secs(self.config.commit_give_up_s.max(1)) {
+                        // Not acked either: the restarted role gets them again.
+                        return Err(IngestError::CommitsFailing {
+                            seconds: started.elapsed().as_secs(),
+                            last: e.to_string(),
+                        });
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -355,6 +388,7 @@ impl Ingest {
             self.sample_position(row).await;
         }
         self.send_due_acks(false).await;
+        Ok(())
     }
 
     /// Sends `inbox/ack {"hb_upto"}` to devices whose last ack is older than the interval (all

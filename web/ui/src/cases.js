@@ -167,12 +167,18 @@ export async function casePage(root, id) {
   const box = h('div', { class: 'page case-page' }, t('loading'));
   root.append(box);
   const msg = h('div', { id: 'case-message' });
+  // Inputs outlive re-renders: a live event re-renders the page, and must not wipe what the
+  // user is typing.
+  const note = h('input', { name: 'note', id: 'case-note', placeholder: t('note') });
+  const days = h('input', { name: 'days', type: 'number', min: '1', inputmode: 'numeric' });
+  const reason = h('input', { name: 'reason', required: true });
   let tick = null;
 
   async function act(path, body) {
     msg.replaceChildren();
     try {
       await api('POST', `/cases/${encodeURIComponent(id)}/${path}`, body);
+      for (const input of [note, days, reason]) input.value = '';
       await render();
     } catch (e) {
       msg.replaceChildren(errorBox(e));
@@ -189,7 +195,6 @@ export async function casePage(root, id) {
     const stage = c.stages[c.stage.index];
     const here = c.approvals.filter((a) => a.stage_index === c.stage.index);
     const mineApproved = here.some((a) => a.approver === session.user.name);
-    const note = h('input', { name: 'note', id: 'case-note', placeholder: t('note') });
     const actions = [];
     if (open && WORKERS.includes(role) && !c.stage.submitted_by) {
       actions.push(h('button', { id: 'case-advance', onclick: () => act('advance', { stage_index: c.stage.index, note: note.value || undefined }) }, t('advance')));
@@ -200,8 +205,8 @@ export async function casePage(root, id) {
     let extendForm = null;
     if (open && APPROVERS.includes(role) && !c.overdue && stage && c.extensions < stage.max_extensions) {
       extendForm = h('form', { class: 'form-grid', id: 'case-extend' },
-        h('label', {}, t('days'), h('input', { name: 'days', type: 'number', min: '1', inputmode: 'numeric' })),
-        h('label', {}, t('reason'), h('input', { name: 'reason', required: true })),
+        h('label', {}, t('days'), days),
+        h('label', {}, t('reason'), reason),
         h('button', { type: 'submit' }, t('extend')));
       extendForm.addEventListener('submit', (e) => {
         e.preventDefault();
