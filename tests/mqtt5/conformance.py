@@ -307,6 +307,16 @@ def request_response_properties_pass_through():
     responder.publish(prop(m, "ResponseTopic"), b'{"a":1}', qos=1, props=reply)
     r = requester.expect()
     assert (r.topic, prop(r, "CorrelationData")) == (f"{t}/reply/42", b"\x00corr-42\xff")
+    # A will carries its properties too (MQTT 5 §3.1.3.2).
+    wp = Properties(PacketTypes.WILLMESSAGE)
+    wp.ResponseTopic = f"{t}/reply/will"
+    wp.CorrelationData = b"will-corr"
+    wp.ContentType = "text/plain"
+    w = Peer("rwill", will=(f"{t}/request", b"gone", 1, wp))
+    w.vanish()
+    m = responder.expect()
+    got = (m.payload, prop(m, "ResponseTopic"), prop(m, "CorrelationData"), prop(m, "ContentType"))
+    assert got == (b"gone", f"{t}/reply/will", b"will-corr", "text/plain"), f"will properties: {got}"
     responder.close()
     requester.close()
 
