@@ -291,7 +291,7 @@ enum DeviceAction {
     },
     /// List registered phones as JSON lines
     List,
-    /// Revoke a phone: it can no longer log in
+    /// Revoke a phone: it can no longer log in, and its live MQTT sessions end within seconds
     Revoke {
         /// Device id
         id: String,
@@ -325,6 +325,12 @@ enum IntegrationAction {
         /// Topic filter it may publish to (repeatable), e.g. 'jd/v1/reports'
         #[arg(long = "publish", value_name = "FILTER", num_args = 1..)]
         publish: Vec<String>,
+    },
+    /// Disable an integration account: it can no longer log in (MQTT or HTTP Bearer), and its
+    /// live MQTT sessions end within seconds
+    Disable {
+        /// Account name
+        name: String,
     },
 }
 
@@ -363,6 +369,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await
             }
+            IntegrationAction::Disable { name } => accounts::integration_disable(&config, &name).await,
         },
         Command::Receipt { action } => match action {
             ReceiptAction::Verify { file, public_key } => {

@@ -261,6 +261,8 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 listen: config.mqtt_listen,
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
+                max_sessions_per_device: config.max_sessions_per_device,
+                max_sessions_per_integration: config.max_sessions_per_integration,
                 ..Default::default()
             },
             store.clone(),

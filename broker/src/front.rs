@@ -37,13 +37,11 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::acl::Acl;
+use crate::acl::{Acl, Denied};
 use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions};
-use crate::session::{Ending, PendingWill, Sessions};
+use crate::saved::{Ending, PendingWill, SavedSessions};
+use crate::sessions::{AccountKey, Registration, Sessions};
 use crate::wire::{self, Refusal, Version, kind};
-
-/// Topic aliases a client may set up (announced in CONNACK; a higher one is a protocol error).
-pub(crate) const TOPIC_ALIAS_MAX: u16 = 64;
 
 /// Message ids of [`Stamp`]s, unique per process.
 static MESSAGE_IDS: AtomicU64 = AtomicU64::new(1);
@@ -57,18 +55,29 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for S {}
 
+/// Most topic aliases a client may set up on one MQTT 5 connection (advertised in CONNACK; an
+/// alias beyond it ends the connection with DISCONNECT 0x94). Aliases are resolved by the front,
+/// stored only for permitted topics, and never reach the router.
+pub const TOPIC_ALIAS_MAX: u16 = 32;
+
 /// What every connection of the front shares.
 pub(crate) struct Front {
     pub store: Store,
     pub links: LinkFactory,
     pub max_packet_bytes: usize,
     pub connect_timeout: Duration,
+    /// Live sessions per account (connection caps, revocation).
+    pub sessions: Arc<Sessions>,
+    /// Most distinct client ids one device may hold connected at once.
+    pub max_sessions_per_device: usize,
+    /// Most distinct client ids one integration account may hold connected at once.
+    pub max_sessions_per_integration: usize,
     /// Longest keep-alive accepted; MQTT 5 clients asking for more (or 0) are told this one.
     pub max_keep_alive: u16,
     /// Longest Session Expiry Interval granted, in seconds.
     pub max_session_expiry: u32,
-    /// Session state the router does not keep.
-    pub sessions: Arc<Sessions>,
+    /// Session state the router does not keep (expiry, subscription options, delayed wills).
+    pub saved: Arc<SavedSessions>,
     /// Clock of message arrival times (Message Expiry).
     pub epoch: Instant,
 }
@@ -94,6 +103,8 @@ enum SessionEnd {
     TakenOver,
     #[error("protocol error, DISCONNECT 0x{0:02x} sent")]
     Violation(u8),
+    #[error("account revoked")]
+    Revoked,
 }
 
 impl From<LinkError> for SessionEnd {
@@ -179,10 +190,9 @@ impl Front {
     async fn session<S: ClientStream>(&self, mut client: S) -> Result<(), SessionEnd> {
         // Buffers start small and grow on demand: most phones are idle most of the time.
         let mut buf = BytesMut::with_capacity(512);
-        let first =
-            tokio::time::timeout(self.connect_timeout, read_frame(&mut client, &mut buf, self.max_packet_bytes))
-                .await
-                .map_err(|_| SessionEnd::ConnectTimeout(self.connect_timeout))??;
+        let first = tokio::time::timeout(self.connect_timeout, read_connect(&mut client, &mut buf))
+            .await
+            .map_err(|_| SessionEnd::ConnectTimeout(self.connect_timeout))??;
         let Some(mut first) = first else { return Ok(()) };
         let connect = match wire::parse_connect(&first) {
             Ok(c) => c,
@@ -223,17 +233,29 @@ impl Front {
             return refuse(&mut client, version, Refusal::BadClientId).await;
         }
         let acl = Acl::for_principal(&principal);
-        if let Some(will) = &connect.will_topic
-            && !acl.may_publish(will)
-        {
-            warn!(will = %will, "last will outside the account's topics");
-            return refuse(&mut client, version, Refusal::NotAuthorized).await;
-        }
-
         let Packet::Connect(header, props, will, will_props, _login) =
-            codec.read(&mut first, self.max_packet_bytes).map_err(SessionEnd::Codec)?
+            codec.read(&mut first, wire::MAX_CONNECT_BYTES).map_err(SessionEnd::Codec)?
         else {
             return Err(wire::WireError::Protocol("first packet is not CONNECT".into()).into());
+        };
+        if let Some(will) = &will {
+            let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+            if let Err(denied) = acl.check_publish(topic, will.message.len(), will.retain) {
+                warn!(will = %topic, reason = ?denied, "last will refused");
+                return refuse(&mut client, version, Refusal::NotAuthorized).await;
+            }
+        }
+        let (key, cap) = match &principal {
+            Principal::Device { id } => (AccountKey::Device(id.clone()), Some(self.max_sessions_per_device)),
+            Principal::Integration { name, .. } => {
+                (AccountKey::Account(name.clone()), Some(self.max_sessions_per_integration))
+            }
+            Principal::Service { name } => (AccountKey::Account(name.clone()), None),
+        };
+        let Some(registration) = self.sessions.register(key, &connect.client_id, cap) else {
+            metrics::counter!("jiandu_broker_denied_total", "what" => "session_cap").increment(1);
+            warn!(user = %username, cap = ?cap, "too many sessions for one account");
+            return refuse(&mut client, version, Refusal::QuotaExceeded).await;
         };
         let mut acked = ConnAckProperties::default();
         let keep_alive = match version {
@@ -266,7 +288,7 @@ impl Front {
         let keep = expiry.is_some();
         let receive_max = props.as_ref().and_then(|p| p.receive_maximum).unwrap_or(u16::MAX);
         let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size).map_or(usize::MAX, |m| m as usize);
-        let begun = self.sessions.begin(&connect.client_id, header.clean_session, keep).await;
+        let begun = self.saved.begin(&connect.client_id, header.clean_session, keep).await;
         let links = self.links.clone();
         let client_id = connect.client_id.clone();
         let router_clean = begun.router_clean;
@@ -303,6 +325,7 @@ impl Front {
             acl,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
             will,
+            registration,
             will_props,
             expiry,
             expiry_cap: self.max_session_expiry,
@@ -318,6 +341,10 @@ impl Front {
             with_will: false,
         };
         let ended = session.run(client, buf).await;
+        if matches!(ended, Err(SessionEnd::Revoked)) {
+            // Nothing of a revoked account is published any more, its will included.
+            session.will = None;
+        }
         // A session taken over by a new connection of the same client was already ended by the
         // router, and the client is back: neither a will nor a DISCONNECT is due.
         let delayed_will = match ended {
@@ -327,7 +354,7 @@ impl Front {
         };
         let ending =
             Ending { expiry: session.expiry.unwrap_or(Some(0)), subscriptions: session.subscriptions, delayed_will };
-        self.sessions.end(&connect.client_id, begun.generation, ending).await;
+        self.saved.end(&connect.client_id, begun.generation, ending).await;
         ended.map(|_| ())
     }
 }
@@ -339,14 +366,17 @@ async fn refuse<S: ClientStream>(client: &mut S, version: Version, why: Refusal)
     Err(SessionEnd::Refused(why))
 }
 
-/// Reads until one complete frame is buffered; `None` on a clean EOF before any byte.
-async fn read_frame<S: ClientStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    limit: usize,
-) -> Result<Option<BytesMut>, SessionEnd> {
+/// Reads the unauthenticated first frame: it must be a CONNECT (anything else closes the
+/// connection at its first byte) of at most [`wire::MAX_CONNECT_BYTES`]; `None` on a clean EOF
+/// before any byte.
+async fn read_connect<S: ClientStream>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<BytesMut>, SessionEnd> {
     loop {
-        if let Some(n) = wire::frame_len(buf, limit)? {
+        if let Some(first) = buf.first()
+            && first >> 4 != kind::CONNECT
+        {
+            return Err(wire::WireError::Protocol(format!("first packet is type {}, not CONNECT", first >> 4)).into());
+        }
+        if let Some(n) = wire::frame_len(buf, wire::MAX_CONNECT_BYTES)? {
             return Ok(Some(buf.split_to(n)));
         }
         if stream.read_buf(buf).await? == 0 {
@@ -364,6 +394,8 @@ struct Session {
     acl: Acl,
     keep_alive: Duration,
     will: Option<LastWill>,
+    /// This session's place among the account's live sessions (ended on revocation).
+    registration: Registration,
     will_props: Option<LastWillProperties>,
     /// Whether the session outlives the connection: `None` no, `Some(None)` until a clean
     /// connection (3.1.1), `Some(Some(s))` for `s` seconds (MQTT 5).
@@ -402,7 +434,12 @@ impl Session {
             let disconnect = match self.drain_client(&mut buf, &mut to_router, &mut out) {
                 Ok(d) => d,
                 Err(e) => {
-                    // Say why (a DISCONNECT with a reason code) before closing.
+                    // The packets before the offending one were fine and are passed on.
+                    if let Some(last) = to_router.pop() {
+                        self.link_tx.buffer().extend(to_router.drain(..));
+                        self.link_tx.send(last).await.ok();
+                    }
+                    // Say why before closing (DISCONNECT 0x94, 0x95, …).
                     if !out.is_empty() {
                         wr.write_all(&out).await.ok();
                         wr.shutdown().await.ok();
@@ -447,6 +484,15 @@ impl Session {
                     }
                 }
                 _ = tokio::time::sleep_until((last_heard + idle_limit).into()) => return Err(SessionEnd::KeepAlive),
+                _ = self.registration.ended.cancelled() => {
+                    // Administrative action: the account was revoked.
+                    if let Some(d) = wire::disconnect(self.version, 0x98) {
+                        wr.write_all(&d).await.ok();
+                    }
+                    wr.shutdown().await.ok();
+                    info!(user = %self.username, "session ended: account revoked");
+                    return Err(SessionEnd::Revoked);
+                }
             }
         }
     }
@@ -475,47 +521,65 @@ impl Session {
             };
             let mut frame = buf.split_to(n);
             let kind = wire::packet_kind(&frame);
-            if !(kind::CONNECT..=kind::DISCONNECT).contains(&kind) {
-                return Err(wire::WireError::Protocol(format!("packet type {kind}")).into());
-            }
             if kind == kind::CONNECT {
                 return Err(wire::WireError::Protocol("second CONNECT".into()).into());
+            }
+            if !wire::from_client(kind) {
+                return Err(wire::WireError::Protocol(format!("packet type {kind} from a client")).into());
             }
             let head = if kind == kind::PUBLISH { Some(wire::parse_publish(&frame, self.version)?) } else { None };
             let (head_qos, head_pkid) = head.as_ref().map(|h| (h.qos, h.pkid)).unwrap_or((0, 0));
             let packet = self.codec.read(&mut frame, self.max_packet_bytes).map_err(SessionEnd::Codec)?;
             match packet {
                 Packet::Publish(mut publish, mut props) => {
+                    // Aliases are resolved here and never reach the router.
                     let alias = props.as_mut().and_then(|p| p.topic_alias.take());
                     if let Some(a) = alias
                         && (a == 0 || a > TOPIC_ALIAS_MAX)
                     {
-                        // MQTT 5 §3.3.2.3.4: outside 1..=Topic Alias Maximum is a protocol error.
-                        warn!(alias = a, max = TOPIC_ALIAS_MAX, "topic alias above the maximum");
-                        return self.violation(0x94, out);
+                        metrics::counter!("jiandu_broker_denied_total", "what" => "topic_alias").increment(1);
+                        if let Some(d) = wire::disconnect(self.version, 0x94) {
+                            out.extend_from_slice(&d);
+                        }
+                        return Err(wire::WireError::Protocol(format!(
+                            "topic alias {a} outside 1..={TOPIC_ALIAS_MAX}"
+                        ))
+                        .into());
                     }
                     if publish.topic.is_empty() {
                         match alias.and_then(|a| self.aliases.get(&a)) {
                             Some(t) => publish.topic = t.clone(),
-                            None => return self.violation(0x82, out),
+                            None => {
+                                if let Some(d) = wire::disconnect(self.version, 0x82) {
+                                    out.extend_from_slice(&d);
+                                }
+                                return Err(wire::WireError::Protocol("unknown topic alias".into()).into());
+                            }
                         }
-                    } else if let Some(a) = alias {
-                        self.aliases.insert(a, publish.topic.clone());
                     }
                     let topic_str = std::str::from_utf8(&publish.topic).unwrap_or("");
-                    if self.acl.may_publish(topic_str) {
-                        let stamp = Stamp {
-                            qos: head_qos,
-                            retain: publish.retain,
-                            id: MESSAGE_IDS.fetch_add(1, Ordering::Relaxed),
-                            at_ms: self.outbound.now_ms(),
-                            origin: self.client_id.clone(),
-                        };
-                        stamp.attach(&mut props);
-                        to_router.push(Packet::Publish(publish, props));
-                    } else {
-                        let topic = topic_str.to_owned();
-                        self.refuse_publish(&topic, head_qos, head_pkid, out);
+                    match self.acl.check_publish(topic_str, publish.payload.len(), publish.retain) {
+                        Ok(()) => {
+                            if let Some(a) = alias {
+                                self.aliases.insert(a, publish.topic.clone());
+                            }
+                            let stamp = Stamp {
+                                qos: head_qos,
+                                retain: publish.retain,
+                                id: MESSAGE_IDS.fetch_add(1, Ordering::Relaxed),
+                                at_ms: self.outbound.now_ms(),
+                                origin: self.client_id.clone(),
+                            };
+                            stamp.attach(&mut props);
+                            to_router.push(Packet::Publish(publish, props));
+                        }
+                        Err(denied) => {
+                            if let Some(a) = alias {
+                                self.aliases.remove(&a);
+                            }
+                            let topic = topic_str.to_owned();
+                            self.refuse_publish(&topic, &denied, head_qos, head_pkid, out);
+                        }
                     }
                 }
                 Packet::Subscribe(mut sub, mut props) => {
@@ -619,9 +683,9 @@ impl Session {
     }
 
     /// Answers a refused PUBLISH and, for a device, says why on its `inbox/error`.
-    fn refuse_publish(&mut self, topic: &str, qos: u8, pkid: u16, out: &mut BytesMut) {
+    fn refuse_publish(&mut self, topic: &str, denied: &Denied, qos: u8, pkid: u16, out: &mut BytesMut) {
         metrics::counter!("jiandu_broker_denied_total", "what" => "publish").increment(1);
-        warn!(user = %self.username, topic = %topic, "publish refused by ACL");
+        warn!(user = %self.username, topic = %topic, reason = ?denied, "publish refused by ACL");
         match qos {
             1 => {
                 let reason = match self.version {
@@ -642,17 +706,14 @@ impl Session {
             }
             _ => {}
         }
-        if let Acl::Device { inbox, .. } = &self.acl
+        if let Acl::Device { id, .. } = &self.acl
             && self.last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.last_notice = Some(Instant::now());
-            let body = serde_json::json!({
-                "topic": topic,
-                "error": "not authorised: a device publishes only under its own jd/v1/dev/{id}/ (never inbox/) or owntracks/{id}/{device}",
-            });
+            let body = serde_json::json!({ "topic": topic, "error": denied.explain() });
             out.extend_from_slice(&wire::publish_qos0(
                 self.version,
-                &format!("{inbox}error"),
+                &format!("jd/v1/dev/{id}/inbox/error"),
                 body.to_string().as_bytes(),
             ));
         }

@@ -18,7 +18,7 @@ use jiandu_broker::BrokerEndpoint;
 use jiandu_broker::client::RoleSession;
 use jiandu_schemas::Heartbeat;
 use jiandu_schemas::topic::{self, InboxKind, Topic};
-use jiandu_store::{PositionRow, Store, now_ms};
+use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -166,6 +166,8 @@ struct Ingest {
     known: HashSet<String>,
     /// Unknown ids recently looked up, so a flood of them does not hit the database.
     unknown: HashMap<String, Instant>,
+    /// When revocations were last read (Unix ms).
+    revocations_seen: i64,
 }
 
 impl Ingest {
@@ -183,6 +185,7 @@ impl Ingest {
             last_position_event: HashMap::new(),
             known,
             unknown: HashMap::new(),
+            revocations_seen: now_ms(),
         })
     }
 
@@ -276,6 +279,31 @@ impl Ingest {
         }
     }
 
+    /// Right before a commit, learns which devices were revoked since the last look and drops
+    /// their points: a revoked phone's messages already queued at the broker are not stored.
+    async fn drop_revoked(&mut self) {
+        let now = now_ms();
+        match self.store.revoked_since(self.revocations_seen - REVOCATION_LOOKBACK_MS).await {
+            Ok(revoked) => {
+                self.revocations_seen = now;
+                for device in revoked.devices {
+                    self.known.remove(&device);
+                    self.unknown.insert(device, Instant::now());
+                }
+            }
+            // The login check still holds; the next commit looks again.
+            Err(e) => warn!(error = %e, "cannot read revocations"),
+        }
+        let before = self.batch.len();
+        let unknown = &self.unknown;
+        self.batch.retain(|row| !unknown.contains_key(&row.device_id));
+        if self.batch.len() < before {
+            metrics::counter!("jiandu_ingest_rejected_total", "reason" => "revoked")
+                .increment((before - self.batch.len()) as u64);
+            info!(points = before - self.batch.len(), "points of revoked devices dropped");
+        }
+    }
+
     async fn is_known(&mut self, device: &str) -> bool {
         if self.known.contains(device) {
             return true;
@@ -285,6 +313,7 @@ impl Ingest {
         }
         match self.store.device(device).await {
             Ok(Some(d)) if d.revoked_at.is_none() => {
+                self.unknown.remove(device);
                 self.known.insert(device.to_owned());
                 true
             }
@@ -335,9 +364,10 @@ impl Ingest {
             // Nothing waits for a commit, so nothing can be queued for acknowledgement.
             return Ok(());
         }
+        self.drop_revoked().await;
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        loop {
+        while !self.batch.is_empty() {
             match self.store.store_heartbeats(&self.batch, now_ms()).await {
                 Ok(inserted) => {
                     metrics::counter!("jiandu_ingest_points_stored_total").increment(inserted);

@@ -5,7 +5,7 @@
 //! own (subscriptions and read cursors, so messages published meanwhile are delivered on return)
 //! forever. MQTT 5 splits this into Clean Start (discard at connect) and Session Expiry Interval
 //! (how long to keep after the connection), and delays the will by the Will Delay Interval. The
-//! front keeps, per client id, a [`Sessions`] entry: connections to the router are non-clean
+//! front keeps, per client id, a [`SavedSessions`] entry: connections to the router are non-clean
 //! whenever the session must outlive the connection, and the front ends a router session itself
 //! (connect a clean link with the same client id, then DISCONNECT it) when Clean Start asks for
 //! it or the expiry passes. The entry also keeps what the router cannot: the client's
@@ -28,7 +28,7 @@ use crate::front::LinkFactory;
 pub(crate) type PendingWill = (Publish, Option<PublishProperties>);
 
 /// Per-client-id session state the router does not keep.
-pub(crate) struct Sessions {
+pub(crate) struct SavedSessions {
     links: LinkFactory,
     entries: Mutex<HashMap<String, Entry>>,
     generations: AtomicU64,
@@ -63,10 +63,10 @@ pub(crate) struct Ending {
     pub delayed_will: Option<(PendingWill, u32)>,
 }
 
-impl Sessions {
+impl SavedSessions {
     /// Session bookkeeping over the router reached through `links`.
-    pub fn new(links: LinkFactory) -> Arc<Sessions> {
-        Arc::new(Sessions { links, entries: Mutex::new(HashMap::new()), generations: AtomicU64::new(1) })
+    pub fn new(links: LinkFactory) -> Arc<SavedSessions> {
+        Arc::new(SavedSessions { links, entries: Mutex::new(HashMap::new()), generations: AtomicU64::new(1) })
     }
 
     /// Claims `client_id` for a new connection. `keep` says whether the session must outlive
