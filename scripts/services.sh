@@ -135,6 +135,13 @@ start_s3
 log "S3 (moto) ready on 127.0.0.1:$(cat "$S3_PORT_FILE"), bucket $S3_BUCKET"
 echo "export JIANDU_TEST_S3=http://127.0.0.1:$(cat "$S3_PORT_FILE") JIANDU_TEST_S3_BUCKET=$S3_BUCKET"
 
+# Eclipse Paho for Python: the third-party MQTT 5 client of the conformance tests (tests/mqtt5.rs
+# runs tests/mqtt5/conformance.py with it). Installed from PyPI if missing.
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+    log "installing paho-mqtt from PyPI for the MQTT 5 conformance tests"
+    python3 -m pip install -q 'paho-mqtt>=2.1,<3' >&2 || die "pip install paho-mqtt failed"
+fi
+
 # Mosquitto: the reference broker of `jiandu bench ingest` (the bench starts its own instance on a
 # free port; nothing here runs it).
 if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; then

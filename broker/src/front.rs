@@ -5,18 +5,21 @@
 //! dropped without a CONNACK. So the socket is ours: CONNECT is authenticated against the store
 //! (with the proper CONNACK code on refusal); the session is then an in-process link to the
 //! router (`rumqttd::local::LinkBuilder`, the same mechanism rumqttd's own `RemoteLink` uses), so
-//! a phone costs one socket and the router does all MQTT session work (QoS, retained messages,
-//! shared subscriptions, keep-alive answers). Each packet from the client is decoded with
-//! rumqttd's own codecs and checked before it reaches the router: a PUBLISH outside the
-//! account's topics is answered here (PUBACK/PUBREC, "not authorised" on MQTT 5) and dropped,
-//! a SUBSCRIBE has its refused filters removed (their failure codes merged back into the
-//! router's SUBACK in order). rumqttd's public API cannot ask the router to fire a last will, so
-//! the front keeps the will itself: on a connection lost without DISCONNECT it publishes the
-//! will (after the same ACL check made at CONNECT) and then tells the router the session ended.
+//! a phone costs one socket. The router keeps subscriptions, retained messages, shared
+//! subscriptions and saved sessions; delivery to the client as MQTT 5 requires (QoS, No Local,
+//! expiry, Receive Maximum, …) is `delivery`'s, session lifetimes and delayed wills `session`'s.
+//! Each packet from the client is decoded with rumqttd's own codecs and checked before it reaches
+//! the router: a PUBLISH outside the account's topics is answered here (PUBACK/PUBREC, "not
+//! authorised" on MQTT 5) and dropped, a SUBSCRIBE has its refused filters removed (their failure
+//! codes merged back into the router's SUBACK in order). rumqttd's public API cannot ask the
+//! router to fire a last will, so the front keeps the will itself: on a connection lost without
+//! DISCONNECT it publishes the will (after the same ACL check made at CONNECT) and then tells the
+//! router the session ended.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -27,16 +30,22 @@ use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode,
+    ConnAckProperties, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Protocol, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties, QoS, RetainForwardRule,
+    SubAck, SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::{Acl, Denied};
+use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions};
+use crate::saved::{Ending, PendingWill, SavedSessions};
 use crate::sessions::{AccountKey, Registration, Sessions};
 use crate::tls::Transport;
 use crate::wire::{self, Refusal, Version, kind};
+
+/// Message ids of [`Stamp`]s, unique per process.
+static MESSAGE_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Opens a link into the router for a client id: (client id, clean session, topic alias max).
 pub(crate) type LinkFactory =
@@ -71,6 +80,14 @@ pub(crate) struct Front {
     /// server before ingest has subscribed would have its re-sent backlog dropped, and the next
     /// `inbox/ack` would then cover points never stored.
     pub hold_logins_until: Instant,
+    /// Longest keep-alive accepted; MQTT 5 clients asking for more (or 0) are told this one.
+    pub max_keep_alive: u16,
+    /// Longest Session Expiry Interval granted, in seconds.
+    pub max_session_expiry: u32,
+    /// Session state the router does not keep (expiry, subscription options, delayed wills).
+    pub saved: Arc<SavedSessions>,
+    /// Clock of message arrival times (Message Expiry).
+    pub epoch: Instant,
 }
 
 /// The service subscriptions a freshly started broker waits for before it lets devices and
@@ -130,6 +147,8 @@ enum SessionEnd {
     Link(String),
     #[error("session taken over by a new connection")]
     TakenOver,
+    #[error("protocol error, DISCONNECT 0x{0:02x} sent")]
+    Violation(u8),
     #[error("account revoked")]
     Revoked,
 }
@@ -146,6 +165,15 @@ impl From<LinkError> for SessionEnd {
 enum Codec {
     V4,
     V5,
+}
+
+/// Encodes a packet for a client of protocol `version`.
+pub(crate) fn encode(version: Version, packet: Packet, out: &mut BytesMut) {
+    let codec = match version {
+        Version::V4 => Codec::V4,
+        Version::V5 => Codec::V5,
+    };
+    codec.write(packet, out);
 }
 
 impl Codec {
@@ -255,7 +283,7 @@ impl Front {
             return refuse(&mut client, version, Refusal::NotAuthorized).await;
         }
         let acl = Acl::for_principal(&principal);
-        let Packet::Connect(header, props, will, _will_props, _login) =
+        let Packet::Connect(header, props, will, will_props, _login) =
             codec.read(&mut first, wire::MAX_CONNECT_BYTES).map_err(SessionEnd::Codec)?
         else {
             return Err(wire::WireError::Protocol("first packet is not CONNECT".into()).into());
@@ -279,11 +307,38 @@ impl Front {
             warn!(user = %username, cap = ?cap, "too many sessions for one account");
             return refuse(&mut client, version, Refusal::QuotaExceeded).await;
         };
-        if header.keep_alive == 0 {
-            // Without keep-alive a dead phone would hold its session (and will) forever.
-            return refuse(&mut client, version, Refusal::Unavailable).await;
-        }
-        let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+        let mut acked = ConnAckProperties::default();
+        let keep_alive = match version {
+            // Without keep-alive a dead phone would hold its session (and will) forever; 3.1.1
+            // has no way to impose one.
+            Version::V4 if header.keep_alive == 0 => {
+                return refuse(&mut client, version, Refusal::Unavailable).await;
+            }
+            Version::V4 => header.keep_alive,
+            // MQTT 5 §3.2.2.3.14: the server may impose its own keep-alive.
+            Version::V5 if header.keep_alive == 0 || header.keep_alive > self.max_keep_alive => {
+                acked.server_keep_alive = Some(self.max_keep_alive);
+                self.max_keep_alive
+            }
+            Version::V5 => header.keep_alive,
+        };
+        // Session lifetime: 3.1.1 keeps a non-clean session until a clean connection; MQTT 5
+        // keeps it for the Session Expiry Interval, which we may lower (and then say so).
+        let expiry = match version {
+            Version::V4 => (!header.clean_session).then_some(None),
+            Version::V5 => {
+                let asked = props.as_ref().and_then(|p| p.session_expiry_interval).unwrap_or(0);
+                let granted = asked.min(self.max_session_expiry);
+                if granted != asked {
+                    acked.session_expiry_interval = Some(granted);
+                }
+                (granted > 0).then_some(Some(granted))
+            }
+        };
+        let keep = expiry.is_some();
+        let receive_max = props.as_ref().and_then(|p| p.receive_maximum).unwrap_or(u16::MAX);
+        let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size).map_or(usize::MAX, |m| m as usize);
+        let begun = self.saved.begin(&connect.client_id, header.clean_session, keep).await;
         if !matches!(principal, Principal::Service { .. }) && !self.awaited.is_ready() {
             let mut ready = self.awaited.ready.subscribe();
             let until = self.hold_logins_until.into();
@@ -291,8 +346,10 @@ impl Front {
         }
         let links = self.links.clone();
         let client_id = connect.client_id.clone();
-        let clean = header.clean_session;
-        let linked = tokio::task::spawn_blocking(move || links(&client_id, clean, alias_max))
+        let router_clean = begun.router_clean;
+        // Server-to-client topic aliases stay off: the router assigns them per filter, not per
+        // topic, and the front rewrites every delivery anyway.
+        let linked = tokio::task::spawn_blocking(move || links(&client_id, router_clean, 0))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let (link_tx, link_rx, connack) = match linked {
@@ -302,44 +359,43 @@ impl Front {
                 return refuse(&mut client, version, Refusal::Unavailable).await;
             }
         };
+        let mut session_present = false;
         let mut out = BytesMut::with_capacity(256);
-        match Option::<Packet>::from(connack) {
-            Some(Packet::ConnAck(ack, props)) => {
-                // The router advertises its own (large) alias maximum; ours is what holds.
-                let props = props.map(|mut p| {
-                    p.topic_alias_max = Some(TOPIC_ALIAS_MAX);
-                    p
-                });
-                codec.write(Packet::ConnAck(ack, props), &mut out);
-            }
-            Some(packet) => codec.write(packet, &mut out),
-            None => {}
+        if let Some(Packet::ConnAck(ack, _)) = Option::<Packet>::from(connack) {
+            session_present = ack.session_present;
+            acked.topic_alias_max = Some(TOPIC_ALIAS_MAX);
+            acked.max_packet_size = Some(self.max_packet_bytes as u32);
+            codec.write(Packet::ConnAck(ack, Some(acked)), &mut out);
         }
         client.write_all(&out).await?;
         metrics::counter!("jiandu_broker_connections_total", "result" => "accepted").increment(1);
-        debug!(user = %username, "authenticated");
+        debug!(user = %username, session_present, "authenticated");
 
+        let subscriptions = if session_present { begun.restored.unwrap_or_default() } else { Subscriptions::new() };
         let mut session = Session {
             codec,
             version,
+            client_id: connect.client_id.clone(),
             username: username.clone(),
             acl,
-            keep_alive: Duration::from_secs(u64::from(header.keep_alive)),
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
             will,
             registration,
-            qos2_open: 0,
             awaited: (!self.awaited.is_ready()).then(|| self.awaited.clone()),
             subscribing: Vec::new(),
+            will_props,
+            expiry,
+            expiry_cap: self.max_session_expiry,
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
             pending_subacks: HashMap::new(),
+            subscriptions,
+            outbound: Outbound::new(version, connect.client_id.clone(), receive_max, client_max_packet, self.epoch),
             aliases: HashMap::new(),
             refused_qos2: HashSet::new(),
-            sent_qos1: VecDeque::new(),
-            tracked_qos1: HashSet::new(),
-            early_acks: HashMap::new(),
             last_notice: None,
+            with_will: false,
         };
         let ended = session.run(client, buf).await;
         if matches!(ended, Err(SessionEnd::Revoked)) {
@@ -348,7 +404,14 @@ impl Front {
         }
         // A session taken over by a new connection of the same client was already ended by the
         // router, and the client is back: neither a will nor a DISCONNECT is due.
-        session.finish(matches!(ended, Ok(true) | Err(SessionEnd::TakenOver))).await;
+        let delayed_will = match ended {
+            Err(SessionEnd::TakenOver) => None,
+            Ok(true) if !session.with_will => None,
+            _ => session.finish().await,
+        };
+        let ending =
+            Ending { expiry: session.expiry.unwrap_or(Some(0)), subscriptions: session.subscriptions, delayed_will };
+        self.saved.end(&connect.client_id, begun.generation, ending).await;
         ended.map(|_| ())
     }
 }
@@ -383,34 +446,39 @@ async fn read_connect<S: ClientStream>(stream: &mut S, buf: &mut BytesMut) -> Re
 struct Session {
     codec: Codec,
     version: Version,
+    client_id: String,
     username: String,
     acl: Acl,
     keep_alive: Duration,
     will: Option<LastWill>,
     /// This session's place among the account's live sessions (ended on revocation).
     registration: Registration,
-    /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
-    qos2_open: usize,
     /// The platform subscriptions awaited since start (for a service session, until they came).
     awaited: Option<Arc<Awaited>>,
     /// Awaited filters among the packets about to go to the router.
     subscribing: Vec<String>,
+    will_props: Option<LastWillProperties>,
+    /// Whether the session outlives the connection: `None` no, `Some(None)` until a clean
+    /// connection (3.1.1), `Some(Some(s))` for `s` seconds (MQTT 5).
+    expiry: Option<Option<u32>>,
+    /// The server's longest Session Expiry Interval.
+    expiry_cap: u32,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
-    /// SUBSCRIBE packet id → which filters went to the router (true) or were refused (false).
-    pending_subacks: HashMap<u16, Vec<bool>>,
-    /// v5 topic aliases the client set up.
+    /// SUBSCRIBE packet id → each filter with the options asked for, or `None` when refused.
+    pending_subacks: HashMap<u16, Vec<Option<(String, Subscription)>>>,
+    /// The client's subscriptions with their options (the router knows only filter and QoS).
+    subscriptions: Subscriptions,
+    /// Deliveries to the client (see `delivery`).
+    outbound: Outbound,
+    /// v5 topic aliases the client set up (at most [`TOPIC_ALIAS_MAX`]).
     aliases: HashMap<u16, Bytes>,
     /// QoS 2 packet ids of refused publishes, whose PUBREL we answer ourselves.
     refused_qos2: HashSet<u16>,
-    /// Packet ids of QoS 1 publishes sent to the client, oldest first (and as a set).
-    sent_qos1: VecDeque<u16>,
-    tracked_qos1: HashSet<u16>,
-    /// PUBACKs the client sent ahead of older ones, held until they are in order (the router
-    /// drops a connection that acknowledges out of order).
-    early_acks: HashMap<u16, Packet>,
     last_notice: Option<Instant>,
+    /// The client ended with DISCONNECT 0x04: publish the will anyway.
+    with_will: bool,
 }
 
 impl Session {
@@ -474,10 +542,10 @@ impl Session {
                     last_heard = Instant::now();
                 }
                 notified = self.link_rx.next() => {
-                    self.forward_to_client(notified?, &mut out).await?;
+                    self.forward_to_client(notified?, &mut out, &mut to_router).await?;
                     // Take whatever else is ready without waiting, to write in one go.
                     while let Some(more) = self.link_rx.next().now_or_never() {
-                        self.forward_to_client(more?, &mut out).await?;
+                        self.forward_to_client(more?, &mut out, &mut to_router).await?;
                         if out.len() > 256 * 1024 {
                             break;
                         }
@@ -563,9 +631,14 @@ impl Session {
                             if let Some(a) = alias {
                                 self.aliases.insert(a, publish.topic.clone());
                             }
-                            if head_qos == 2 {
-                                self.qos2_open += 1;
-                            }
+                            let stamp = Stamp {
+                                qos: head_qos,
+                                retain: publish.retain,
+                                id: MESSAGE_IDS.fetch_add(1, Ordering::Relaxed),
+                                at_ms: self.outbound.now_ms(),
+                                origin: self.client_id.clone(),
+                            };
+                            stamp.attach(&mut props);
                             to_router.push(Packet::Publish(publish, props));
                         }
                         Err(denied) => {
@@ -577,7 +650,11 @@ impl Session {
                         }
                     }
                 }
-                Packet::Subscribe(mut sub, props) => {
+                Packet::Subscribe(mut sub, mut props) => {
+                    let id = props.as_mut().and_then(|p| p.id.take());
+                    if id == Some(0) {
+                        return self.violation(0x82, out);
+                    }
                     if let Some(awaited) = &self.awaited
                         && matches!(self.acl, Acl::Service)
                     {
@@ -591,30 +668,69 @@ impl Session {
                         metrics::counter!("jiandu_broker_denied_total", "what" => "subscribe").increment(1);
                         warn!(user = %self.username, filter = %f.path, "subscribe refused by ACL");
                     }
-                    if keep.iter().all(|k| *k) {
-                        to_router.push(Packet::Subscribe(sub, props));
-                    } else if keep.iter().all(|k| !*k) {
+                    let asked: Vec<Option<(String, Subscription)>> = sub
+                        .filters
+                        .iter()
+                        .zip(&keep)
+                        .map(|(f, k)| {
+                            k.then(|| {
+                                let options = Subscription {
+                                    id,
+                                    qos: f.qos as u8,
+                                    no_local: f.nolocal,
+                                    retain_as_published: f.preserve_retain,
+                                    no_retained: f.retain_forward_rule == RetainForwardRule::Never,
+                                };
+                                (f.path.clone(), options)
+                            })
+                        })
+                        .collect();
+                    if keep.iter().all(|k| !*k) {
                         let ack = SubAck { pkid: sub.pkid, return_codes: vec![self.refused_code(); keep.len()] };
                         self.codec.write(Packet::SubAck(ack, None), out);
                     } else {
                         let mut flags = keep.iter();
                         sub.filters.retain(|_| *flags.next().unwrap_or(&false));
-                        self.pending_subacks.insert(sub.pkid, keep);
+                        // The router delivers at QoS 0 or 1; QoS 2 to the client is ours.
+                        for f in &mut sub.filters {
+                            if f.qos == QoS::ExactlyOnce {
+                                f.qos = QoS::AtLeastOnce;
+                            }
+                        }
+                        self.pending_subacks.insert(sub.pkid, asked);
                         to_router.push(Packet::Subscribe(sub, props));
                     }
+                }
+                Packet::Unsubscribe(unsub, props) => {
+                    for f in &unsub.filters {
+                        self.subscriptions.remove(f);
+                    }
+                    to_router.push(Packet::Unsubscribe(unsub, props));
                 }
                 Packet::PubRel(rel, props) => {
                     if self.refused_qos2.remove(&rel.pkid) {
                         let comp = PubComp { pkid: rel.pkid, reason: PubCompReason::Success };
                         self.codec.write(Packet::PubComp(comp, None), out);
                     } else {
-                        self.qos2_open = self.qos2_open.saturating_sub(1);
                         to_router.push(Packet::PubRel(rel, props));
                     }
                 }
-                Packet::PubAck(ack, props) => self.order_ack(ack.pkid, Packet::PubAck(ack, props), to_router),
+                Packet::PubAck(ack, _) => self.outbound.client_puback(ack.pkid, out, to_router),
+                Packet::PubRec(rec, _) => self.outbound.client_pubrec(rec.pkid, out, to_router),
+                Packet::PubComp(comp, _) => self.outbound.client_pubcomp(comp.pkid, out, to_router),
                 Packet::Disconnect(d, props) => {
-                    to_router.push(Packet::Disconnect(d, props));
+                    if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval) {
+                        // MQTT 5 §3.14.2.2.2: a session that expired at close cannot be extended.
+                        if self.expiry.is_none() && asked > 0 {
+                            return self.violation(0x82, out);
+                        }
+                        self.expiry = Some(Some(asked.min(self.max_session_expiry())));
+                    }
+                    self.with_will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    if !self.with_will {
+                        // With 0x04 the will goes first; `finish` then ends the router session.
+                        to_router.push(Packet::Disconnect(d, props));
+                    }
                     return Ok(true);
                 }
                 other => to_router.push(other),
@@ -622,26 +738,17 @@ impl Session {
         }
     }
 
-    /// Passes PUBACKs to the router in the order the publishes were sent to the client.
-    fn order_ack(&mut self, pkid: u16, ack: Packet, to_router: &mut Vec<Packet>) {
-        if !self.tracked_qos1.contains(&pkid) {
-            // Not one we are tracking (e.g. a duplicate): let the router judge it.
-            to_router.push(ack);
-            return;
+    /// Answers a protocol violation with DISCONNECT `reason` (MQTT 5) and ends the connection.
+    fn violation(&mut self, reason: u8, out: &mut BytesMut) -> Result<bool, SessionEnd> {
+        if let Some(d) = wire::disconnect(self.version, reason) {
+            out.extend_from_slice(&d);
         }
-        if self.sent_qos1.front() != Some(&pkid) {
-            self.early_acks.insert(pkid, ack);
-            return;
-        }
-        self.sent_qos1.pop_front();
-        self.tracked_qos1.remove(&pkid);
-        to_router.push(ack);
-        while let Some(next) = self.sent_qos1.front().and_then(|p| self.early_acks.remove(p)) {
-            if let Some(p) = self.sent_qos1.pop_front() {
-                self.tracked_qos1.remove(&p);
-            }
-            to_router.push(next);
-        }
+        Err(SessionEnd::Violation(reason))
+    }
+
+    /// The most a DISCONNECT may ask to keep the session.
+    fn max_session_expiry(&self) -> u32 {
+        self.expiry_cap
     }
 
     fn refused_code(&self) -> SubscribeReasonCode {
@@ -688,11 +795,13 @@ impl Session {
         }
     }
 
-    /// Writes a router notification to the client (merging refused SUBACK codes back in).
+    /// Writes a router notification to the client: deliveries through [`Outbound`], SUBACKs with
+    /// the refused filters' codes merged back in and the QoS the client asked for.
     async fn forward_to_client(
         &mut self,
         notification: Option<Notification>,
         out: &mut BytesMut,
+        to_router: &mut Vec<Packet>,
     ) -> Result<(), SessionEnd> {
         let Some(notification) = notification else { return Ok(()) };
         if let Notification::Disconnect(d, props) = notification {
@@ -701,31 +810,33 @@ impl Session {
         }
         match Option::<Packet>::from(notification) {
             Some(Packet::SubAck(mut ack, props)) => {
-                if let Some(keep) = self.pending_subacks.remove(&ack.pkid) {
-                    let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
-                    ack.return_codes = keep
-                        .iter()
-                        .map(|k| {
-                            if *k {
-                                granted.next().unwrap_or(SubscribeReasonCode::Failure)
-                            } else {
-                                self.refused_code()
+                let asked = self.pending_subacks.remove(&ack.pkid).unwrap_or_default();
+                let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
+                ack.return_codes = asked
+                    .into_iter()
+                    .map(|a| match a {
+                        None => self.refused_code(),
+                        Some((filter, options)) => match granted.next() {
+                            Some(
+                                SubscribeReasonCode::QoS0 | SubscribeReasonCode::QoS1 | SubscribeReasonCode::Success(_),
+                            ) => {
+                                let code = match options.qos {
+                                    0 => SubscribeReasonCode::QoS0,
+                                    1 => SubscribeReasonCode::QoS1,
+                                    _ => SubscribeReasonCode::QoS2,
+                                };
+                                self.subscriptions.insert(filter, options);
+                                code
                             }
-                        })
-                        .collect();
-                }
+                            Some(other) => other,
+                            None => SubscribeReasonCode::Failure,
+                        },
+                    })
+                    .collect();
                 self.codec.write(Packet::SubAck(ack, props), out);
             }
-            Some(packet @ Packet::Publish(..)) => {
-                let start = out.len();
-                self.codec.write(packet, out);
-                // A retransmission reuses its packet id: track each id once.
-                if let Ok(head) = wire::parse_publish(&out[start..], self.version)
-                    && head.qos == 1
-                    && self.tracked_qos1.insert(head.pkid)
-                {
-                    self.sent_qos1.push_back(head.pkid);
-                }
+            Some(Packet::Publish(publish, props)) => {
+                self.outbound.deliver(publish, props, &self.subscriptions, out, to_router);
             }
             Some(packet) => self.codec.write(packet, out),
             // The router paused this link (e.g. flow control); ask to be scheduled again.
@@ -734,49 +845,48 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the router session: publishes the will when the client vanished without DISCONNECT.
-    async fn finish(&mut self, clean: bool) {
-        if clean {
-            return;
-        }
+    /// Ends the router session of a client that vanished without DISCONNECT (or asked for its
+    /// will with DISCONNECT 0x04): the will is published now, or returned when it has a delay.
+    async fn finish(&mut self) -> Option<(PendingWill, u32)> {
+        let mut delayed = None;
         if let Some(will) = self.will.take() {
-            let topic = String::from_utf8_lossy(&will.topic).into_owned();
-            // A QoS 2 will is released with a PUBREL right behind it. The router releases QoS 2
-            // publishes in arrival order, whatever the packet id, so while one of the client's
-            // own is still waiting for its PUBREL the will goes at QoS 1 instead (still
-            // delivered, at least once).
-            let mut qos = will.qos as u8;
-            if qos == 2 && self.qos2_open > 0 {
-                qos = 1;
-            }
-            let pkid = WILL_PKID;
-            let frame = will_frame(self.version, &topic, &will.message, qos, will.retain, pkid);
-            let mut frame = BytesMut::from(&frame[..]);
-            match self.codec.read(&mut frame, usize::MAX) {
-                Ok(packet) => {
-                    if self.link_tx.send(packet).await.is_err() {
-                        return;
-                    }
-                    if qos == 2 {
-                        let rel = PubRel { pkid, reason: PubRelReason::Success };
-                        if self.link_tx.send(Packet::PubRel(rel, None)).await.is_err() {
-                            return;
-                        }
-                    }
-                    debug!(topic = %topic, qos, "last will published");
-                }
-                Err(e) => warn!(error = ?e, "could not encode the last will"),
+            let props = self.will_props.take();
+            let delay = props.as_ref().and_then(|p| p.delay_interval).unwrap_or(0);
+            let kept = self.expiry.is_some_and(|e| e != Some(0));
+            let pending = self.will_publish(will, props);
+            if delay > 0 && kept {
+                delayed = Some((pending, delay));
+            } else if self.link_tx.send(Packet::Publish(pending.0, pending.1)).await.is_ok() {
+                debug!("last will published");
             }
         }
         let bye = Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
         self.link_tx.send(Packet::Disconnect(bye, None)).await.ok();
+        delayed
     }
-}
 
-/// Packet id of the will the front publishes on a client's behalf.
-const WILL_PKID: u16 = 1;
-
-/// A PUBLISH frame carrying a last will with its QoS and retain flag.
-fn will_frame(version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16) -> Bytes {
-    wire::publish_frame(version, topic, payload, qos.min(2), retain, pkid)
+    /// The will as a stamped PUBLISH for the router. It enters the router at QoS 0 (the router
+    /// would hold a QoS 2 message for a PUBREL that never comes); the stamp keeps its QoS.
+    fn will_publish(&self, will: LastWill, props: Option<LastWillProperties>) -> PendingWill {
+        let mut publish = Publish::new(will.topic, will.message, will.retain);
+        publish.retain = will.retain;
+        let mut props = props.map(|w| PublishProperties {
+            payload_format_indicator: w.payload_format_indicator,
+            message_expiry_interval: w.message_expiry_interval,
+            response_topic: w.response_topic,
+            correlation_data: w.correlation_data,
+            user_properties: w.user_properties,
+            content_type: w.content_type,
+            ..Default::default()
+        });
+        let stamp = Stamp {
+            qos: will.qos as u8,
+            retain: will.retain,
+            id: MESSAGE_IDS.fetch_add(1, Ordering::Relaxed),
+            at_ms: self.outbound.now_ms(),
+            origin: self.client_id.clone(),
+        };
+        stamp.attach(&mut props);
+        (publish, props)
+    }
 }

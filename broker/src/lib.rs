@@ -5,13 +5,16 @@
 //! [`acl`] decides what an account may publish and subscribe, `front` serves each client
 //! connection over an in-process link into the router, [`client`] is how the platform's own
 //! roles connect as MQTT clients, `sessions` counts each account's live sessions (caps, and
-//! ending them on revocation), [`tls`] what the MQTTS listener adds (client certificates), and
-//! [`start`] wires it together, including the watcher that ends a revoked account's sessions
-//! within a second. Only this crate knows rumqttd.
+//! ending them on revocation), `delivery` and `saved` make delivery and session lifetimes behave
+//! as MQTT 5 requires over rumqttd's router, [`tls`] what the MQTTS listener adds (client
+//! certificates), and [`start`] wires it together, including the watcher that ends a revoked
+//! account's sessions within a second. Only this crate knows rumqttd.
 
 pub mod acl;
 pub mod client;
+mod delivery;
 mod front;
+mod saved;
 mod sessions;
 pub mod tls;
 pub mod wire;
@@ -85,6 +88,11 @@ pub struct BrokerConfig {
     pub hold_logins_for: Vec<String>,
     /// The longest such a wait lasts.
     pub hold_logins_max: Duration,
+    /// Longest keep-alive accepted, in seconds: an MQTT 5 client asking for 0 or more is given
+    /// this one as Server Keep Alive.
+    pub max_keep_alive_secs: u16,
+    /// Longest MQTT 5 Session Expiry Interval granted, in seconds (sessions live in memory).
+    pub max_session_expiry_secs: u32,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +108,8 @@ impl Default for BrokerConfig {
             revocation_poll: Duration::from_secs(1),
             hold_logins_for: Vec::new(),
             hold_logins_max: Duration::from_secs(15),
+            max_keep_alive_secs: 300,
+            max_session_expiry_secs: 24 * 3600,
         }
     }
 }
@@ -159,6 +169,7 @@ pub async fn start(
     tokio::spawn(watch_revocations(store.clone(), sessions.clone(), config.revocation_poll, shutdown.clone()));
     let front = Arc::new(front::Front {
         store,
+        saved: saved::SavedSessions::new(links.clone()),
         links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
@@ -167,6 +178,9 @@ pub async fn start(
         max_sessions_per_integration: config.max_sessions_per_integration,
         awaited: Arc::new(front::Awaited::new(config.hold_logins_for.clone())),
         hold_logins_until: std::time::Instant::now() + config.hold_logins_max,
+        max_keep_alive: config.max_keep_alive_secs.max(1),
+        max_session_expiry: config.max_session_expiry_secs,
+        epoch: std::time::Instant::now(),
     });
     let device_cert_required = config.tls.as_ref().is_some_and(|(_, t)| t.device_cert_required());
     let permits = Arc::new(Semaphore::new(config.max_connections));
