@@ -605,8 +605,11 @@ http_listen = "127.0.0.1:8080"
 # max_item_bytes = 2147483648                 # largest photo/video accepted (2 GiB)
 # max_open_per_device = 8                     # uploads one phone may have open at once
 # staging_quota_bytes = 34359738368           # bytes all open uploads may announce together
+# device_staging_bytes = 4294967296           # bytes one phone's open uploads may announce together
+# device_daily_bytes = 17179869184            # bytes one phone may upload in any 24 hours
 # staging_dir = "/var/lib/jiandu/staging"     # default: staging/ under a file:// object store
 # idle_upload_hours = 72                      # untouched uploads are discarded after this
+# checkpoint_interval_s = 300                 # sign the ledger head and publish it on jd/v1/platform/checkpoint (0: off)
 #
 # [dispatch]
 # offer_timeout_s = 60                        # seconds to accept or decline before the next one is asked

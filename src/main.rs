@@ -76,11 +76,25 @@ enum Command {
         #[command(subcommand)]
         action: ReceiptAction,
     },
-    /// Re-walk the ledger's hash chain and check every evidence record (--deep: re-hash blobs)
+    /// Re-walk the ledger's hash chain, check every evidence record and look-up audit batch
+    /// against it, and that the ledger extends the checkpoints given (--deep: re-hash blobs)
     Verify {
         /// Also re-read and re-hash every stored blob
         #[arg(long)]
         deep: bool,
+        /// A signed checkpoint (`jiandu ledger checkpoint`, or the retained
+        /// jd/v1/platform/checkpoint) the ledger must still extend; repeatable
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+        /// Trusted platform public key: hex, or a file with the hex or the JSON of
+        /// GET /api/v1/ledger/key; repeatable [default: the keys in the database, with a warning]
+        #[arg(long, value_name = "HEX|FILE")]
+        public_key: Vec<String>,
+    },
+    /// The ledger: export a signed checkpoint of its head
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
     },
     /// Import a registry CSV (UTF-8 or GBK) as a new version; --dry-run shows the diff only
     Import {
@@ -263,6 +277,16 @@ enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum LedgerAction {
+    /// Sign the ledger head with the platform key; prints the checkpoint JSON
+    Checkpoint {
+        /// Also write it to this file (keep it away from the server)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TlsAction {
     /// Make a private CA and a server certificate in {data-dir}/tls, set [tls] in jiandu.toml and
     /// print how to install the CA on phones; run again to renew the server certificate
@@ -414,7 +438,12 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
                 evidence_cli::receipt_verify(&config, &file, public_key.as_deref()).await
             }
         },
-        Command::Verify { deep } => evidence_cli::verify(&config, deep).await,
+        Command::Verify { deep, checkpoint, public_key } => {
+            evidence_cli::verify(&config, deep, &checkpoint, &public_key).await
+        }
+        Command::Ledger { action } => match action {
+            LedgerAction::Checkpoint { out } => evidence_cli::ledger_checkpoint(&config, out.as_deref()).await,
+        },
         Command::Import { registry, file, dry_run, encoding } => {
             import::import(&config, registry.into(), &file, dry_run, encoding).await
         }

@@ -280,6 +280,19 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 max_connections: config.max_connections,
                 max_sessions_per_device: config.max_sessions_per_device,
                 max_sessions_per_integration: config.max_sessions_per_integration,
+                // Phones reconnecting to a restarted server wait for this process's ingest.
+                hold_logins_for: if roles.contains(&Role::Ingest) {
+                    {
+                        use jiandu_schemas::topic::{
+                            SHARED_EVIDENCE, SHARED_HEARTBEATS, SHARED_OWNTRACKS, SHARED_PRESENCE,
+                        };
+                        [SHARED_HEARTBEATS, SHARED_OWNTRACKS, SHARED_PRESENCE, SHARED_EVIDENCE]
+                    }
+                    .map(String::from)
+                    .to_vec()
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             },
             store.clone(),

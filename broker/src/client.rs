@@ -236,3 +236,42 @@ pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: 
         }
     }
 }
+
+/// The one way every role sends something to a phone (`jd/v1/dev/{dev}/inbox/{kind}`, QoS 1, not
+/// retained): offers, notices, receipts, look-up replies and field errors all go through
+/// [`PhoneInbox::send`], so the topic, the QoS and the logging of a failure are decided once.
+///
+/// What must not be lost is made durable before it is sent (the offer is an assignment row, a
+/// receipt follows a committed evidence row); the phone's persistent session (clean session off)
+/// keeps QoS 1 messages while it is away.
+#[derive(Clone)]
+pub struct PhoneInbox {
+    client: AsyncClient,
+}
+
+impl PhoneInbox {
+    /// Sends through a role's MQTT client.
+    pub fn new(client: AsyncClient) -> PhoneInbox {
+        PhoneInbox { client }
+    }
+
+    /// Queues `body` (JSON) for the device's inbox of `kind`; false (and a warning) when it
+    /// cannot be encoded or queued.
+    pub async fn send(&self, device: &str, kind: jiandu_schemas::InboxKind, body: &impl serde::Serialize) -> bool {
+        let bytes = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(device, inbox = %kind, error = %e, "cannot encode a message to the phone");
+                return false;
+            }
+        };
+        let topic = jiandu_schemas::topic::inbox(device, kind);
+        match self.client.publish(topic, QoS::AtLeastOnce, false, bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(device, inbox = %kind, error = %e, "cannot queue a message to the phone");
+                false
+            }
+        }
+    }
+}

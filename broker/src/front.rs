@@ -64,6 +64,51 @@ pub(crate) struct Front {
     pub max_sessions_per_device: usize,
     /// Most distinct client ids one integration account may hold connected at once.
     pub max_sessions_per_integration: usize,
+    /// The platform subscriptions still awaited since start; logins are held until it is empty.
+    pub awaited: Arc<Awaited>,
+    /// Until then, and at most until this moment, the CONNACK of a device or integration waits:
+    /// rumqttd drops messages nobody subscribes to, so a phone that reconnects to a restarted
+    /// server before ingest has subscribed would have its re-sent backlog dropped, and the next
+    /// `inbox/ack` would then cover points never stored.
+    pub hold_logins_until: Instant,
+}
+
+/// The service subscriptions a freshly started broker waits for before it lets devices and
+/// integrations in (the local ingest role's shared filters).
+pub(crate) struct Awaited {
+    filters: std::sync::Mutex<HashSet<String>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Awaited {
+    /// Waits for `filters` (none: ready at once).
+    pub fn new(filters: impl IntoIterator<Item = String>) -> Awaited {
+        let filters: HashSet<String> = filters.into_iter().collect();
+        let ready = tokio::sync::watch::channel(filters.is_empty()).0;
+        Awaited { filters: std::sync::Mutex::new(filters), ready }
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Whether any of `filters` is awaited.
+    fn wants(&self, filters: &[String]) -> bool {
+        let awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        filters.iter().any(|f| awaited.contains(f))
+    }
+
+    /// Marks `filters` as subscribed (they reached the router).
+    fn arrived(&self, filters: &[String]) {
+        let mut awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        for f in filters {
+            awaited.remove(f);
+        }
+        if awaited.is_empty() && !self.is_ready() {
+            info!("platform subscriptions in place: devices and integrations may log in");
+            self.ready.send_replace(true);
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -239,6 +284,11 @@ impl Front {
             return refuse(&mut client, version, Refusal::Unavailable).await;
         }
         let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+        if !matches!(principal, Principal::Service { .. }) && !self.awaited.is_ready() {
+            let mut ready = self.awaited.ready.subscribe();
+            let until = self.hold_logins_until.into();
+            let _ = tokio::time::timeout_at(until, ready.wait_for(|r| *r)).await;
+        }
         let links = self.links.clone();
         let client_id = connect.client_id.clone();
         let clean = header.clean_session;
@@ -278,6 +328,8 @@ impl Front {
             will,
             registration,
             qos2_open: 0,
+            awaited: (!self.awaited.is_ready()).then(|| self.awaited.clone()),
+            subscribing: Vec::new(),
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
@@ -339,6 +391,10 @@ struct Session {
     registration: Registration,
     /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
     qos2_open: usize,
+    /// The platform subscriptions awaited since start (for a service session, until they came).
+    awaited: Option<Arc<Awaited>>,
+    /// Awaited filters among the packets about to go to the router.
+    subscribing: Vec<String>,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -388,6 +444,13 @@ impl Session {
                 // Queue all but the last directly; sending the last one wakes the router once.
                 self.link_tx.buffer().extend(to_router.drain(..));
                 self.link_tx.send(last).await?;
+            }
+            if !self.subscribing.is_empty()
+                && let Some(awaited) = &self.awaited
+            {
+                // Logins held since start go on once all are in: their links reach the router
+                // after these subscriptions.
+                awaited.arrived(&std::mem::take(&mut self.subscribing));
             }
             if !out.is_empty() {
                 wr.write_all(&out).await?;
@@ -515,6 +578,14 @@ impl Session {
                     }
                 }
                 Packet::Subscribe(mut sub, props) => {
+                    if let Some(awaited) = &self.awaited
+                        && matches!(self.acl, Acl::Service)
+                    {
+                        let paths: Vec<String> = sub.filters.iter().map(|f| f.path.clone()).collect();
+                        if awaited.wants(&paths) {
+                            self.subscribing.extend(paths);
+                        }
+                    }
                     let keep: Vec<bool> = sub.filters.iter().map(|f| self.acl.may_subscribe(&f.path)).collect();
                     for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k) {
                         metrics::counter!("jiandu_broker_denied_total", "what" => "subscribe").increment(1);

@@ -79,6 +79,12 @@ pub struct BrokerConfig {
     pub max_sessions_per_integration: usize,
     /// How often the store is asked which accounts were revoked (their sessions are ended).
     pub revocation_poll: Duration,
+    /// After start, device and integration logins wait until service accounts have subscribed
+    /// to these filters (the local ingest role's), so nothing a reconnecting phone re-sends is
+    /// dropped for want of a subscriber. Empty: no wait.
+    pub hold_logins_for: Vec<String>,
+    /// The longest such a wait lasts.
+    pub hold_logins_max: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -92,6 +98,8 @@ impl Default for BrokerConfig {
             max_sessions_per_device: 3,
             max_sessions_per_integration: 16,
             revocation_poll: Duration::from_secs(1),
+            hold_logins_for: Vec::new(),
+            hold_logins_max: Duration::from_secs(15),
         }
     }
 }
@@ -157,6 +165,8 @@ pub async fn start(
         sessions,
         max_sessions_per_device: config.max_sessions_per_device,
         max_sessions_per_integration: config.max_sessions_per_integration,
+        awaited: Arc::new(front::Awaited::new(config.hold_logins_for.clone())),
+        hold_logins_until: std::time::Instant::now() + config.hold_logins_max,
     });
     let device_cert_required = config.tls.as_ref().is_some_and(|(_, t)| t.device_cert_required());
     let permits = Arc::new(Semaphore::new(config.max_connections));

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod assets;
 pub mod health;
+pub mod lockout;
 pub mod session;
 pub mod tls;
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use jiandu_broker::BrokerEndpoint;
@@ -70,8 +71,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Recently verified Basic-auth logins.
     pub logins: Arc<api::LoginCache>,
-    /// Browser sessions and failed-login counters.
+    /// Browser sessions.
     pub sessions: Arc<session::Sessions>,
+    /// Failed login, Basic and Bearer attempts per name and client address.
+    pub lockout: Arc<lockout::Lockout>,
     /// Bumped for every event seen on `jd/v1/events/#`; wakes the SSE streams.
     pub events: watch::Receiver<u64>,
     /// Sampled positions from `jd/v1/events/position` (not in the outbox), as JSON text.
@@ -80,6 +83,8 @@ pub struct AppState {
     pub ui: Arc<ViewSettings>,
     /// Ends long-lived responses (SSE) at shutdown.
     pub shutdown: CancellationToken,
+    /// The view's Content-Security-Policy (allows the configured tile server).
+    pub view_csp: HeaderValue,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -173,6 +178,9 @@ pub async fn start_with(
     );
     let (tick, events) = watch::channel(0u64);
     let positions = tokio::sync::broadcast::channel(4096).0;
+    let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
+    let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
+        .unwrap_or(HeaderValue::from_static(API_CSP));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -180,10 +188,12 @@ pub async fn start_with(
         metrics,
         logins: Arc::default(),
         sessions: Arc::default(),
+        lockout: Arc::default(),
         events,
         positions: positions.clone(),
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
+        view_csp,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
@@ -207,6 +217,7 @@ pub async fn start_with(
         .nest("/api/v1", api::router())
         .fallback(assets::serve)
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state);
     let mut running = RunningWeb { local_addr: None, tls_addr: None, servers: Vec::new(), mqtt };
     if let Some(listener) = plain {
@@ -256,6 +267,26 @@ async fn no_basic_prompt_for_the_view(
     let mut resp = next.run(req).await;
     if from_view {
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    resp
+}
+
+/// The Content-Security-Policy of every answer that is not the view itself (JSON, SSE, metrics):
+/// nothing in it may run, load or be framed.
+pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Adds the security headers to every answer: `nosniff` (a response is only ever its declared
+/// type), no framing (`X-Frame-Options: DENY` besides `frame-ancestors 'none'`), no referrer
+/// leaving the platform (URLs carry evidence and case ids), and [`API_CSP`] unless the handler
+/// set a stricter or view-specific policy itself.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(API_CSP));
     }
     resp
 }
