@@ -141,6 +141,7 @@ impl TestApp {
     }
 
     fn started(dir: tempfile::TempDir, db: String, admin: (String, String), child: Child) -> TestApp {
+        install_crypto_provider();
         let state = wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60));
         let (host, port) = match state["mqtt"].as_str() {
             Some(mqtt) => {
@@ -260,6 +261,13 @@ impl Drop for TestApp {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// Makes aws-lc-rs the process's rustls provider, which reqwest (built without one of its own,
+/// so that tests can hand it a client configuration trusting only a private CA) uses for
+/// `reqwest::Client::new()`. Idempotent.
+pub fn install_crypto_provider() {
+    rustls::crypto::aws_lc_rs::default_provider().install_default().ok();
 }
 
 /// Spawns `jiandu serve` on a data dir, appending its log to `serve.log`.

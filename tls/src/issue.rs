@@ -63,7 +63,10 @@ pub fn server(ca: &Issued, hosts: &[String]) -> Result<Issued, TlsError> {
     for h in hosts {
         params.subject_alt_names.push(match h.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(h.clone().try_into()?),
+            Err(_) => {
+                rustls_pki_types::DnsName::try_from(h.as_str()).map_err(|_| TlsError::BadHostName(h.clone()))?;
+                SanType::DnsName(h.clone().try_into()?)
+            }
         });
     }
     let mut dn = DistinguishedName::new();

@@ -68,6 +68,9 @@ pub enum TlsError {
     /// A certificate could not be made (bad host name, signing failure).
     #[error("making a certificate: {0}")]
     Issue(#[from] rcgen::Error),
+    /// A name for a server certificate is neither a DNS host name nor an IP address.
+    #[error("{0:?} is not a host name or IP address (letters, digits, '-' and '.' only)")]
+    BadHostName(String),
     /// A handshake did not finish in time or failed.
     #[error("TLS handshake: {0}")]
     Handshake(std::io::Error),
