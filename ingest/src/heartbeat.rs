@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::RoleSession;
+use jiandu_broker::client::{PhoneInbox, RoleSession};
 use jiandu_schemas::Heartbeat;
 use jiandu_schemas::topic::{self, InboxKind, Topic};
 use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
@@ -349,11 +349,7 @@ impl Ingest {
         }
         self.last_error.insert(device.to_owned(), Instant::now());
         let body = json!({"topic": topic, "error": error});
-        if let Err(e) =
-            self.client.publish(topic::inbox(device, InboxKind::Error), QoS::AtLeastOnce, false, body.to_string()).await
-        {
-            warn!(device, error = %e, "could not send inbox/error");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Error, &body).await;
     }
 
     /// Commits the batch (retrying with backoff), then acknowledges its messages; fails when
