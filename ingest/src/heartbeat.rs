@@ -352,7 +352,6 @@ impl Ingest {
         PhoneInbox::new(self.client.clone()).send(device, InboxKind::Error, &body).await;
     }
 
-    /// Commits the batch (retrying while the database is unavailable), then acks its messages.
     /// Commits the batch (retrying with backoff), then acknowledges its messages; fails when
     /// commits keep failing for `commit_give_up_s`.
     async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), IngestError> {
