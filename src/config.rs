@@ -62,6 +62,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
+    heartbeat_log_bytes: Option<usize>,
     #[serde(default)]
     ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
     #[serde(default)]
@@ -222,6 +223,8 @@ pub struct Config {
     pub max_packet_bytes: usize,
     /// Most MQTT client connections at once.
     pub max_connections: usize,
+    /// Heartbeat bytes the embedded broker keeps for a lagging ingest before dropping the oldest.
+    pub heartbeat_log_bytes: usize,
     /// Heartbeat ingest (`[ingest]`).
     pub ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
     /// Evidence uploads (`[evidence]`): limits and the staging directory.
@@ -313,6 +316,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
+            heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(64 * 1024 * 1024),
             ingest: file.ingest,
             evidence,
             s3_endpoint: std::env::var("JIANDU_S3_ENDPOINT").ok().or(file.s3_endpoint),
@@ -417,6 +421,7 @@ http_listen = "127.0.0.1:8080"
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
+# heartbeat_log_bytes = 67108864              # heartbeats the broker holds for a lagging ingest
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
 #
 # [evidence]

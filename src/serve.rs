@@ -2,6 +2,7 @@
 //! SIGTERM, then shuts them down in order (listeners first, so in-flight work is flushed).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use jiandu_broker::{BrokerConfig, BrokerEndpoint};
@@ -110,6 +111,10 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 listen: config.mqtt_listen,
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
+                heartbeat_log_bytes: config.heartbeat_log_bytes,
+                // Phones wait until this process's ingest has subscribed (it would miss
+                // whatever they sent before).
+                devices_wait_for_gate: roles.contains(&Role::Ingest),
                 ..Default::default()
             },
             store.clone(),
@@ -133,11 +138,13 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         tokio::spawn(jiandu_broker::client::run_outbox_relay(store.clone(), endpoint.clone(), shutdown.clone()));
 
     let mut tasks = Vec::new();
+    let ingest_subscribed = CancellationToken::new();
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
+        let subscribed = ingest_subscribed.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_ingest::heartbeat::run(store, endpoint, config, stop).await {
+            if let Err(e) = jiandu_ingest::heartbeat::run(store, endpoint, config, subscribed, stop).await {
                 tracing::error!(error = %e, "heartbeat ingest stopped");
             }
         }));
@@ -211,6 +218,19 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     } else {
         None
     };
+
+    if let Some(b) = &broker {
+        if roles.contains(&Role::Ingest) {
+            // Admit phones anyway if the subscription takes implausibly long.
+            tokio::select! {
+                _ = ingest_subscribed.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                    tracing::warn!("heartbeat ingest not subscribed after 30 s; admitting devices anyway");
+                }
+            }
+        }
+        b.device_gate().open();
+    }
 
     let bound = Bound {
         mqtt: match &broker {

@@ -51,6 +51,8 @@ pub(crate) struct Front {
     pub links: LinkFactory,
     pub max_packet_bytes: usize,
     pub connect_timeout: Duration,
+    /// Whether devices may connect yet (see [`crate::DeviceGate`]).
+    pub devices_admitted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a connection ended.
@@ -180,6 +182,12 @@ impl Front {
                 return refuse(&mut client, version, Refusal::Unavailable).await;
             }
         };
+        if matches!(principal, Principal::Device { .. })
+            && !self.devices_admitted.load(std::sync::atomic::Ordering::Acquire)
+        {
+            // The platform's own subscribers are not in place yet; the phone retries.
+            return refuse(&mut client, version, Refusal::Unavailable).await;
+        }
         // The client id is the account's name, or the name plus "-suffix" (a second tool on the
         // same account, or several processes of one role); never another account's name.
         let name = match &principal {

@@ -52,6 +52,13 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
+    /// Bytes of heartbeats the router keeps for a lagging ingest before it drops the oldest
+    /// (although their publishers were acknowledged: phones re-send what is never confirmed).
+    pub heartbeat_log_bytes: usize,
+    /// Refuse devices (CONNACK "server unavailable", so they retry) until
+    /// [`RunningBroker::device_gate`] is opened: the router keeps no messages for a subscriber
+    /// that has not subscribed yet, so phones must not publish before ingest is subscribed.
+    pub devices_wait_for_gate: bool,
 }
 
 impl Default for BrokerConfig {
@@ -61,6 +68,8 @@ impl Default for BrokerConfig {
             max_packet_bytes: 300 * 1024,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            heartbeat_log_bytes: 64 * 1024 * 1024,
+            devices_wait_for_gate: false,
         }
     }
 }
@@ -71,9 +80,28 @@ pub struct RunningBroker {
     /// The bound public address (the real port when configured with port 0).
     pub local_addr: SocketAddr,
     accept: tokio::task::JoinHandle<()>,
+    gate: DeviceGate,
+}
+
+/// Opens the broker to devices once the platform's subscribers are in place.
+#[derive(Debug, Clone)]
+pub struct DeviceGate(Arc<std::sync::atomic::AtomicBool>);
+
+impl DeviceGate {
+    /// Admits devices from now on.
+    pub fn open(&self) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            info!("devices admitted");
+        }
+    }
 }
 
 impl RunningBroker {
+    /// The gate devices wait behind when `devices_wait_for_gate` is set.
+    pub fn device_gate(&self) -> DeviceGate {
+        self.gate.clone()
+    }
+
     /// Waits until the accept loop has stopped (after shutdown).
     pub async fn stopped(self) {
         self.accept.await.ok();
@@ -100,11 +128,13 @@ pub async fn start(
             .map_err(|e| e.to_string())
     });
 
+    let devices_admitted = Arc::new(std::sync::atomic::AtomicBool::new(!config.devices_wait_for_gate));
     let front = Arc::new(front::Front {
         store,
         links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
+        devices_admitted: devices_admitted.clone(),
     });
     let permits = Arc::new(Semaphore::new(config.max_connections));
     info!(addr = %local_addr, "MQTT listening (3.1.1 and 5)");
@@ -136,7 +166,7 @@ pub async fn start(
         }
         info!("MQTT listener stopped");
     });
-    Ok(RunningBroker { local_addr, accept })
+    Ok(RunningBroker { local_addr, accept, gate: DeviceGate(devices_admitted) })
 }
 
 fn router_config(config: &BrokerConfig) -> RouterConfig {
@@ -156,7 +186,10 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
             ),
             (
                 "jd/v1/dev/+/hb".to_owned(),
-                rumqttd::SegmentConfig { max_segment_size: 4 * 1024 * 1024, max_segment_count: 16 },
+                rumqttd::SegmentConfig {
+                    max_segment_size: (config.heartbeat_log_bytes / 4).max(4096),
+                    max_segment_count: 4,
+                },
             ),
         ])),
         initialized_filters: None,
