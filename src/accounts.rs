@@ -94,6 +94,20 @@ pub async fn device_revoke(config: &Config, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `jiandu integration disable`: writes the revocation; a running broker ends the account's
+/// sessions within a second of seeing it.
+pub async fn integration_disable(config: &Config, name: &str) -> Result<()> {
+    let store = open_store(config).await?;
+    let account = store.account(name).await?.with_context(|| format!("no integration account named {name:?}"))?;
+    if account.kind != jiandu_store::AccountKind::Integration {
+        bail!("{name:?} is not an integration account");
+    }
+    let a = store.revoke_account(name).await.with_context(|| format!("disabling integration {name}"))?;
+    store.close().await;
+    eprintln!("integration {} disabled; it can no longer log in", a.name);
+    Ok(())
+}
+
 /// `jiandu user add`.
 pub async fn user_add(config: &Config, name: &str, role: &str, password_file: Option<&Path>) -> Result<()> {
     let role: Role = role.parse().map_err(|e| anyhow::anyhow!("--role: {e}"))?;

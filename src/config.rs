@@ -63,6 +63,8 @@ struct FileConfig {
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
     heartbeat_log_bytes: Option<usize>,
+    max_sessions_per_device: Option<usize>,
+    max_sessions_per_integration: Option<usize>,
     #[serde(default)]
     ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
     #[serde(default)]
@@ -79,6 +81,8 @@ struct FileConfig {
     index: IndexFile,
     #[serde(default)]
     web: WebFile,
+    #[serde(default)]
+    supervise: crate::serve::SuperviseConfig,
 }
 
 /// `[web]` in the TOML file: the browser view's map. `JIANDU_WEB_TILE_URL` and
@@ -225,6 +229,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Heartbeat bytes the embedded broker keeps for a lagging ingest before dropping the oldest.
     pub heartbeat_log_bytes: usize,
+    /// Most distinct MQTT client ids one device may hold connected at once.
+    pub max_sessions_per_device: usize,
+    /// Most distinct MQTT client ids one integration account may hold connected at once.
+    pub max_sessions_per_integration: usize,
     /// Heartbeat ingest (`[ingest]`).
     pub ingest: jiandu_ingest::heartbeat::HeartbeatConfig,
     /// Evidence uploads (`[evidence]`): limits and the staging directory.
@@ -247,6 +255,8 @@ pub struct Config {
     pub index: jiandu_oversight::integrity::IndexConfig,
     /// The browser view (`[web]`).
     pub web: WebFile,
+    /// How `serve` restarts failing roles (`[supervise]`).
+    pub supervise: crate::serve::SuperviseConfig,
 }
 
 fn lookup_json<S: serde::Serializer>(l: &jiandu_oversight::LookupConfig, s: S) -> Result<S::Ok, S::Error> {
@@ -317,6 +327,8 @@ impl Config {
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
             heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(64 * 1024 * 1024),
+            max_sessions_per_device: file.max_sessions_per_device.unwrap_or(3).max(1),
+            max_sessions_per_integration: file.max_sessions_per_integration.unwrap_or(16).max(1),
             ingest: file.ingest,
             evidence,
             s3_endpoint: std::env::var("JIANDU_S3_ENDPOINT").ok().or(file.s3_endpoint),
@@ -333,6 +345,7 @@ impl Config {
                 },
                 tile_attribution: file.web.tile_attribution,
             },
+            supervise: file.supervise,
             data_dir,
         })
     }
@@ -422,6 +435,8 @@ http_listen = "127.0.0.1:8080"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
 # heartbeat_log_bytes = 67108864              # heartbeats the broker holds for a lagging ingest
+# max_sessions_per_device = 3                 # client ids one phone may hold connected (CONNACK 0x97 beyond)
+# max_sessions_per_integration = 16           # the same for an integration account
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
 #
 # [evidence]

@@ -2,7 +2,7 @@
 //! the platform working within a minute. It seeds a data dir (temporary unless `--data-dir` is
 //! given) with the county's registries through the real import, demo users, a hotline
 //! integration and N phones, starts every role embedded (`serve::start`), and runs the phone
-//! simulator (`crate::sim`) against the embedded broker until Ctrl-C. What was seeded is kept in
+//! simulator (`jiandu_sim`) against the embedded broker until Ctrl-C. What was seeded is kept in
 //! `{data_dir}/demo.json` (mode 0600), so a kept data dir can be demoed again.
 
 use std::net::{SocketAddr, TcpListener};
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use jiandu_oversight::generate::{Generated, Scale, generate};
-use jiandu_oversight::{Encoding, ImportOptions, import_csv};
-use jiandu_store::{AccountKind, RegistryName, Role as UserRole, Store};
+use jiandu_oversight::{Encoding, ImportOptions, cases, import_csv, integrity};
+use jiandu_store::{AccountKind, CaseOrigin, RegistryName, Role as UserRole, Store};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -20,7 +20,7 @@ use tracing::info;
 use crate::accounts::open_store;
 use crate::config::{Config, parse_mqtt_url};
 use crate::serve::{self, Role};
-use crate::sim::{self, Credential, Hotline, SimOptions, Simulator};
+use jiandu_sim::{self as sim, Credential, Hotline, SimOptions, Simulator};
 
 /// The data dir `Config` falls back to; the demo never seeds it (it may be a real deployment).
 const DEFAULT_DATA_DIR: &str = "./jiandu-data";
@@ -41,6 +41,9 @@ struct Seeded {
     hotline_password: String,
     phones: Vec<(String, String)>,
     registries_imported: bool,
+    /// Indicators and cases seeded (older demo.json files lack the key).
+    #[serde(default)]
+    county_seeded: bool,
 }
 
 /// Runs the demo until Ctrl-C.
@@ -89,9 +92,24 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         seeded.registries_imported = true;
     }
 
+    if !seeded.county_seeded {
+        // Before the roles start too: the index scheduler's first run then sees the indicators,
+        // and the case scheduler's first tick raises the overdue alarm.
+        let store = open_store(&config).await?;
+        let result = seed_county(&store, &config.data_dir, &files.departments).await;
+        store.close().await;
+        result.context("seeding the county's indicators and cases")?;
+        seeded.county_seeded = true;
+        save(&config.data_dir, &seeded)?;
+    }
+    if std::env::var_os("JIANDU_INDEX_INTERVAL_S").is_none() {
+        // Recompute often, so the overdue case's alarm and negative record show in the index.
+        config.index.interval = config.index.interval.min(Duration::from_secs(30));
+    }
+
     let shutdown = CancellationToken::new();
     let all = [Role::Broker, Role::Ingest, Role::Dispatcher, Role::Oversight, Role::Web];
-    let running = serve::start(&config, &all, shutdown.clone()).await?;
+    let mut running = serve::start(&config, &all, shutdown.clone()).await?;
     let mqtt = running.bound.mqtt.clone();
     let (host, port) = parse_mqtt_url(&mqtt)?;
     let http = running.bound.http.map(|a| format!("http://{a}")).unwrap_or_default();
@@ -119,14 +137,20 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         shutdown.clone(),
     );
 
-    serve::wait_for_signal().await;
+    let failure = tokio::select! {
+        _ = serve::wait_for_signal() => None,
+        f = running.failure() => Some(f),
+    };
     info!("stopping the demo");
     shutdown.cancel();
     let stats = sim.stats.clone();
     sim.stopped().await;
     running.stopped().await;
     eprintln!("simulated: {}", stats.snapshot());
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => bail!("role {} keeps failing ({} failures), last: {}", f.role, f.failures, f.reason),
+    }
 }
 
 /// `JIANDU_DEMO_SPEED`: simulated seconds per real second (default 1).
@@ -166,6 +190,7 @@ async fn seed(store: &Store, data_dir: &Path, devices: usize) -> Result<Seeded> 
                 hotline_password: hotline.expose().to_owned(),
                 phones: Vec::new(),
                 registries_imported: false,
+                county_seeded: false,
             }
         }
     };
@@ -181,7 +206,7 @@ async fn seed(store: &Store, data_dir: &Path, devices: usize) -> Result<Seeded> 
 }
 
 fn save(data_dir: &Path, seeded: &Seeded) -> Result<()> {
-    sim::write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(seeded)?)
+    Ok(sim::write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(seeded)?)?)
 }
 
 /// Loads the generated registries through the real import (departments first), then records
@@ -214,6 +239,106 @@ async fn import_registries(config: &Config, files: &Generated) -> Result<()> {
     .await;
     store.close().await;
     result.context("importing the demo registries")
+}
+
+/// How well a unit did this period, as its imported indicators: (education sessions held of 3,
+/// attendance % of 95, organisation-building check score of 100). Each tier lands in one colour
+/// of the embedded formula; the last tier is the unit that also gets the overdue case.
+const TIERS: &[(&str, f64, f64, f64)] = &[
+    ("green", 3.0, 97.0, 98.0),
+    ("blue", 1.0, 92.0, 95.0),
+    ("yellow", 1.0, 80.0, 80.0),
+    ("orange", 0.0, 70.0, 75.0),
+    ("red", 0.0, 50.0, 60.0),
+];
+
+/// Which tier unit `i` of `n` is in: most units do well, some warn, one is red; every tenth has
+/// no data this period (nothing was reported yet).
+fn tier_of(i: usize, n: usize) -> Option<usize> {
+    if i + 1 == n {
+        return Some(4);
+    }
+    match i % 10 {
+        0..=3 => Some(0),
+        4..=5 => Some(1),
+        6 => Some(2),
+        7..=8 => Some(3),
+        _ => None,
+    }
+}
+
+/// Seeds what makes the county look lived in: this period's indicators for most units through
+/// the real indicator import (`{data_dir}/registries/indicators.csv`, as an operator would run
+/// `jiandu index import-indicators`), and cases through the real workflow, opened at different
+/// past dates so some are near their deadline and one is overdue (the case scheduler raises its
+/// alarm and negative record at its first tick).
+async fn seed_county(store: &Store, data_dir: &Path, departments: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(departments).with_context(|| format!("reading {}", departments.display()))?;
+    let units: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cells = l.split(',');
+            Some((cells.next()?.to_owned(), cells.next()?.to_owned()))
+        })
+        .collect();
+    if units.is_empty() {
+        bail!("{} lists no departments", departments.display());
+    }
+    let now = jiandu_store::now_ms();
+    let (_, formula) = integrity::formula_in_force(store).await?;
+    let period = integrity::Period::containing(formula.period, now).label;
+    let mut csv = String::from("unit,period,indicator,value\n");
+    for (i, (code, _)) in units.iter().enumerate() {
+        let Some(t) = tier_of(i, units.len()) else { continue };
+        let (_, sessions, attendance, org) = TIERS[t];
+        for (key, value) in
+            [("education_sessions", sessions), ("education_attendance", attendance), ("org_building", org)]
+        {
+            csv.push_str(&format!("{code},{period},{key},{value}\n"));
+        }
+    }
+    let path = data_dir.join("registries").join("indicators.csv");
+    std::fs::write(&path, &csv).with_context(|| format!("writing {}", path.display()))?;
+    let rows = integrity::parse_indicators_csv(&csv)?;
+    let stored = integrity::import_indicators(store, rows, "indicators.csv", "demo").await?;
+    info!(indicators = stored, %period, "demo indicators imported");
+
+    // Cases: (days ago opened, title, unit index). The first stage allows 15 working days.
+    let red = units.len() - 1;
+    let cases: &[(i64, &str, usize)] = &[
+        (40, "反映某站所负责人违规收受礼金问题线索", red),
+        (20, "反映公车私用问题线索（车牌见附件）", 7),
+        (19, "反映工作日午间饮酒问题线索", 17),
+        (12, "反映便民服务窗口脱岗问题线索", 27),
+        (5, "反映违规收取办证费用问题线索", 37),
+        (1, "反映节前收受购物卡问题线索", 47),
+    ];
+    let workflow = cases::Workflow::load(store).await?;
+    for (days, title, unit) in cases {
+        let (code, name) = &units[(*unit).min(units.len() - 1)];
+        let opened = now - days * 86_400_000;
+        let case = workflow
+            .open(
+                store,
+                cases::OpenCase {
+                    title: format!("{name}：{title}"),
+                    origin: CaseOrigin::Manual,
+                    origin_id: None,
+                    parties: Vec::new(),
+                    evidence: Vec::new(),
+                    handler: USERS[1].0.to_owned(),
+                    unit: code.clone(),
+                    unit_head: None,
+                },
+                USERS[1].0,
+                UserRole::Dispatcher,
+                opened,
+            )
+            .await?;
+        info!(case = %case.id, unit = %code, opened_days_ago = days, "demo case opened");
+    }
+    Ok(())
 }
 
 /// The plates of the generated vehicle registry (first column), for tips about official cars.

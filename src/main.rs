@@ -2,8 +2,6 @@
 //! into the role crates; nothing here knows MQTT packets or SQL.
 
 mod accounts;
-#[allow(dead_code)] // used by the `bench` subcommands as they land
-mod bench;
 mod cases_cli;
 mod config;
 mod demo;
@@ -11,7 +9,7 @@ mod evidence_cli;
 mod import;
 mod index_cli;
 mod serve;
-mod sim;
+mod sim_cli;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -40,7 +38,7 @@ enum Command {
         devices: usize,
     },
     /// Phone simulator and load generator: N phones from a credentials file against a broker
-    Sim(sim::SimArgs),
+    Sim(sim_cli::SimArgs),
     /// Run the platform roles (all by default) until SIGINT/SIGTERM
     Serve {
         /// Roles to run, comma-separated: broker, ingest, dispatcher, oversight, web
@@ -246,15 +244,15 @@ enum LookupAction {
 enum BenchCommand {
     /// Heartbeats persisted/s end to end with many phones, beside the bare broker relay,
     /// Mosquitto and raw inserts; server memory per idle phone
-    Ingest(bench::ingest::IngestBenchArgs),
+    Ingest(jiandu_sim::bench::ingest::IngestBenchArgs),
     /// Registry look-ups over MQTT at the phone (p50/p99, throughput) and import time
-    Lookup(bench::BenchArgs),
+    Lookup(jiandu_sim::bench::BenchArgs),
     /// Dispatch: report → offer at the phone with 100,000 live devices (p50/p99/max), and the
     /// nearest-device query at 1,000,000 devices against a linear scan
-    Dispatch(bench::dispatch::DispatchArgs),
+    Dispatch(jiandu_sim::bench::dispatch::DispatchArgs),
     /// Evidence: 1 GiB over MQTT against `cp` (MiB/s, server RSS growth), and
     /// `verify --deep` against `sha256sum` (size: JIANDU_BENCH_EVIDENCE_MB)
-    Evidence(bench::BenchArgs),
+    Evidence(jiandu_sim::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,7 +291,7 @@ enum DeviceAction {
     },
     /// List registered phones as JSON lines
     List,
-    /// Revoke a phone: it can no longer log in
+    /// Revoke a phone: it can no longer log in, and its live MQTT sessions end within seconds
     Revoke {
         /// Device id
         id: String,
@@ -328,6 +326,12 @@ enum IntegrationAction {
         #[arg(long = "publish", value_name = "FILTER", num_args = 1..)]
         publish: Vec<String>,
     },
+    /// Disable an integration account: it can no longer log in (MQTT or HTTP Bearer), and its
+    /// live MQTT sessions end within seconds
+    Disable {
+        /// Account name
+        name: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -341,7 +345,7 @@ fn main() -> Result<()> {
 async fn run(command: Command, config: Config) -> Result<()> {
     match command {
         Command::Demo { devices } => demo::run(config, devices).await,
-        Command::Sim(args) => sim::run_cli(&config, args).await,
+        Command::Sim(args) => sim_cli::run_cli(&config, args).await,
         Command::Serve { roles, print_config } => {
             if print_config {
                 println!("{}", serde_json::to_string_pretty(&config)?);
@@ -352,7 +356,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
         Command::Init { admin } => accounts::init(&config, &admin).await,
         Command::Device { action } => match action {
             DeviceAction::Add { name, staff } => accounts::device_add(&config, &name, staff.as_deref()).await,
-            DeviceAction::AddBulk { count, out, prefix } => sim::add_bulk(&config, count, &prefix, &out).await,
+            DeviceAction::AddBulk { count, out, prefix } => sim_cli::add_bulk(&config, count, &prefix, &out).await,
             DeviceAction::List => accounts::device_list(&config).await,
             DeviceAction::Revoke { id } => accounts::device_revoke(&config, &id).await,
         },
@@ -365,6 +369,7 @@ async fn run(command: Command, config: Config) -> Result<()> {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await
             }
+            IntegrationAction::Disable { name } => accounts::integration_disable(&config, &name).await,
         },
         Command::Receipt { action } => match action {
             ReceiptAction::Verify { file, public_key } => {
@@ -401,10 +406,10 @@ async fn run(command: Command, config: Config) -> Result<()> {
             IndexAction::Assessment { year } => index_cli::assessment(&config, year).await,
         },
         Command::Bench { which } => match which {
-            BenchCommand::Ingest(args) => bench::ingest::run(args).await,
-            BenchCommand::Lookup(args) => bench::lookup::run(&args).await,
-            BenchCommand::Dispatch(args) => bench::dispatch::run(args).await,
-            BenchCommand::Evidence(args) => bench::evidence::run(&args).await,
+            BenchCommand::Ingest(args) => Ok(jiandu_sim::bench::ingest::run(args).await?),
+            BenchCommand::Lookup(args) => Ok(jiandu_sim::bench::lookup::run(&args).await?),
+            BenchCommand::Dispatch(args) => Ok(jiandu_sim::bench::dispatch::run(args).await?),
+            BenchCommand::Evidence(args) => Ok(jiandu_sim::bench::evidence::run(&args).await?),
         },
     }
 }

@@ -1,15 +1,28 @@
 //! `jiandu serve`: starts the chosen roles on one configuration and runs them until SIGINT or
-//! SIGTERM, then shuts them down in order (listeners first, so in-flight work is flushed).
+//! SIGTERM, then shuts them down in order (the roles first, so in-flight work is flushed, then
+//! the broker and its connections).
+//!
+//! Every long-running role task is supervised ([`supervise`]): a task that fails (error or
+//! panic) is restarted with exponential backoff and shows in `/healthz` (state, restarts, last
+//! error) and `/metrics` (`jiandu_role_up{role}`, `jiandu_role_restarts_total{role}`). A task
+//! that fails `max_failures` times within `window_s` ends `serve` with a non-zero exit naming
+//! the role and the reason; so does a role that cannot start (a listener, the database).
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use jiandu_broker::{BrokerConfig, BrokerEndpoint};
+use jiandu_web::health::{RoleBoard, RoleState};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::accounts::open_store;
 use crate::config::{Config, parse_mqtt_url};
@@ -41,15 +54,138 @@ pub struct Bound {
     pub http: Option<SocketAddr>,
 }
 
-/// Runs until a shutdown signal.
+/// How `serve` restarts failing roles (`[supervise]` in the TOML file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuperviseConfig {
+    /// This many failures of one role within `window_s` end `serve` (non-zero exit).
+    pub max_failures: u32,
+    /// The window failures are counted in (seconds).
+    pub window_s: u64,
+    /// Wait before the first restart (milliseconds); doubled after each failure.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between restarts (milliseconds).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SuperviseConfig {
+    fn default() -> Self {
+        SuperviseConfig { max_failures: 5, window_s: 300, backoff_initial_ms: 500, backoff_max_ms: 30_000 }
+    }
+}
+
+/// A role that failed too often: `serve` stops and exits non-zero with this.
+#[derive(Debug, Clone)]
+pub struct RoleFailure {
+    /// The supervised task, e.g. `ingest.heartbeat`.
+    pub role: &'static str,
+    /// Its last error or panic message.
+    pub reason: String,
+    /// Failures counted within the window.
+    pub failures: usize,
+}
+
+/// Runs until a shutdown signal, or until a role keeps failing (then an error naming it).
 pub async fn run(config: Config, roles: &[Role]) -> Result<()> {
     let shutdown = CancellationToken::new();
-    let running = start(&config, roles, shutdown.clone()).await?;
-    wait_for_signal().await;
+    let mut running = start(&config, roles, shutdown.clone()).await?;
+    let failure = tokio::select! {
+        _ = wait_for_signal() => None,
+        f = running.failure() => Some(f),
+    };
     info!("shutting down");
     shutdown.cancel();
     running.stopped().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(f) => bail!(
+            "role {} failed {} times within {} s, last: {}",
+            f.role,
+            f.failures,
+            config.supervise.window_s,
+            f.reason
+        ),
+    }
+}
+
+/// A supervised task's body: started again after each failure.
+type RoleBody = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
+
+/// Runs `body` until shutdown, restarting it with backoff when it fails (returns an error,
+/// panics, or ends on its own before shutdown); reports each state on `board` and in metrics,
+/// and sends a [`RoleFailure`] on `fatal` when it failed `max_failures` times within the window.
+pub fn supervise(
+    role: &'static str,
+    mut body: RoleBody,
+    settings: SuperviseConfig,
+    board: RoleBoard,
+    fatal: mpsc::UnboundedSender<RoleFailure>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let initial = Duration::from_millis(settings.backoff_initial_ms.max(1));
+        let longest = Duration::from_millis(settings.backoff_max_ms.max(settings.backoff_initial_ms).max(1));
+        let window = Duration::from_secs(settings.window_s);
+        let mut backoff = initial;
+        let mut failures: VecDeque<Instant> = VecDeque::new();
+        let mut restarts = 0u64;
+        metrics::counter!("jiandu_role_restarts_total", "role" => role).absolute(0);
+        loop {
+            board.up(role);
+            metrics::gauge!("jiandu_role_up", "role" => role).set(1.0);
+            let started = Instant::now();
+            let outcome = tokio::spawn(body()).await;
+            metrics::gauge!("jiandu_role_up", "role" => role).set(0.0);
+            if shutdown.is_cancelled() {
+                if let Ok(Err(e)) = &outcome {
+                    warn!(role, error = %e, "role ended with an error at shutdown");
+                }
+                board.stopped(role);
+                return;
+            }
+            let reason = match outcome {
+                Ok(Ok(())) => "stopped on its own before shutdown".to_owned(),
+                Ok(Err(e)) => e,
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
+                Err(e) => format!("task ended: {e}"),
+            };
+            let now = Instant::now();
+            if now.duration_since(started) > longest * 2 {
+                // It ran well for a while: this is a new episode, not the same fault again.
+                backoff = initial;
+            }
+            failures.push_back(now);
+            while failures.front().is_some_and(|t| now.duration_since(*t) > window) {
+                failures.pop_front();
+            }
+            if failures.len() >= settings.max_failures.max(1) as usize {
+                error!(role, error = %reason, failures = failures.len(), "role keeps failing; serve stops");
+                board.failed(role, &reason, RoleState::Failed, restarts, jiandu_store::now_ms());
+                fatal.send(RoleFailure { role, reason, failures: failures.len() }).ok();
+                return;
+            }
+            restarts += 1;
+            metrics::counter!("jiandu_role_restarts_total", "role" => role).increment(1);
+            board.failed(role, &reason, RoleState::Restarting, restarts, jiandu_store::now_ms());
+            warn!(role, error = %reason, restart_in_ms = backoff.as_millis() as u64, restarts, "role failed; restarting");
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    board.stopped(role);
+                    return;
+                }
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(longest);
+        }
+    })
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p.downcast_ref::<&str>().map(|s| (*s).to_owned()).unwrap_or_else(|| "(no message)".to_owned()),
+    }
 }
 
 /// The started roles.
@@ -61,10 +197,21 @@ pub struct Running {
     relay: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     store: jiandu_store::Store,
+    failures: mpsc::UnboundedReceiver<RoleFailure>,
+    broker_stop: CancellationToken,
 }
 
 impl Running {
-    /// Waits for every role to finish after the shutdown token was cancelled.
+    /// Resolves when a supervised role failed too often (never, while all is well).
+    pub async fn failure(&mut self) -> RoleFailure {
+        match self.failures.recv().await {
+            Some(f) => f,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every role to finish after the shutdown token was cancelled, then stops the
+    /// broker (listener and connections) so the roles' last acknowledgements still get through.
     pub async fn stopped(self) {
         if let Some(w) = self.web {
             w.stopped().await;
@@ -73,6 +220,7 @@ impl Running {
             t.await.ok();
         }
         self.relay.await.ok();
+        self.broker_stop.cancel();
         if let Some(b) = self.broker {
             b.stopped().await;
         }
@@ -97,6 +245,8 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         bail!("--roles broker runs the embedded broker; drop it when --broker points at an external one");
     }
     let mut broker = None;
+    // The broker outlives the roles at shutdown (see `Running::stopped`).
+    let broker_stop = CancellationToken::new();
     let endpoint = if let Some(url) = &config.broker {
         let (host, port) = parse_mqtt_url(url)?;
         let (Some(username), Some(password)) = (&config.broker_username, &config.broker_password) else {
@@ -115,12 +265,15 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 // Phones wait until this process's ingest has subscribed (it would miss
                 // whatever they sent before).
                 devices_wait_for_gate: roles.contains(&Role::Ingest),
+                max_sessions_per_device: config.max_sessions_per_device,
+                max_sessions_per_integration: config.max_sessions_per_integration,
                 ..Default::default()
             },
             store.clone(),
-            shutdown.clone(),
+            broker_stop.clone(),
         )
-        .await?;
+        .await
+        .context("starting the broker role")?;
         // The roles of this process log in through the same front as everyone else, as the
         // internal service account, whose token is rotated at every start.
         let token = store.ensure_service_account(SERVICE_ACCOUNT).await?;
@@ -137,68 +290,100 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     let relay =
         tokio::spawn(jiandu_broker::client::run_outbox_relay(store.clone(), endpoint.clone(), shutdown.clone()));
 
+    let board = RoleBoard::default();
+    let (fatal, failures) = mpsc::unbounded_channel();
+    let sup = |role: &'static str, body: RoleBody| {
+        supervise(role, body, config.supervise.clone(), board.clone(), fatal.clone(), shutdown.clone())
+    };
     let mut tasks = Vec::new();
     let ingest_subscribed = CancellationToken::new();
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
         let subscribed = ingest_subscribed.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_ingest::heartbeat::run(store, endpoint, config, subscribed, stop).await {
-                tracing::error!(error = %e, "heartbeat ingest stopped");
-            }
-        }));
+        tasks.push(sup(
+            "ingest.heartbeat",
+            Box::new(move || {
+                let (store, endpoint, config, subscribed, stop) =
+                    (store.clone(), endpoint.clone(), config.clone(), subscribed.clone(), stop.clone());
+                Box::pin(async move {
+                    jiandu_ingest::heartbeat::run(store, endpoint, config, subscribed, stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ));
     }
     if roles.contains(&Role::Ingest) {
         let (key, _) = jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
             .context("loading the platform signing key (created by `jiandu init`)")?;
         let (store, endpoint, evidence, stop) =
             (store.clone(), endpoint.clone(), config.evidence.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_ingest::evidence::run(store, endpoint, evidence, key, stop).await {
-                tracing::error!(error = %e, "evidence ingest stopped");
-            }
-        }));
+        tasks.push(sup(
+            "ingest.evidence",
+            Box::new(move || {
+                let (store, endpoint, evidence, key, stop) =
+                    (store.clone(), endpoint.clone(), evidence.clone(), key.clone(), stop.clone());
+                Box::pin(async move {
+                    jiandu_ingest::evidence::run(store, endpoint, evidence, key, stop).await.map_err(|e| e.to_string())
+                })
+            }),
+        ));
     }
 
     if roles.contains(&Role::Dispatcher) {
-        let mut dispatcher =
-            jiandu_dispatcher::spawn(store.clone(), endpoint.clone(), config.dispatch.clone(), shutdown.clone());
+        let mut first =
+            Some(jiandu_dispatcher::spawn(store.clone(), endpoint.clone(), config.dispatch.clone(), shutdown.clone()));
         // Ready means subscribed (or on standby behind another process), so nothing sent after
         // serve.json appears is missed.
-        let state = dispatcher.settled(std::time::Duration::from_secs(30)).await;
-        info!(?state, "dispatcher started");
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = dispatcher.stopped().await {
-                tracing::error!(error = %e, "dispatcher stopped");
-            }
-        }));
+        if let Some(d) = first.as_mut() {
+            let state = d.settled(Duration::from_secs(30)).await;
+            info!(?state, "dispatcher started");
+        }
+        let (store, endpoint, dispatch, stop) =
+            (store.clone(), endpoint.clone(), config.dispatch.clone(), shutdown.clone());
+        tasks.push(sup(
+            "dispatcher",
+            Box::new(move || {
+                let dispatcher = first.take().unwrap_or_else(|| {
+                    jiandu_dispatcher::spawn(store.clone(), endpoint.clone(), dispatch.clone(), stop.clone())
+                });
+                Box::pin(async move { dispatcher.stopped().await.map_err(|e| e.to_string()) })
+            }),
+        ));
     }
 
     if roles.contains(&Role::Oversight) {
-        let (store, endpoint, lookup, stop) =
-            (store.clone(), endpoint.clone(), config.lookup.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_oversight::run(store, endpoint, lookup, stop).await {
-                tracing::error!(error = %e, "look-up role stopped");
-            }
-        }));
-    }
-    if roles.contains(&Role::Oversight) {
-        let (store, cases, stop) = (store.clone(), config.cases.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_oversight::cases::run(store, cases, stop).await {
-                tracing::error!(error = %e, "case scheduler stopped");
-            }
-        }));
-    }
-    if roles.contains(&Role::Oversight) {
-        let (store, index, stop) = (store.clone(), config.index.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = jiandu_oversight::integrity::run(store, index, stop).await {
-                tracing::error!(error = %e, "integrity index scheduler stopped");
-            }
-        }));
+        let (db, endpoint, lookup, stop) = (store.clone(), endpoint.clone(), config.lookup.clone(), shutdown.clone());
+        tasks.push(sup(
+            "oversight.lookup",
+            Box::new(move || {
+                let (store, endpoint, lookup, stop) = (db.clone(), endpoint.clone(), lookup.clone(), stop.clone());
+                Box::pin(async move {
+                    jiandu_oversight::run(store, endpoint, lookup, stop).await.map_err(|e| e.to_string())
+                })
+            }),
+        ));
+        let (db, cases, stop) = (store.clone(), config.cases.clone(), shutdown.clone());
+        tasks.push(sup(
+            "oversight.cases",
+            Box::new(move || {
+                let (store, cases, stop) = (db.clone(), cases.clone(), stop.clone());
+                Box::pin(
+                    async move { jiandu_oversight::cases::run(store, cases, stop).await.map_err(|e| e.to_string()) },
+                )
+            }),
+        ));
+        let (db, index, stop) = (store.clone(), config.index.clone(), shutdown.clone());
+        tasks.push(sup(
+            "oversight.index",
+            Box::new(move || {
+                let (store, index, stop) = (db.clone(), index.clone(), stop.clone());
+                Box::pin(async move {
+                    jiandu_oversight::integrity::run(store, index, stop).await.map_err(|e| e.to_string())
+                })
+            }),
+        ));
     }
 
     let web = if roles.contains(&Role::Web) {
@@ -210,10 +395,12 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 Some(b) if !config.mqtt_listen.ip().is_unspecified() => format!("mqtt://{}", b.local_addr),
                 _ => config.public_mqtt_url(),
             },
+            roles: board.clone(),
         };
         Some(
             jiandu_web::start_with(config.http_listen, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
-                .await?,
+                .await
+                .context("starting the web role")?,
         )
     } else {
         None
@@ -245,7 +432,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
     std::fs::create_dir_all(&config.data_dir)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", path.display()))?;
     info!(mqtt = %bound.mqtt, http = ?bound.http, "jiandu running");
-    Ok(Running { bound, broker, web, relay, tasks, store })
+    Ok(Running { bound, broker, web, relay, tasks, store, failures, broker_stop })
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -191,6 +191,29 @@ async fn demo_runs_a_live_county_seen_through_rest() {
     assert_eq!(hex::encode(Sha256::digest(&bytes)), photo["sha256"].as_str().unwrap());
     assert!(photo["report_id"].as_str().is_some(), "photos belong to a report: {photo}");
 
+    // A living county: the integrity index shows units in at least four colours (from seeded
+    // indicators and the overdue case's alarm and negative record), and the cases page has work,
+    // one of it overdue.
+    let deadline = Instant::now() + PATIENCE;
+    let index = loop {
+        let index = api.get("/api/v1/index").await;
+        let colours = index["colours"].as_object().map(|c| c.len()).unwrap_or(0);
+        if colours >= 4 && index["colours"]["red"].as_i64().unwrap_or(0) >= 1 {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "index after {PATIENCE:?}: {index}\nlog:\n{}", demo_log(dir.path()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let units = index["units"].as_array().unwrap();
+    assert!(units.len() >= 50, "every department has an index row: {index}");
+    let overdue = api.get("/api/v1/cases?overdue=true").await;
+    let overdue = overdue["items"].as_array().unwrap_or_else(|| panic!("{overdue}")).clone();
+    assert!(!overdue.is_empty(), "at least one overdue case");
+    let all = api.get("/api/v1/cases?limit=100").await;
+    assert!(all["items"].as_array().unwrap().len() >= 6, "a spread of cases: {all}");
+    let negative = api.get("/api/v1/negative-records").await;
+    assert!(negative.to_string().contains(overdue[0]["unit"].as_str().unwrap()), "{negative}");
+
     let status = sigterm(&mut child);
     assert!(status.success(), "demo exit {status}; log:\n{}", demo_log(dir.path()));
     // Everything stored verifies: the ledger chain, each record, receipt signature and blob.

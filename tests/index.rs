@@ -152,6 +152,17 @@ async fn the_index_colours_explains_alerts_and_versions(db: Db) {
         "indicator": "org_building", "value": 100})),
     )
     .await;
+    // D003 reports zero education sessions, attendance and organisation checks: imported zeros
+    // are data (the worst value), unlike figures never imported, which read as "no data".
+    lead.ok(
+        "POST",
+        "/index/indicators",
+        Some(json!({"rows": [
+            {"unit": "D003", "period": period.label, "indicator": "education_sessions", "value": 0},
+            {"unit": "D003", "period": period.label, "indicator": "education_attendance", "value": 0},
+            {"unit": "D003", "period": period.label, "indicator": "org_building", "value": 0}]})),
+    )
+    .await;
     let (status, _) = desk.call("POST", "/index/compute", Some(json!({}))).await;
     assert_eq!(status, 403, "dispatchers may read the index but not recompute it");
 
@@ -163,8 +174,8 @@ async fn the_index_colours_explains_alerts_and_versions(db: Db) {
 
     // D001: 2 tips per 20 people = 10 per 100 (-20), education 50 % below target (-10): 70 yellow.
     // D002: everything met, 10 active people: 100 green.
-    // D003: nobody in the registries, so the default size 100: 1 per 100 (-2), no education or
-    //       organisation figures (-20, -10, -10): 58 red.
+    // D003: nobody in the registries, so the default size 100: 1 per 100 (-2), zero education
+    //       and organisation figures (-20, -10, -10): 58 red.
     let run = lead.ok("POST", "/index/compute", Some(json!({"period": period.label}))).await;
     assert_eq!(run["period"], period.label.as_str());
     let v1 = run["units"][0]["formula_version"].as_i64().unwrap();
@@ -322,6 +333,34 @@ async fn the_index_colours_explains_alerts_and_versions(db: Db) {
         .unwrap();
     assert!(cli_csv.status.success());
     assert_eq!(String::from_utf8(cli_csv.stdout).unwrap(), csv);
+
+    // A period (next year's first quarter) with no imported figures at all: every unit's education and organisation inputs
+    // read as "no data" (nothing deducted, named in the explanation), not as the worst value.
+    let quiet = format!("{}-Q1", year.parse::<i64>().unwrap() + 1);
+    let run3 = lead.ok("POST", "/index/compute", Some(json!({"period": quiet}))).await;
+    assert_eq!(
+        scores(&run3),
+        [
+            ("D001".into(), 100.0, "green".into(), v2),
+            ("D002".into(), 100.0, "green".into(), v2),
+            ("D003".into(), 100.0, "green".into(), v2),
+        ]
+    );
+    assert_eq!(run3["alerts"], json!([]));
+    let d003 = run3["units"][2]["explanation"].as_str().unwrap();
+    assert!(
+        d003.starts_with(
+            "green (100): nothing deducted; no data (nothing deducted) for: integrity education sessions, \
+             education attendance, organisation-building check score"
+        ),
+        "{d003}"
+    );
+    let latest = http.ok("GET", "/index/D003", None).await["latest"].clone();
+    assert_eq!(latest["row"]["period"], quiet.as_str());
+    let terms = latest["inputs"]["terms"].as_array().unwrap();
+    let no_data: Vec<&str> =
+        terms.iter().filter(|t| t["no_data"] == true).map(|t| t["key"].as_str().unwrap()).collect();
+    assert_eq!(no_data, ["education_sessions", "education_attendance", "org_building"]);
 
     store.close().await;
     assert!(app.stop().success());

@@ -28,12 +28,13 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, SubAck, SubscribeReasonCode,
+    PubRecReason, PubRel, PubRelReason, SubAck, SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::acl::Acl;
+use crate::acl::{Acl, Denied};
+use crate::sessions::{AccountKey, Registration, Sessions};
 use crate::wire::{self, Refusal, Version, kind};
 
 /// Opens a link into the router for a client id: (client id, clean session, topic alias max).
@@ -45,6 +46,11 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for S {}
 
+/// Most topic aliases a client may set up on one MQTT 5 connection (advertised in CONNACK; an
+/// alias beyond it ends the connection with DISCONNECT 0x94). Aliases are resolved by the front,
+/// stored only for permitted topics, and never reach the router.
+pub const TOPIC_ALIAS_MAX: u16 = 32;
+
 /// What every connection of the front shares.
 pub(crate) struct Front {
     pub store: Store,
@@ -53,6 +59,12 @@ pub(crate) struct Front {
     pub connect_timeout: Duration,
     /// Whether devices may connect yet (see [`crate::DeviceGate`]).
     pub devices_admitted: Arc<std::sync::atomic::AtomicBool>,
+    /// Live sessions per account (connection caps, revocation).
+    pub sessions: Arc<Sessions>,
+    /// Most distinct client ids one device may hold connected at once.
+    pub max_sessions_per_device: usize,
+    /// Most distinct client ids one integration account may hold connected at once.
+    pub max_sessions_per_integration: usize,
 }
 
 /// Why a connection ended.
@@ -74,6 +86,8 @@ enum SessionEnd {
     Link(String),
     #[error("session taken over by a new connection")]
     TakenOver,
+    #[error("account revoked")]
+    Revoked,
 }
 
 impl From<LinkError> for SessionEnd {
@@ -150,10 +164,9 @@ impl Front {
     async fn session<S: ClientStream>(&self, mut client: S) -> Result<(), SessionEnd> {
         // Buffers start small and grow on demand: most phones are idle most of the time.
         let mut buf = BytesMut::with_capacity(512);
-        let first =
-            tokio::time::timeout(self.connect_timeout, read_frame(&mut client, &mut buf, self.max_packet_bytes))
-                .await
-                .map_err(|_| SessionEnd::ConnectTimeout(self.connect_timeout))??;
+        let first = tokio::time::timeout(self.connect_timeout, read_connect(&mut client, &mut buf))
+            .await
+            .map_err(|_| SessionEnd::ConnectTimeout(self.connect_timeout))??;
         let Some(mut first) = first else { return Ok(()) };
         let connect = match wire::parse_connect(&first) {
             Ok(c) => c,
@@ -200,17 +213,29 @@ impl Front {
             return refuse(&mut client, version, Refusal::BadClientId).await;
         }
         let acl = Acl::for_principal(&principal);
-        if let Some(will) = &connect.will_topic
-            && !acl.may_publish(will)
-        {
-            warn!(will = %will, "last will outside the account's topics");
-            return refuse(&mut client, version, Refusal::NotAuthorized).await;
-        }
-
         let Packet::Connect(header, props, will, _will_props, _login) =
-            codec.read(&mut first, self.max_packet_bytes).map_err(SessionEnd::Codec)?
+            codec.read(&mut first, wire::MAX_CONNECT_BYTES).map_err(SessionEnd::Codec)?
         else {
             return Err(wire::WireError::Protocol("first packet is not CONNECT".into()).into());
+        };
+        if let Some(will) = &will {
+            let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+            if let Err(denied) = acl.check_publish(topic, will.message.len(), will.retain) {
+                warn!(will = %topic, reason = ?denied, "last will refused");
+                return refuse(&mut client, version, Refusal::NotAuthorized).await;
+            }
+        }
+        let (key, cap) = match &principal {
+            Principal::Device { id } => (AccountKey::Device(id.clone()), Some(self.max_sessions_per_device)),
+            Principal::Integration { name, .. } => {
+                (AccountKey::Account(name.clone()), Some(self.max_sessions_per_integration))
+            }
+            Principal::Service { name } => (AccountKey::Account(name.clone()), None),
+        };
+        let Some(registration) = self.sessions.register(key, &connect.client_id, cap) else {
+            metrics::counter!("jiandu_broker_denied_total", "what" => "session_cap").increment(1);
+            warn!(user = %username, cap = ?cap, "too many sessions for one account");
+            return refuse(&mut client, version, Refusal::QuotaExceeded).await;
         };
         if header.keep_alive == 0 {
             // Without keep-alive a dead phone would hold its session (and will) forever.
@@ -231,8 +256,17 @@ impl Front {
             }
         };
         let mut out = BytesMut::with_capacity(256);
-        if let Some(packet) = Option::<Packet>::from(connack) {
-            codec.write(packet, &mut out);
+        match Option::<Packet>::from(connack) {
+            Some(Packet::ConnAck(ack, props)) => {
+                // The router advertises its own (large) alias maximum; ours is what holds.
+                let props = props.map(|mut p| {
+                    p.topic_alias_max = Some(TOPIC_ALIAS_MAX);
+                    p
+                });
+                codec.write(Packet::ConnAck(ack, props), &mut out);
+            }
+            Some(packet) => codec.write(packet, &mut out),
+            None => {}
         }
         client.write_all(&out).await?;
         metrics::counter!("jiandu_broker_connections_total", "result" => "accepted").increment(1);
@@ -245,6 +279,8 @@ impl Front {
             acl,
             keep_alive: Duration::from_secs(u64::from(header.keep_alive)),
             will,
+            registration,
+            qos2_open: 0,
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
@@ -257,6 +293,10 @@ impl Front {
             last_notice: None,
         };
         let ended = session.run(client, buf).await;
+        if matches!(ended, Err(SessionEnd::Revoked)) {
+            // Nothing of a revoked account is published any more, its will included.
+            session.will = None;
+        }
         // A session taken over by a new connection of the same client was already ended by the
         // router, and the client is back: neither a will nor a DISCONNECT is due.
         session.finish(matches!(ended, Ok(true) | Err(SessionEnd::TakenOver))).await;
@@ -271,14 +311,17 @@ async fn refuse<S: ClientStream>(client: &mut S, version: Version, why: Refusal)
     Err(SessionEnd::Refused(why))
 }
 
-/// Reads until one complete frame is buffered; `None` on a clean EOF before any byte.
-async fn read_frame<S: ClientStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    limit: usize,
-) -> Result<Option<BytesMut>, SessionEnd> {
+/// Reads the unauthenticated first frame: it must be a CONNECT (anything else closes the
+/// connection at its first byte) of at most [`wire::MAX_CONNECT_BYTES`]; `None` on a clean EOF
+/// before any byte.
+async fn read_connect<S: ClientStream>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<BytesMut>, SessionEnd> {
     loop {
-        if let Some(n) = wire::frame_len(buf, limit)? {
+        if let Some(first) = buf.first()
+            && first >> 4 != kind::CONNECT
+        {
+            return Err(wire::WireError::Protocol(format!("first packet is type {}, not CONNECT", first >> 4)).into());
+        }
+        if let Some(n) = wire::frame_len(buf, wire::MAX_CONNECT_BYTES)? {
             return Ok(Some(buf.split_to(n)));
         }
         if stream.read_buf(buf).await? == 0 {
@@ -295,6 +338,10 @@ struct Session {
     acl: Acl,
     keep_alive: Duration,
     will: Option<LastWill>,
+    /// This session's place among the account's live sessions (ended on revocation).
+    registration: Registration,
+    /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
+    qos2_open: usize,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -324,7 +371,22 @@ impl Session {
         let mut last_heard = Instant::now();
         loop {
             // Packets already buffered (e.g. sent right behind CONNECT) first.
-            let disconnect = self.drain_client(&mut buf, &mut to_router, &mut out)?;
+            let disconnect = match self.drain_client(&mut buf, &mut to_router, &mut out) {
+                Ok(d) => d,
+                Err(e) => {
+                    // The packets before the offending one were fine and are passed on.
+                    if let Some(last) = to_router.pop() {
+                        self.link_tx.buffer().extend(to_router.drain(..));
+                        self.link_tx.send(last).await.ok();
+                    }
+                    // Say why before closing (DISCONNECT 0x94, 0x95, …).
+                    if !out.is_empty() {
+                        wr.write_all(&out).await.ok();
+                        wr.shutdown().await.ok();
+                    }
+                    return Err(e);
+                }
+            };
             if let Some(last) = to_router.pop() {
                 // Queue all but the last directly; sending the last one wakes the router once.
                 self.link_tx.buffer().extend(to_router.drain(..));
@@ -362,6 +424,15 @@ impl Session {
                     }
                 }
                 _ = tokio::time::sleep_until((last_heard + idle_limit).into()) => return Err(SessionEnd::KeepAlive),
+                _ = self.registration.ended.cancelled() => {
+                    // Administrative action: the account was revoked.
+                    if let Some(d) = wire::disconnect(self.version, 0x98) {
+                        wr.write_all(&d).await.ok();
+                    }
+                    wr.shutdown().await.ok();
+                    info!(user = %self.username, "session ended: account revoked");
+                    return Err(SessionEnd::Revoked);
+                }
             }
         }
     }
@@ -390,31 +461,60 @@ impl Session {
             };
             let mut frame = buf.split_to(n);
             let kind = wire::packet_kind(&frame);
-            if !(kind::CONNECT..=kind::DISCONNECT).contains(&kind) {
-                return Err(wire::WireError::Protocol(format!("packet type {kind}")).into());
-            }
             if kind == kind::CONNECT {
                 return Err(wire::WireError::Protocol("second CONNECT".into()).into());
+            }
+            if !wire::from_client(kind) {
+                return Err(wire::WireError::Protocol(format!("packet type {kind} from a client")).into());
             }
             let head = if kind == kind::PUBLISH { Some(wire::parse_publish(&frame, self.version)?) } else { None };
             let (head_qos, head_pkid) = head.as_ref().map(|h| (h.qos, h.pkid)).unwrap_or((0, 0));
             let packet = self.codec.read(&mut frame, self.max_packet_bytes).map_err(SessionEnd::Codec)?;
             match packet {
-                Packet::Publish(publish, props) => {
-                    let alias = props.as_ref().and_then(|p| p.topic_alias);
-                    let topic = if publish.topic.is_empty() {
-                        alias.and_then(|a| self.aliases.get(&a)).cloned().unwrap_or_default()
-                    } else {
-                        if let Some(a) = alias {
-                            self.aliases.insert(a, publish.topic.clone());
+                Packet::Publish(mut publish, mut props) => {
+                    // Aliases are resolved here and never reach the router.
+                    let alias = props.as_mut().and_then(|p| p.topic_alias.take());
+                    if let Some(a) = alias
+                        && (a == 0 || a > TOPIC_ALIAS_MAX)
+                    {
+                        metrics::counter!("jiandu_broker_denied_total", "what" => "topic_alias").increment(1);
+                        if let Some(d) = wire::disconnect(self.version, 0x94) {
+                            out.extend_from_slice(&d);
                         }
-                        publish.topic.clone()
-                    };
-                    let topic_str = std::str::from_utf8(&topic).unwrap_or("");
-                    if self.acl.may_publish(topic_str) {
-                        to_router.push(Packet::Publish(publish, props));
-                    } else {
-                        self.refuse_publish(topic_str, head_qos, head_pkid, out);
+                        return Err(wire::WireError::Protocol(format!(
+                            "topic alias {a} outside 1..={TOPIC_ALIAS_MAX}"
+                        ))
+                        .into());
+                    }
+                    if publish.topic.is_empty() {
+                        match alias.and_then(|a| self.aliases.get(&a)) {
+                            Some(t) => publish.topic = t.clone(),
+                            None => {
+                                if let Some(d) = wire::disconnect(self.version, 0x82) {
+                                    out.extend_from_slice(&d);
+                                }
+                                return Err(wire::WireError::Protocol("unknown topic alias".into()).into());
+                            }
+                        }
+                    }
+                    let topic_str = std::str::from_utf8(&publish.topic).unwrap_or("");
+                    match self.acl.check_publish(topic_str, publish.payload.len(), publish.retain) {
+                        Ok(()) => {
+                            if let Some(a) = alias {
+                                self.aliases.insert(a, publish.topic.clone());
+                            }
+                            if head_qos == 2 {
+                                self.qos2_open += 1;
+                            }
+                            to_router.push(Packet::Publish(publish, props));
+                        }
+                        Err(denied) => {
+                            if let Some(a) = alias {
+                                self.aliases.remove(&a);
+                            }
+                            let topic = topic_str.to_owned();
+                            self.refuse_publish(&topic, &denied, head_qos, head_pkid, out);
+                        }
                     }
                 }
                 Packet::Subscribe(mut sub, props) => {
@@ -440,6 +540,7 @@ impl Session {
                         let comp = PubComp { pkid: rel.pkid, reason: PubCompReason::Success };
                         self.codec.write(Packet::PubComp(comp, None), out);
                     } else {
+                        self.qos2_open = self.qos2_open.saturating_sub(1);
                         to_router.push(Packet::PubRel(rel, props));
                     }
                 }
@@ -483,9 +584,9 @@ impl Session {
     }
 
     /// Answers a refused PUBLISH and, for a device, says why on its `inbox/error`.
-    fn refuse_publish(&mut self, topic: &str, qos: u8, pkid: u16, out: &mut BytesMut) {
+    fn refuse_publish(&mut self, topic: &str, denied: &Denied, qos: u8, pkid: u16, out: &mut BytesMut) {
         metrics::counter!("jiandu_broker_denied_total", "what" => "publish").increment(1);
-        warn!(user = %self.username, topic = %topic, "publish refused by ACL");
+        warn!(user = %self.username, topic = %topic, reason = ?denied, "publish refused by ACL");
         match qos {
             1 => {
                 let reason = match self.version {
@@ -506,17 +607,14 @@ impl Session {
             }
             _ => {}
         }
-        if let Acl::Device { inbox, .. } = &self.acl
+        if let Acl::Device { id, .. } = &self.acl
             && self.last_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.last_notice = Some(Instant::now());
-            let body = serde_json::json!({
-                "topic": topic,
-                "error": "not authorised: a device publishes only under its own jd/v1/dev/{id}/ (never inbox/) or owntracks/{id}/{device}",
-            });
+            let body = serde_json::json!({ "topic": topic, "error": denied.explain() });
             out.extend_from_slice(&wire::publish_qos0(
                 self.version,
-                &format!("{inbox}error"),
+                &format!("jd/v1/dev/{id}/inbox/error"),
                 body.to_string().as_bytes(),
             ));
         }
@@ -575,15 +673,29 @@ impl Session {
         }
         if let Some(will) = self.will.take() {
             let topic = String::from_utf8_lossy(&will.topic).into_owned();
-            let qos = will.qos as u8;
-            let frame = will_frame(self.version, &topic, &will.message, qos, will.retain);
+            // A QoS 2 will is released with a PUBREL right behind it. The router releases QoS 2
+            // publishes in arrival order, whatever the packet id, so while one of the client's
+            // own is still waiting for its PUBREL the will goes at QoS 1 instead (still
+            // delivered, at least once).
+            let mut qos = will.qos as u8;
+            if qos == 2 && self.qos2_open > 0 {
+                qos = 1;
+            }
+            let pkid = WILL_PKID;
+            let frame = will_frame(self.version, &topic, &will.message, qos, will.retain, pkid);
             let mut frame = BytesMut::from(&frame[..]);
             match self.codec.read(&mut frame, usize::MAX) {
                 Ok(packet) => {
                     if self.link_tx.send(packet).await.is_err() {
                         return;
                     }
-                    debug!(topic = %topic, "last will published");
+                    if qos == 2 {
+                        let rel = PubRel { pkid, reason: PubRelReason::Success };
+                        if self.link_tx.send(Packet::PubRel(rel, None)).await.is_err() {
+                            return;
+                        }
+                    }
+                    debug!(topic = %topic, qos, "last will published");
                 }
                 Err(e) => warn!(error = ?e, "could not encode the last will"),
             }
@@ -593,7 +705,10 @@ impl Session {
     }
 }
 
+/// Packet id of the will the front publishes on a client's behalf.
+const WILL_PKID: u16 = 1;
+
 /// A PUBLISH frame carrying a last will with its QoS and retain flag.
-fn will_frame(version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Bytes {
-    wire::publish_frame(version, topic, payload, qos.min(2), retain, 1)
+fn will_frame(version: Version, topic: &str, payload: &[u8], qos: u8, retain: bool, pkid: u16) -> Bytes {
+    wire::publish_frame(version, topic, payload, qos.min(2), retain, pkid)
 }

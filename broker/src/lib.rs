@@ -4,11 +4,14 @@
 //! Layout: [`wire`] knows the handful of MQTT frame shapes the front must read or build itself,
 //! [`acl`] decides what an account may publish and subscribe, `front` serves each client
 //! connection over an in-process link into the router, [`client`] is how the platform's own
-//! roles connect as MQTT clients, and [`start`] wires it together. Only this crate knows rumqttd.
+//! roles connect as MQTT clients, `sessions` counts each account's live sessions (caps, and
+//! ending them on revocation), and [`start`] wires it together, including the watcher that ends
+//! a revoked account's sessions within a second. Only this crate knows rumqttd.
 
 pub mod acl;
 pub mod client;
 mod front;
+mod sessions;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tracing::{debug, info, warn};
 
 pub use acl::Acl;
 pub use client::BrokerEndpoint;
+pub use front::TOPIC_ALIAS_MAX;
 
 /// What went wrong starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,13 @@ pub struct BrokerConfig {
     /// [`RunningBroker::device_gate`] is opened: the router keeps no messages for a subscriber
     /// that has not subscribed yet, so phones must not publish before ingest is subscribed.
     pub devices_wait_for_gate: bool,
+    /// Most distinct client ids one device may hold connected at once (a phone app and a tool
+    /// or two); more is refused with CONNACK 0x97 (MQTT 5) / 3 (3.1.1).
+    pub max_sessions_per_device: usize,
+    /// Most distinct client ids one integration account may hold connected at once.
+    pub max_sessions_per_integration: usize,
+    /// How often the store is asked which accounts were revoked (their sessions are ended).
+    pub revocation_poll: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +81,9 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             heartbeat_log_bytes: 64 * 1024 * 1024,
             devices_wait_for_gate: false,
+            max_sessions_per_device: 3,
+            max_sessions_per_integration: 16,
+            revocation_poll: Duration::from_secs(1),
         }
     }
 }
@@ -129,12 +143,17 @@ pub async fn start(
     });
 
     let devices_admitted = Arc::new(std::sync::atomic::AtomicBool::new(!config.devices_wait_for_gate));
+    let sessions = Arc::new(sessions::Sessions::default());
+    tokio::spawn(watch_revocations(store.clone(), sessions.clone(), config.revocation_poll, shutdown.clone()));
     let front = Arc::new(front::Front {
         store,
         links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
         devices_admitted: devices_admitted.clone(),
+        sessions,
+        max_sessions_per_device: config.max_sessions_per_device,
+        max_sessions_per_integration: config.max_sessions_per_integration,
     });
     let permits = Arc::new(Semaphore::new(config.max_connections));
     info!(addr = %local_addr, "MQTT listening (3.1.1 and 5)");
@@ -159,14 +178,61 @@ pub async fn start(
                 debug!(error = %e, "TCP_NODELAY not set");
             }
             let front = front.clone();
+            // Shutdown reaches every connection, not only the listener.
+            let stop = shutdown.child_token();
             tokio::spawn(async move {
-                front.serve(stream, peer).await;
+                tokio::select! {
+                    _ = front.serve(stream, peer) => {}
+                    _ = stop.cancelled() => debug!(%peer, "connection closed at shutdown"),
+                }
                 drop(permit);
             });
         }
         info!("MQTT listener stopped");
     });
     Ok(RunningBroker { local_addr, accept, gate: DeviceGate(devices_admitted) })
+}
+
+/// Ends the live sessions of every device and account revoked since the last look, every
+/// `every` until shutdown. The revocation is written to the database by whoever revoked (the
+/// CLI needs no broker access); this is how it reaches the connections.
+async fn watch_revocations(
+    store: Store,
+    sessions: Arc<sessions::Sessions>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // Each look goes further back than the last (`REVOCATION_LOOKBACK_MS`): clock skew between
+    // hosts, and a session that authenticated just before a revocation but registered just
+    // after a look, are both covered; ending a session twice is harmless.
+    let mut since = jiandu_store::now_ms();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = jiandu_store::now_ms();
+        match store.revoked_since(since - jiandu_store::REVOCATION_LOOKBACK_MS).await {
+            Ok(revoked) => {
+                let keys = revoked
+                    .devices
+                    .into_iter()
+                    .map(sessions::AccountKey::Device)
+                    .chain(revoked.accounts.into_iter().map(sessions::AccountKey::Account));
+                for key in keys {
+                    let ended = sessions.end(&key);
+                    if ended > 0 {
+                        metrics::counter!("jiandu_broker_revoked_sessions_total").increment(ended as u64);
+                        info!(account = ?key, sessions = ended, "revoked: live sessions ended");
+                    }
+                }
+                since = now;
+            }
+            Err(e) => warn!(error = %e, "cannot read revocations; retrying"),
+        }
+    }
 }
 
 fn router_config(config: &BrokerConfig) -> RouterConfig {

@@ -53,6 +53,19 @@ pub mod kind {
     pub const DISCONNECT: u8 = 14;
 }
 
+/// Largest first frame read from an unauthenticated client: a CONNECT needs a client id, a
+/// login, a will (a `presence` payload) and a few properties, never the 300 KiB of an evidence
+/// chunk, so a stranger cannot make the front buffer more than this before authenticating.
+pub const MAX_CONNECT_BYTES: usize = 4096;
+
+/// Whether a client may send packets of this type after CONNECT: PUBLISH, the four acks,
+/// SUBSCRIBE, UNSUBSCRIBE, PINGREQ and DISCONNECT. Anything else (a CONNACK, SUBACK, PINGRESP or
+/// AUTH from a client) ends the connection before a codec sees it: rumqttd 0.20's MQTT 5 codec
+/// panics (`unreachable!`) on a server-to-client packet type, which the property tests found.
+pub fn from_client(kind: u8) -> bool {
+    matches!(kind, 3..=8 | 10 | 12 | 14)
+}
+
 /// Length of the next complete frame at the start of `buf`: `Ok(None)` if more bytes are needed.
 pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, WireError> {
     if buf.len() < 2 {
@@ -234,6 +247,8 @@ pub enum Refusal {
     BadClientId,
     /// The broker behind the front is not reachable.
     Unavailable,
+    /// The account already holds as many sessions as it may.
+    QuotaExceeded,
 }
 
 /// Builds a refusing CONNACK with the proper code for the protocol level.
@@ -242,7 +257,7 @@ pub fn connack_refused(version: Version, why: Refusal) -> Bytes {
         Version::V4 => {
             let code = match why {
                 Refusal::BadClientId => 2,
-                Refusal::Unavailable => 3,
+                Refusal::Unavailable | Refusal::QuotaExceeded => 3,
                 Refusal::BadCredentials => 4,
                 Refusal::NotAuthorized => 5,
             };
@@ -252,6 +267,7 @@ pub fn connack_refused(version: Version, why: Refusal) -> Bytes {
             let code = match why {
                 Refusal::BadClientId => 0x85,
                 Refusal::Unavailable => 0x88,
+                Refusal::QuotaExceeded => 0x97,
                 Refusal::BadCredentials => 0x86,
                 Refusal::NotAuthorized => 0x87,
             };

@@ -21,8 +21,8 @@ use jiandu_schemas::{
     Ack, AsgStatus, AssignmentOffer, Duty, ErrorNotice, EventKind, InboxKind, Notice, PayloadError, Report, Topic,
 };
 use jiandu_store::{
-    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, Store, StoreError,
-    StoredReport, now_ms,
+    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, RevokedDevices, Store,
+    StoreError, StoredReport, now_ms,
 };
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde_json::Value;
@@ -169,6 +169,9 @@ struct Engine {
     timers: BinaryHeap<Reverse<(i64, String)>>,
     /// Offers with a timer, by assignment id (so each is scheduled once).
     pending: HashMap<String, i64>,
+    /// Revoked devices: their reports and assignment updates still queued at the broker are
+    /// dropped.
+    revoked: RevokedDevices,
 }
 
 impl Engine {
@@ -189,7 +192,15 @@ impl Engine {
                 SpatialIndex::state(pos.lat, pos.lon, pos.ts, p.online && !p.stale, duty, busy.contains(&p.device_id));
             Some((p.device_id, state))
         }));
-        let mut engine = Engine { store, config, client, index, timers: BinaryHeap::new(), pending: HashMap::new() };
+        let mut engine = Engine {
+            store,
+            config,
+            client,
+            index,
+            timers: BinaryHeap::new(),
+            pending: HashMap::new(),
+            revoked: RevokedDevices::default(),
+        };
         for a in engine.store.open_offers().await? {
             engine.schedule(&a.id, a.respond_by);
         }
@@ -310,6 +321,12 @@ impl Engine {
                 if let Ok(presence) = jiandu_schemas::parse_presence(&p.payload) {
                     self.index.set_online(&device, presence.online);
                 }
+            }
+            Topic::Report { device } | Topic::AssignmentStatus { device, .. }
+                if self.revoked.is_revoked(&self.store, &device).await =>
+            {
+                metrics::counter!("jiandu_dispatch_revoked_dropped_total").increment(1);
+                info!(device = %device, topic = name, "message of a revoked device dropped");
             }
             Topic::Report { device } => self.device_report(name, &device, &p.payload).await,
             Topic::IntegrationReport => self.integration_report(&p.payload).await,

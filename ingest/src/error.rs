@@ -12,6 +12,15 @@ pub enum IngestError {
     /// A setting is missing or contradicts another.
     #[error("configuration: {0}")]
     Config(String),
+    /// Heartbeats could not be committed for longer than `ingest.commit_give_up_s`; the role
+    /// stops so its supervisor restarts it (the broker redelivers what was not acknowledged).
+    #[error("committing heartbeats failed for {seconds} s: {last}")]
+    CommitsFailing {
+        /// How long commits kept failing.
+        seconds: u64,
+        /// The last database error.
+        last: String,
+    },
     /// The evidence staging directory cannot be used.
     #[error("evidence staging directory {path}: {source} (set evidence.staging_dir to a writable directory)")]
     Staging {

@@ -28,7 +28,7 @@ use jiandu_broker::BrokerEndpoint;
 use jiandu_broker::client::RoleSession;
 use jiandu_schemas::topic::{self, InboxKind, Topic};
 use jiandu_schemas::{Heartbeat, MAX_ACK_RANGES};
-use jiandu_store::{PositionRow, Store, now_ms};
+use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -57,6 +57,9 @@ pub struct HeartbeatConfig {
     pub error_interval_s: u64,
     /// Least time between two sampled `jd/v1/events/position` per device (seconds).
     pub position_event_interval_s: u64,
+    /// Commits failing for this long end the role with an error, so `serve` restarts it and
+    /// reports it failing (seconds).
+    pub commit_give_up_s: u64,
 }
 
 impl Default for HeartbeatConfig {
@@ -68,6 +71,7 @@ impl Default for HeartbeatConfig {
             retention_days: 365,
             error_interval_s: 10,
             position_event_interval_s: 30,
+            commit_give_up_s: 60,
         }
     }
 }
@@ -99,7 +103,16 @@ pub async fn run(
         }
     });
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
-    let known = store.active_device_ids().await?.into_iter().collect();
+    let known = match store.active_device_ids().await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            // Leave nothing running behind: a supervisor may start the role again.
+            background.abort();
+            session_stop.cancel();
+            session.stopped().await;
+            return Err(e.into());
+        }
+    };
     let shared = Arc::new(Shared::default());
     let writer = Writer {
         store: store.clone(),
@@ -110,8 +123,10 @@ pub async fn run(
         upto_due: HashMap::new(),
         last_ack: HashMap::new(),
         last_position_event: HashMap::new(),
+        revocations_seen: now_ms(),
+        revoked: HashSet::new(),
     };
-    let writer = tokio::spawn(writer.run(shutdown.clone()));
+    let mut writer = tokio::spawn(writer.run(shutdown.clone()));
     let mut receiver = Receiver {
         store,
         client: session.client.clone(),
@@ -123,25 +138,47 @@ pub async fn run(
     };
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     info!("heartbeat ingest running");
+    let mut outcome = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            done = &mut writer => {
+                outcome = Some(done);
+                break;
+            }
             p = incoming.recv() => {
                 let Some(p) = p else { break };
-                if !receiver.handle(p, &shutdown).await {
+                // A full batch makes this wait; the writer ending (commits failing) must not.
+                let handled = tokio::select! {
+                    handled = receiver.handle(p, &shutdown) => handled,
+                    done = &mut writer => {
+                        outcome = Some(done);
+                        false
+                    }
+                };
+                if !handled {
                     break;
                 }
             }
         }
     }
     shared.close();
-    writer.await.ok();
+    let outcome = match outcome {
+        Some(done) => done,
+        None => writer.await,
+    };
     background.abort();
     session_stop.cancel();
     session.stopped().await;
-    info!("heartbeat ingest stopped");
-    Ok(())
+    match outcome {
+        Ok(Ok(())) => {
+            info!("heartbeat ingest stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(IngestError::Config(format!("heartbeat writer task failed: {e}"))),
+    }
 }
 
 /// Capacity of the channel from the MQTT session to the receiver. The session's request channel
@@ -372,6 +409,7 @@ impl Receiver {
         }
         match self.store.device(device).await {
             Ok(Some(d)) if d.revoked_at.is_none() => {
+                self.unknown.remove(device);
                 self.known.insert(device.to_owned());
                 true
             }
@@ -419,10 +457,14 @@ struct Writer {
     last_ack: HashMap<String, Instant>,
     /// When each device's position was last published as an event.
     last_position_event: HashMap<String, Instant>,
+    /// When revocations were last read (Unix ms).
+    revocations_seen: i64,
+    /// Devices revoked while this process runs: their points still queued are not stored.
+    revoked: HashSet<String>,
 }
 
 impl Writer {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let mut ack_tick = tokio::time::interval(Duration::from_millis(self.config.ack_interval_ms.max(10)));
         let shared = self.shared.clone();
         loop {
@@ -441,7 +483,7 @@ impl Writer {
             };
             if !batch.rows.is_empty() || !batch.unacked.is_empty() {
                 shared.emptied.notify_one();
-                self.commit(batch, &shutdown).await;
+                self.commit(batch, &shutdown).await?;
                 continue;
             }
             if closed {
@@ -453,10 +495,44 @@ impl Writer {
             }
         }
         self.send_due_acks(true);
+        Ok(())
     }
 
-    /// Commits the batch (retrying while the database is unavailable), then acknowledges.
-    async fn commit(&mut self, batch: Pending, shutdown: &CancellationToken) {
+    /// Right before a commit, learns which devices were revoked since the last look and drops
+    /// their points: a revoked phone's messages already queued at the broker are not stored.
+    async fn drop_revoked(&mut self, batch: &mut Pending) {
+        let now = now_ms();
+        match self.store.revoked_since(self.revocations_seen - REVOCATION_LOOKBACK_MS).await {
+            Ok(revoked) => {
+                self.revocations_seen = now;
+                self.revoked.extend(revoked.devices);
+            }
+            // The login check still holds; the next commit looks again.
+            Err(e) => warn!(error = %e, "cannot read revocations"),
+        }
+        if self.revoked.is_empty() {
+            return;
+        }
+        let before = batch.rows.len();
+        let revoked = &self.revoked;
+        (batch.rows, batch.seqs) = std::mem::take(&mut batch.rows)
+            .into_iter()
+            .zip(std::mem::take(&mut batch.seqs))
+            .filter(|(row, _)| !revoked.contains(&row.device_id))
+            .unzip();
+        if batch.rows.len() < before {
+            metrics::counter!("jiandu_ingest_rejected_total", "reason" => "revoked")
+                .increment((before - batch.rows.len()) as u64);
+            info!(points = before - batch.rows.len(), "points of revoked devices dropped");
+        }
+    }
+
+    /// Commits the batch (retrying with backoff while the database is unavailable), then
+    /// acknowledges; fails when commits keep failing for `commit_give_up_s`.
+    async fn commit(&mut self, mut batch: Pending, shutdown: &CancellationToken) -> Result<(), IngestError> {
+        if !batch.rows.is_empty() {
+            self.drop_revoked(&mut batch).await;
+        }
         if !batch.rows.is_empty() {
             let started = Instant::now();
             let mut backoff = Duration::from_millis(50);
@@ -472,7 +548,14 @@ impl Writer {
                         warn!(error = %e, points = batch.rows.len(), "committing heartbeats failed; retrying");
                         if shutdown.is_cancelled() {
                             // Not confirmed: the phones still have these points.
-                            return;
+                            return Ok(());
+                        }
+                        if started.elapsed() >= Duration::from_secs(self.config.commit_give_up_s.max(1)) {
+                            // Not confirmed either: the phones re-send to the restarted role.
+                            return Err(IngestError::CommitsFailing {
+                                seconds: started.elapsed().as_secs(),
+                                last: e.to_string(),
+                            });
                         }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -511,6 +594,7 @@ impl Writer {
             self.sample_position(row);
         }
         self.send_due_acks(false);
+        Ok(())
     }
 
     /// Sends `inbox/ack` to devices whose last ack is older than the interval (all of them when

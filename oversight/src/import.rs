@@ -79,16 +79,52 @@ pub const HEADERS: &[(RegistryName, HeaderMap)] = &[
     (RegistryName::Departments, DEPARTMENT_HEADERS),
 ];
 
+/// People: the code column is optional, since party-member and HR exports are often keyed by
+/// the identity number alone; without it a person's key is derived from that number
+/// ([`person_key`]). Columns such as 性别, 民族, 出生日期 or 人员类别 are accepted and ignored.
 const PERSON_HEADERS: HeaderMap = &[
-    ("*code", &["编号", "人员编号", "党员编号", "工号", "code", "id"]),
+    ("code", &["编号", "人员编号", "党员编号", "工号", "人员代码", "code", "id"]),
     ("*name", &["姓名", "name"]),
-    ("*id_number", &["身份证号", "身份证号码", "公民身份号码", "id_number", "id number"]),
-    ("*unit", &["单位", "工作单位", "所在单位", "所在党组织", "unit"]),
-    ("post", &["职务", "岗位", "post"]),
-    ("rank", &["职级", "级别", "rank"]),
+    (
+        "*id_number",
+        &[
+            "身份证号",
+            "身份证号码",
+            "公民身份号码",
+            "公民身份证号",
+            "公民身份证号码",
+            "证件号码",
+            "id_number",
+            "id number",
+        ],
+    ),
+    (
+        "*unit",
+        &[
+            "单位",
+            "工作单位",
+            "所在单位",
+            "所在党组织",
+            "所在党支部",
+            "所在支部",
+            "党支部",
+            "党组织名称",
+            "单位名称",
+            "unit",
+        ],
+    ),
+    ("post", &["职务", "现任职务", "岗位", "post"]),
+    ("rank", &["职级", "级别", "职务级别", "rank"]),
     ("party_member", &["是否党员", "党员", "政治面貌", "party_member", "party member"]),
-    ("status", &["状态", "人员状态", "status"]),
+    ("status", &["状态", "人员状态", "在册状态", "status"]),
 ];
+
+/// The key of a person whose export has no code column: derived from the identity number, so a
+/// re-import finds the same person, without writing the number itself where codes are shown.
+pub fn person_key(id_number: &str) -> String {
+    let digest = Sha256::digest(id_number.trim().to_uppercase().as_bytes());
+    format!("sfz-{}", &hex::encode(digest)[..16])
+}
 
 const VEHICLE_HEADERS: HeaderMap = &[
     ("*plate", &["车牌号", "车牌号码", "号牌号码", "车牌", "plate"]),
@@ -188,11 +224,19 @@ pub fn parse_records(
         match cells.record() {
             Ok(r) => {
                 if let Some(first) = keys.insert(r.key().to_owned(), row) {
-                    let key_field = if registry == RegistryName::Vehicles { "plate" } else { "code" };
+                    let key_field = match registry {
+                        RegistryName::Vehicles => "plate",
+                        RegistryName::Members | RegistryName::Staff if !columns.contains_key("code") => "id_number",
+                        _ => "code",
+                    };
                     errors.push(RowError {
                         row,
                         column: cells.header_of(key_field),
-                        message: format!("{:?} appears twice (first in row {first})", r.key()),
+                        message: if key_field == "id_number" {
+                            format!("this identity number appears twice (first in row {first})")
+                        } else {
+                            format!("{:?} appears twice (first in row {first})", r.key())
+                        },
                     });
                 } else {
                     records.push(r);
@@ -332,8 +376,13 @@ impl Cells<'_> {
                 if let Err(why) = check_id_number(&id_number) {
                     e.push(self.error("id_number", why));
                 }
+                let code = if self.columns.contains_key("code") {
+                    self.text("code", true, 64, &mut e)
+                } else {
+                    person_key(&id_number)
+                };
                 RegistryRecord::Person(Person {
-                    code: self.text("code", true, 64, &mut e),
+                    code,
                     name: self.text("name", true, 64, &mut e),
                     id_number: IdNumber::new(id_number),
                     unit: self.text("unit", true, 200, &mut e),
@@ -586,6 +635,21 @@ mod tests {
             "编号,姓名,身份证号,单位\nM1,张三,11010519491231002X,县委\nM1,张三,11010519491231002X,县委\n",
         );
         assert!(dup.unwrap_err().to_string().contains("row 3, column 编号: \"M1\" appears twice (first in row 2)"));
+    }
+
+    #[test]
+    fn exports_without_a_code_column_are_keyed_by_identity_number() {
+        let text = "姓名,公民身份号码,所在党支部,性别,民族,出生日期,人员类别\n\
+                    张三,11010519491231002x,城关街道第一党支部,男,汉族,1949-12-31,在职党员\n";
+        let records = parse(RegistryName::Members, text).unwrap();
+        let RegistryRecord::Person(p) = &records[0] else { panic!("{records:?}") };
+        assert_eq!((p.name.as_str(), p.unit.as_str()), ("张三", "城关街道第一党支部"));
+        assert_eq!(p.code, person_key("11010519491231002X"));
+        assert!(!p.code.contains("1101051949"), "the key must not carry the number: {}", p.code);
+        let twice = "姓名,身份证号,工作单位\n张三,11010519491231002X,县委\n张三,11010519491231002X,县委\n";
+        let err = parse(RegistryName::Members, twice).unwrap_err().to_string();
+        assert!(err.contains("row 3, column 身份证号: this identity number appears twice (first in row 2)"), "{err}");
+        assert!(!err.contains("11010519491231002X"), "{err}");
     }
 
     #[test]

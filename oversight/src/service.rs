@@ -14,7 +14,7 @@ use jiandu_broker::BrokerEndpoint;
 use jiandu_broker::client::RoleSession;
 use jiandu_schemas::topic::{InboxKind, SHARED_LOOKUPS, inbox};
 use jiandu_schemas::{ErrorNotice, LookupReply, LookupRequest, Topic, parse_lookup};
-use jiandu_store::{NewLookupAudit, Store, now_ms};
+use jiandu_store::{NewLookupAudit, RevokedDevices, Store, now_ms};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,7 @@ pub async fn run(
         limit: RateLimit::new(config.rate_per_minute, config.burst),
         actors: HashMap::new(),
         store: store.clone(),
+        revoked: RevokedDevices::default(),
     };
     let mut refresh = tokio::time::interval(config.refresh.max(Duration::from_millis(10)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,6 +99,8 @@ struct Responder {
     limit: RateLimit,
     actors: HashMap<String, String>,
     store: Store,
+    /// Revoked devices: their look-ups still queued at the broker are neither answered nor run.
+    revoked: RevokedDevices,
 }
 
 impl Responder {
@@ -119,6 +122,13 @@ impl Responder {
             }
         };
         let actor = self.actor(&device).await;
+        if self.revoked.is_revoked(&self.store, &device).await {
+            // Queued before the phone was cut off: not run, not answered, but audited.
+            metrics::counter!("jiandu_lookups_total", "outcome" => "revoked").increment(1);
+            info!(device = %device, "look-up of a revoked device refused");
+            self.audit.record(audit_row(&req, &device, actor, "revoked", None, 0)).await;
+            return;
+        }
         let (reply, row) = match self.limit.check(&device, Instant::now()) {
             Err(wait) => {
                 let error = format!(

@@ -372,6 +372,28 @@ pub fn event(kind: EventKind) -> String {
     format!("jd/v1/events/{kind}")
 }
 
+/// Prefixes of the platform's own shared-subscription groups (`ingest-hb`, `dispatch-report`,
+/// `oversight-lookup`, …): only service accounts may join them, or a stranger in the group would
+/// take its turn at the platform's messages and stall them for everyone.
+pub const PLATFORM_SHARE_GROUP_PREFIXES: [&str; 3] = ["ingest", "dispatch", "oversight"];
+
+/// True when `group` is, or could become, one of the platform's shared-subscription groups.
+pub fn is_platform_share_group(group: &str) -> bool {
+    PLATFORM_SHARE_GROUP_PREFIXES
+        .iter()
+        .any(|p| group.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('-')))
+}
+
+/// The group of a `$share/{group}/{filter}` subscription; `None` for a plain filter. A `$share`
+/// filter without a group or without a filter yields `Some("")`, which no account may use.
+pub fn share_group(filter: &str) -> Option<&str> {
+    let rest = filter.strip_prefix("$share/").or_else(|| (filter == "$share").then_some(""))?;
+    Some(match rest.split_once('/') {
+        Some((group, f)) if !f.is_empty() => group,
+        _ => "",
+    })
+}
+
 /// Removes a leading `$share/{group}/` from a subscription filter, if present.
 fn strip_share(filter: &str) -> &str {
     filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')).map_or(filter, |(_group, f)| f)
@@ -570,6 +592,32 @@ mod tests {
         assert_eq!(event(EventKind::Index), "jd/v1/events/index");
         assert!(filter_matches(&inbox_filter("d9"), &inbox("d9", InboxKind::Notice)));
         assert!(!filter_matches(&inbox_filter("d9"), &inbox("d10", InboxKind::Notice)));
+    }
+
+    #[test]
+    fn platform_share_groups_are_recognised() {
+        for f in [
+            SHARED_HEARTBEATS,
+            SHARED_OWNTRACKS,
+            SHARED_PRESENCE,
+            SHARED_EVIDENCE,
+            SHARED_REPORTS,
+            SHARED_INTEGRATION_REPORTS,
+            SHARED_ASSIGNMENT_STATUS,
+            SHARED_DISPATCH_HEARTBEATS,
+            SHARED_DISPATCH_PRESENCE,
+            SHARED_LOOKUPS,
+        ] {
+            let group = share_group(f).unwrap();
+            assert!(is_platform_share_group(group), "{f}");
+        }
+        assert_eq!(share_group("jd/v1/events/#"), None);
+        assert_eq!(share_group("$share/g"), Some(""));
+        assert_eq!(share_group("$share/g/"), Some(""));
+        assert_eq!(share_group("$share"), Some(""));
+        assert_eq!(share_group("$share/city-x/jd/v1/events/#"), Some("city-x"));
+        assert!(!is_platform_share_group("ingestor"));
+        assert!(is_platform_share_group("ingest"));
     }
 
     #[test]

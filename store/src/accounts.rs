@@ -291,6 +291,75 @@ impl Store {
     }
 }
 
+/// Devices and accounts revoked since some moment (see [`Store::revoked_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// Device ids.
+    pub devices: Vec<String>,
+    /// Integration and service account names.
+    pub accounts: Vec<String>,
+}
+
+/// How far each look at revocations goes back beyond the previous one: clock skew between the
+/// process that revoked (CLI, web role, another host) and the reader.
+pub const REVOCATION_LOOKBACK_MS: i64 = 10_000;
+
+/// What a role knows of revoked devices, so it can refuse their messages already queued at the
+/// broker (dispatch's reports and assignment updates, oversight's look-ups): every question
+/// first reads the revocations since the last one (an indexed range scan, usually empty).
+#[derive(Debug)]
+pub struct RevokedDevices {
+    seen: i64,
+    devices: std::collections::HashSet<String>,
+}
+
+impl Default for RevokedDevices {
+    fn default() -> Self {
+        // The first look reads every revocation ever made.
+        RevokedDevices { seen: i64::MIN / 2, devices: Default::default() }
+    }
+}
+
+impl RevokedDevices {
+    /// Whether `device` is revoked, as of now; when the database cannot be read, as of the last
+    /// successful read (the broker's login check still holds).
+    pub async fn is_revoked(&mut self, store: &Store, device: &str) -> bool {
+        let now = crate::now_ms();
+        match store.revoked_since(self.seen - REVOCATION_LOOKBACK_MS).await {
+            Ok(r) => {
+                self.devices.extend(r.devices);
+                self.seen = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read revocations"),
+        }
+        self.devices.contains(device)
+    }
+}
+
+impl Store {
+    /// Devices and accounts whose revocation time is at or after `since_ms`: how the broker and
+    /// the roles learn, within a second, of a revocation another process (the CLI, the web
+    /// role) wrote. Callers look back a few seconds more than they last looked, so clock skew
+    /// between the writer and the reader cannot hide one.
+    pub async fn revoked_since(&self, since_ms: i64) -> Result<Revoked, StoreError> {
+        let devices = sqlx::query("SELECT id FROM devices WHERE revoked_at >= $1")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()?;
+        let accounts = sqlx::query("SELECT name FROM accounts WHERE revoked_at >= $1")
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("name"))
+            .collect::<Result<_, _>>()?;
+        Ok(Revoked { devices, accounts })
+    }
+}
+
 impl Store {
     /// The integration or service account whose token is `token` (HTTP `Authorization: Bearer`),
     /// if it exists and is not revoked.

@@ -33,7 +33,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 use tracing::{debug, info};
 
-pub use accounts::{Account, AccountKind, Principal};
+pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
 pub use blobs::{Blobs, Committed, S3Settings, blob_key};
 pub use cases::{
     Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,

@@ -49,6 +49,15 @@ try {
   await desk.goto(`${URL}/#/cases`);
   await desk.waitForSelector('#new-case', WAIT);
   await desk.fill('#new-case input[name=title]', '县审计局公车私用核查');
+  // Units are chosen from the departments registry (a datalist fed by /api/v1/departments); a
+  // code that is not registered is refused before anything is sent.
+  await desk.waitForFunction(() => document.querySelectorAll('#departments-list option').length === 4, null, WAIT);
+  check(await desk.getAttribute('#new-case input[name=unit]', 'list') === 'departments-list', 'the unit field offers no departments');
+  await desk.fill('#new-case input[name=unit]', 'D999');
+  await desk.fill('#new-case input[name=handler]', deskName);
+  await desk.click('#new-case-submit');
+  check(await desk.$eval('#new-case input[name=unit]', (el) => !el.validity.valid), 'an unregistered unit was accepted');
+  check(desk.url().includes('#/cases') && !desk.url().includes('#/cases/'), 'a case was opened for an unregistered unit');
   await desk.fill('#new-case input[name=unit]', 'D003');
   await desk.fill('#new-case input[name=handler]', deskName);
   await desk.fill('#new-case input[name=unit_head]', 'head1');

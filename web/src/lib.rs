@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod health;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub struct ViewSettings {
     pub gcj02: bool,
     /// The MQTT address phones are given when registered in the view (`mqtt://host:port`).
     pub mqtt_url: String,
+    /// Health of the roles `serve` supervises, reported by `/healthz`.
+    pub roles: health::RoleBoard,
 }
 
 /// A running web role.
@@ -192,16 +195,20 @@ async fn no_basic_prompt_for_the_view(
     resp
 }
 
-/// `GET /healthz`: 200 when the database answers and the broker connection is up, else 503.
+/// `GET /healthz`: 200 when the database answers, the broker connection is up and every
+/// supervised role runs, else 503; `roles` gives each role's state, restarts and last error.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let db = s.store.ping().await;
     let mqtt = *s.mqtt_up.borrow();
+    let roles_up = s.ui.roles.all_up();
+    let ok = db.is_ok() && mqtt && roles_up;
     let body = json!({
-        "status": if db.is_ok() && mqtt { "ok" } else { "degraded" },
+        "status": if ok { "ok" } else { "degraded" },
         "db": match &db { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
         "mqtt": if mqtt { "connected" } else { "disconnected" },
+        "roles": s.ui.roles.snapshot(),
     });
-    let code = if db.is_ok() && mqtt { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))
 }
 

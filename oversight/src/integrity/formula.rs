@@ -14,6 +14,21 @@ use crate::cases::{Day, Stage};
 /// The default formula shipped with jiandu.
 pub const DEFAULT_FORMULA: &str = include_str!("../../index.toml");
 
+/// SHA-256 of earlier shipped default formulas. A database whose formula in force is one of
+/// them (never edited by the office) gets the current [`DEFAULT_FORMULA`] stored as a new
+/// version, so a shipped fix reaches it while every stored row keeps the version it came from.
+pub const SUPERSEDED_DEFAULTS: [&str; 1] = [
+    // issue 11: imported indicators without a value counted as 0 (the worst value).
+    "2d3e04abdc990f02057d5e703921c18755f6c2ea303e915970ae75a9e68d5e91",
+];
+
+/// Whether `text` is an earlier shipped default formula (see [`SUPERSEDED_DEFAULTS`]).
+pub fn is_superseded_default(text: &str) -> bool {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    SUPERSEDED_DEFAULTS.contains(&sha.as_str())
+}
+
 /// The platform sources an indicator may read; anything else must be `import`.
 pub const PLATFORM_SOURCES: [&str; 5] = ["reports", "cases", "disciplined", "overdue_alarms", "negative_records"];
 
@@ -43,6 +58,20 @@ pub enum Measure {
     Per100,
     /// How far below `target` the raw value is, in percent of the target.
     ShortfallPct,
+}
+
+/// What an imported indicator with no value for a unit and period counts as.
+///
+/// Formula versions stored before this key existed read as [`MissingData::Worst`], so a stored
+/// version keeps computing what it computed; the shipped formula says `no_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingData {
+    /// No value deducts nothing; the explanation names the inputs that had no data.
+    NoData,
+    /// No value counts as 0 (a `shortfall_pct` indicator then deducts its whole cap).
+    #[default]
+    Worst,
 }
 
 /// One indicator of the formula.
@@ -100,6 +129,10 @@ pub struct Formula {
     pub default_unit_size: u32,
     /// The stage a case enters once its disciplinary decision is made.
     pub decided_stage: String,
+    /// What an imported indicator without a value counts as (absent: `worst`, as formula
+    /// versions stored before the key existed computed).
+    #[serde(default)]
+    pub missing_import: MissingData,
     /// Colour thresholds.
     pub colours: Thresholds,
     /// The indicators.
@@ -287,6 +320,10 @@ pub struct Term {
     pub points: f64,
     /// The phrase used in the explanation.
     pub phrase: String,
+    /// The input had no data (an imported indicator never imported for this unit and period):
+    /// it deducts nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_data: bool,
 }
 
 /// A unit's computed index.
@@ -324,7 +361,13 @@ pub fn score(f: &Formula, u: &UnitInputs) -> Scored {
     let mut terms = Vec::with_capacity(f.indicator.len());
     for r in &f.indicator {
         let source = if r.source == "import" { &r.key } else { &r.source };
-        let raw = u.raw.get(source).copied().unwrap_or(0.0);
+        let given = u.raw.get(source).copied();
+        if given.is_none() && r.source == "import" && f.missing_import == MissingData::NoData {
+            let phrase = format!("{}: no data", r.name);
+            terms.push(Term { key: r.key.clone(), raw: 0.0, value: 0.0, points: 0.0, phrase, no_data: true });
+            continue;
+        }
+        let raw = given.unwrap_or(0.0);
         let (value, phrase) = match r.measure {
             Measure::Count => (raw, format!("{} {}", num(raw), r.name)),
             Measure::Per100 => {
@@ -338,7 +381,7 @@ pub fn score(f: &Formula, u: &UnitInputs) -> Scored {
             }
         };
         let points = round2((r.weight * value).min(r.cap));
-        terms.push(Term { key: r.key.clone(), raw, value: round2(value), points, phrase });
+        terms.push(Term { key: r.key.clone(), raw, value: round2(value), points, phrase, no_data: false });
     }
     let deducted: f64 = terms.iter().map(|t| t.points).sum();
     let score = round2((100.0 - deducted).clamp(0.0, 100.0));
@@ -351,6 +394,11 @@ pub fn score(f: &Formula, u: &UnitInputs) -> Scored {
         let parts: Vec<String> = drivers.iter().map(|t| format!("{} (-{})", t.phrase, num(t.points))).collect();
         format!("{colour} ({}) because: {}", num(score), parts.join(", "))
     };
+    let missing: Vec<&str> =
+        f.indicator.iter().zip(&terms).filter(|(_, t)| t.no_data).map(|(r, _)| r.name.as_str()).collect();
+    if !missing.is_empty() {
+        explanation.push_str(&format!("; no data (nothing deducted) for: {}", missing.join(", ")));
+    }
     if size_source == "default" {
         explanation.push_str(&format!(
             "; size {size} is the configured default: no registry people are recorded for this unit"
@@ -405,17 +453,59 @@ mod tests {
              integrity education sessions 40 % below target (1.8 of 3) (-8)"
         );
 
-        // A unit with no registry people counts as 100: 3 reports = 3 per 100 (-6); no imports:
-        // education sessions, attendance and organisation checks all 100 % short (-20, -10, -10).
+        // A unit with no registry people counts as 100: 3 reports = 3 per 100 (-6); nothing
+        // imported: education sessions, attendance and organisation checks have no data and
+        // deduct nothing (they are not read as 0, the worst value), and the explanation says so.
         let s = score(&f, &unit(0, &[("reports", 3.0)]));
-        assert_eq!((s.size, s.size_source, s.score, s.colour), (100, "default", 54.0, "red"));
-        assert!(s.explanation.ends_with("no registry people are recorded for this unit"), "{}", s.explanation);
+        assert_eq!((s.size, s.size_source, s.score, s.colour), (100, "default", 94.0, "green"));
+        assert_eq!(
+            s.explanation,
+            "green (94) because: 3 reports and tips per 100 staff (-6); no data (nothing deducted) for: integrity \
+             education sessions, education attendance, organisation-building check score; size 100 is the \
+             configured default: no registry people are recorded for this unit"
+        );
+        let no_data: Vec<&str> = s.terms.iter().filter(|t| t.no_data).map(|t| t.key.as_str()).collect();
+        assert_eq!(no_data, ["education_sessions", "education_attendance", "org_building"]);
+        assert!(s.terms.iter().filter(|t| t.no_data).all(|t| t.points == 0.0));
+        // One imported value of three: only the other two have no data.
+        let s = score(&f, &unit(100, &[("org_building", 90.0)]));
+        assert_eq!((s.score, s.colour), (98.0, "green"));
+        assert!(
+            s.explanation.ends_with("for: integrity education sessions, education attendance"),
+            "{}",
+            s.explanation
+        );
+        // A value of 0 that was imported is data, not "no data": it deducts the whole cap.
+        let s =
+            score(&f, &unit(100, &[("education_sessions", 0.0), ("education_attendance", 0.0), ("org_building", 0.0)]));
+        assert_eq!((s.score, s.colour), (60.0, "orange"));
+        assert!(!s.explanation.contains("no data"), "{}", s.explanation);
 
         // Caps hold: 50 disciplined members deduct at most 30.
         let mut raw = full();
         raw.push(("disciplined", 50.0));
         let s = score(&f, &unit(10, &raw));
         assert_eq!((s.score, s.colour), (70.0, "yellow"));
+    }
+
+    #[test]
+    fn a_formula_without_missing_import_keeps_reading_missing_as_worst() {
+        // Versions stored before `missing_import` existed compute what they computed.
+        let old = DEFAULT_FORMULA.replacen("\nmissing_import = \"no_data\"", "\n", 1);
+        let f = Formula::parse(&old).unwrap();
+        assert_eq!(f.missing_import, MissingData::Worst);
+        let s = score(&f, &unit(0, &[("reports", 3.0)]));
+        assert_eq!((s.score, s.colour), (54.0, "red"));
+        assert!(s.terms.iter().all(|t| !t.no_data));
+        assert!(!s.explanation.contains("no data"), "{}", s.explanation);
+        // The shipped default before the key existed is superseded (the oversight role stores the
+        // current one as a new version instead of computing with it).
+        let f = Formula::parse(DEFAULT_FORMULA).unwrap();
+        assert_eq!(f.missing_import, MissingData::NoData);
+        assert!(!is_superseded_default(DEFAULT_FORMULA));
+        let bad = DEFAULT_FORMULA.replacen("\nmissing_import = \"no_data\"", "\nmissing_import = \"zero\"", 1);
+        let e = Formula::parse(&bad).unwrap_err();
+        assert!(matches!(e, OversightError::Invalid { ref field, .. } if field == "formula"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,9 @@ use jiandu_store::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use formula::{DEFAULT_FORMULA, Formula, Measure, Period, PeriodKind, Scored, Term, UnitInputs, score};
+pub use formula::{
+    DEFAULT_FORMULA, Formula, Measure, MissingData, Period, PeriodKind, Scored, Term, UnitInputs, score,
+};
 
 use crate::cases::{OpenCase, Workflow};
 use crate::{OversightError, RowError};
@@ -62,9 +64,16 @@ pub async fn load_formula(store: &Store, text: &str, actor: &str) -> Result<(For
     Ok((v, new))
 }
 
+/// The stored formula version in force, unless it is a superseded shipped default (then `None`:
+/// the embedded [`DEFAULT_FORMULA`] takes over and is stored as a new version when used).
+async fn stored_formula(store: &Store) -> Result<Option<FormulaVersion>, OversightError> {
+    let current = store.integrity_formula_current().await?;
+    Ok(current.filter(|v| !formula::SUPERSEDED_DEFAULTS.contains(&v.sha256.as_str())))
+}
+
 /// The formula in force and its version (the embedded one is stored first if none is).
 pub async fn formula_in_force(store: &Store) -> Result<(i64, Formula), OversightError> {
-    let v = match store.integrity_formula_current().await? {
+    let v = match stored_formula(store).await? {
         Some(v) => v,
         None => load_formula(store, DEFAULT_FORMULA, "jiandu").await?.0,
     };
@@ -158,7 +167,7 @@ pub async fn compute(
 ) -> Result<Option<IndexRun>, OversightError> {
     // The embedded formula is stored as a version only when a run is recorded with it, so an
     // idle platform's ledger stays untouched.
-    let current = store.integrity_formula_current().await?;
+    let current = stored_formula(store).await?;
     let formula = Formula::parse(current.as_ref().map_or(DEFAULT_FORMULA, |v| v.source.as_str()))?;
     let period = match period {
         Some(p) => Period::parse(p)?,

@@ -8,6 +8,7 @@
 //! state-changing requests must carry the session's CSRF token (`X-CSRF-Token`).
 
 pub mod cases;
+pub mod departments;
 pub mod devices;
 pub mod evidence;
 pub mod index;
@@ -43,6 +44,7 @@ pub fn router() -> Router<AppState> {
         .merge(evidence::routes())
         .merge(lookups::routes())
         .merge(cases::routes())
+        .merge(departments::routes())
         .merge(index::routes())
         .merge(session::routes())
         .merge(stream::routes())

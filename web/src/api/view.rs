@@ -122,6 +122,7 @@ pub fn openapi_document() -> Value {
                     Some("{title,origin:{kind,id}?,parties?,evidence?,handler,unit,unit_head?}")),
             },
             "/cases/overview": {"get": op("Open and overdue cases per unit and stage", STAFF, &[], None)},
+            "/departments": {"get": op("Units of the departments registry in force (code, name), for forms", STAFF, &[], None)},
             "/cases/approvals": {"get": op("Cases waiting for an approval the caller may give", STAFF, &[], None)},
             "/cases/{id}": {"get": op("A case with stages, timeline, approvals and timers", STAFF, &[id], None)},
             "/cases/{id}/advance": {"post": op("Ask to move a case to its next stage", "users by role", &[id],

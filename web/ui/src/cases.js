@@ -68,7 +68,7 @@ export async function casesPage(root, params) {
   const unit = params.get('unit') || '';
   const overdue = params.get('overdue') === 'true';
   const filters = h('form', { class: 'card form-grid', id: 'case-filters' },
-    h('label', {}, t('unit'), h('input', { name: 'unit', value: unit })),
+    h('label', {}, t('unit'), unitInput({ name: 'unit', value: unit })),
     h('label', { class: 'filter' }, h('input', { type: 'checkbox', name: 'overdue', checked: overdue }), t('overdue_only')),
     h('button', { type: 'submit' }, t('filter')));
   filters.addEventListener('submit', (e) => {
@@ -128,18 +128,51 @@ export async function casesPage(root, params) {
   return () => { off(); clearTimeout(pending); };
 }
 
+/** The departments registry as a datalist, fetched once per page load and shared by forms. */
+let departments = null;
+function departmentsList() {
+  let list = document.getElementById('departments-list');
+  if (!list) {
+    list = h('datalist', { id: 'departments-list' });
+    document.body.append(list);
+  }
+  if (!departments) {
+    departments = api('GET', '/departments').then((r) => r.items).catch(() => []);
+    departments.then((items) => list.replaceChildren(...items.map((d) => h('option', { value: d.code }, `${d.code} ${d.name}`))));
+  }
+  return departments;
+}
+
+/** A unit field offering the registry's departments; on submit a code not in it is refused. */
+function unitInput(attrs) {
+  departmentsList();
+  const input = h('input', { ...attrs, list: 'departments-list', autocomplete: 'off' });
+  input.addEventListener('input', () => input.setCustomValidity(''));
+  return input;
+}
+
+/** Checks a unit field against the registry (empty passes; `required` handles that). */
+async function checkUnit(input) {
+  const items = await departmentsList();
+  const ok = !input.value || !items.length || items.some((d) => d.code === input.value.trim());
+  input.setCustomValidity(ok ? '' : t('unit_not_registered'));
+  if (!ok) input.reportValidity();
+  return ok;
+}
+
 function newCaseForm(unit) {
   const err = h('div');
   const f = h('form', { class: 'card form-grid', id: 'new-case' },
     h('h3', {}, t('new_case')),
     h('label', {}, t('case_title'), h('input', { name: 'title', required: true })),
-    h('label', {}, t('unit'), h('input', { name: 'unit', required: true, value: unit })),
+    h('label', {}, t('unit'), unitInput({ name: 'unit', required: true, value: unit })),
     h('label', {}, t('handler'), h('input', { name: 'handler', required: true })),
     h('label', {}, t('unit_head'), h('input', { name: 'unit_head' })),
     h('label', {}, `${t('parties')} (${t('comma_hint')})`, h('input', { name: 'parties' })),
     h('button', { type: 'submit', id: 'new-case-submit' }, t('submit')), err);
   f.addEventListener('submit', async (e) => {
     e.preventDefault();
+    if (!(await checkUnit(f.elements.unit))) return;
     const d = Object.fromEntries(new FormData(f));
     const body = { title: d.title, unit: d.unit.trim(), handler: d.handler.trim() };
     if (d.unit_head.trim()) body.unit_head = d.unit_head.trim();
@@ -167,12 +200,18 @@ export async function casePage(root, id) {
   const box = h('div', { class: 'page case-page' }, t('loading'));
   root.append(box);
   const msg = h('div', { id: 'case-message' });
+  // Inputs outlive re-renders: a live event re-renders the page, and must not wipe what the
+  // user is typing.
+  const note = h('input', { name: 'note', id: 'case-note', placeholder: t('note') });
+  const days = h('input', { name: 'days', type: 'number', min: '1', inputmode: 'numeric' });
+  const reason = h('input', { name: 'reason', required: true });
   let tick = null;
 
   async function act(path, body) {
     msg.replaceChildren();
     try {
       await api('POST', `/cases/${encodeURIComponent(id)}/${path}`, body);
+      for (const input of [note, days, reason]) input.value = '';
       await render();
     } catch (e) {
       msg.replaceChildren(errorBox(e));
@@ -189,7 +228,6 @@ export async function casePage(root, id) {
     const stage = c.stages[c.stage.index];
     const here = c.approvals.filter((a) => a.stage_index === c.stage.index);
     const mineApproved = here.some((a) => a.approver === session.user.name);
-    const note = h('input', { name: 'note', id: 'case-note', placeholder: t('note') });
     const actions = [];
     if (open && WORKERS.includes(role) && !c.stage.submitted_by) {
       actions.push(h('button', { id: 'case-advance', onclick: () => act('advance', { stage_index: c.stage.index, note: note.value || undefined }) }, t('advance')));
@@ -200,8 +238,8 @@ export async function casePage(root, id) {
     let extendForm = null;
     if (open && APPROVERS.includes(role) && !c.overdue && stage && c.extensions < stage.max_extensions) {
       extendForm = h('form', { class: 'form-grid', id: 'case-extend' },
-        h('label', {}, t('days'), h('input', { name: 'days', type: 'number', min: '1', inputmode: 'numeric' })),
-        h('label', {}, t('reason'), h('input', { name: 'reason', required: true })),
+        h('label', {}, t('days'), days),
+        h('label', {}, t('reason'), reason),
         h('button', { type: 'submit' }, t('extend')));
       extendForm.addEventListener('submit', (e) => {
         e.preventDefault();

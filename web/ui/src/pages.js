@@ -38,7 +38,8 @@ export async function reportsPage(root, params) {
         [t('status'), (r) => h('span', { class: `badge s-${r.status}` }, t(r.status))],
         [t('origin'), (r) => `${r.source} · ${r.origin}`],
       ], rows, { class: 'list', id: 'reports-table' }),
-      next ? h('button', { onclick: () => load(next) }, t('more')) : null);
+      // replaceChildren would print a null as the text "null".
+      ...(next ? [h('button', { onclick: () => load(next) }, t('more'))] : []));
   }
   // Listen before the first load, so a report that changes while it loads still refreshes it.
   let pending = null;

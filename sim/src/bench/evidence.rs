@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -107,7 +107,7 @@ async fn upload(
             }
             c.publish(&meta_topic, QoS::AtLeastOnce, false, meta.to_string()).await?;
         }
-        anyhow::Ok(())
+        Ok::<_, crate::Error>(())
     });
     rounds.send((0..chunks).collect()).ok();
     let mut first_partial = true;
@@ -124,7 +124,7 @@ async fn upload(
                 }
             }
             e = events.poll() => {
-                if let Event::Incoming(Packet::Publish(p)) = e.map_err(|e| anyhow::anyhow!("phone's MQTT connection: {e:?}"))? {
+                if let Event::Incoming(Packet::Publish(p)) = e.map_err(|e| crate::Error::Failed(format!("phone's MQTT connection: {e:?}")))? {
                     let v: Value = serde_json::from_slice(&p.payload)?;
                     if v["evid"] == evid && v["status"] == "stored" {
                         break start.elapsed().as_secs_f64();

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use jiandu_oversight::generate::{Scale, generate};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -324,7 +324,7 @@ async fn drive(
                 }
             }
             client.disconnect().await.ok();
-            anyhow::Ok(rtts)
+            Ok::<_, crate::Error>(rtts)
         }));
     }
     let mut all = Vec::new();

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, Result, bail};
 use jiandu_dispatcher::index::SpatialIndex;
 use jiandu_schemas::Duty;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};

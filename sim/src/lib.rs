@@ -1,5 +1,10 @@
-//! The phone simulator behind `jiandu demo` and `jiandu sim`: many work phones as real MQTT
-//! clients of any jiandu deployment, plus a hotline integration sending tips.
+//! `jiandu-sim`: the simulated county and the benchmark harness, kept out of the binary.
+//!
+//! It owns two things the platform itself never needs at run time:
+//! - the phone simulator behind `jiandu demo` and `jiandu sim`: many work phones as real MQTT
+//!   clients of any jiandu deployment, plus a hotline integration sending tips;
+//! - [`bench`], the harness behind `jiandu bench …` (start a system under test, measure, print
+//!   our figure beside a reference run).
 //!
 //! Each phone ([`phone`]) logs in with its own device credentials and speaks only the v1 wire
 //! contract (`jiandu_schemas` types and topic builders), so what it exercises is exactly what a
@@ -8,17 +13,24 @@
 //! registry look-ups. It is equally a load generator (`--devices`, `--rate`) against a remote
 //! deployment. Time can be fast-forwarded (`speed`): inspectors move and work that many times
 //! faster, while timestamps stay real so the platform sees live positions.
+//!
+//! The crate does not know the binary's configuration: callers hand it a broker address,
+//! credentials, a store and a shutdown token as plain values.
 
+pub mod bench;
 pub mod county;
+mod error;
 mod phone;
 mod photo;
 
-use std::path::{Path, PathBuf};
+use error::Context;
+pub use error::{Error, Result};
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use jiandu_schemas::{IntegrationReport, Topic};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -30,8 +42,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::accounts::open_store;
-use crate::config::{Config, parse_mqtt_url};
 use county::TOWNSHIPS;
 use phone::{Behaviour, Command};
 
@@ -98,7 +108,9 @@ pub fn parse_credentials(text: &str) -> Result<Credentials> {
                 out.hotline = Some(Hotline { username, password: line.password })
             }
             (None, Some(_)) => {}
-            (None, None) => bail!("credentials: an entry has neither \"device\" nor \"username\""),
+            (None, None) => {
+                return Err(Error::Invalid("credentials: an entry has neither \"device\" nor \"username\"".into()));
+            }
         }
     }
     Ok(out)
@@ -338,118 +350,6 @@ async fn tips(
 /// Now, Unix epoch milliseconds.
 pub fn now_ms() -> i64 {
     jiandu_store::now_ms()
-}
-
-/// `jiandu sim`'s options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SimArgs {
-    /// Number of phones to simulate (the first N in the credentials file)
-    #[arg(long)]
-    pub devices: usize,
-    /// Phone credentials: JSON lines as printed by `jiandu device add` / `device add-bulk`, or a
-    /// JSON array; an `integration add` line (publishing jd/v1/reports) also sends hotline tips.
-    /// The broker is --broker, else the file's "mqtt" URL
-    #[arg(long, value_name = "FILE")]
-    pub credentials: PathBuf,
-    /// Heartbeats per second per phone
-    #[arg(long, default_value_t = 1.0)]
-    pub rate: f64,
-    /// Simulated seconds per real second (inspectors move and work this much faster)
-    #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
-    /// Seconds between tips
-    #[arg(long, default_value_t = 5.0)]
-    pub tip_every: f64,
-    /// Mean seconds a phone stays in coverage before a gap (0: never drops out)
-    #[arg(long, default_value_t = 600.0)]
-    pub coverage: f64,
-    /// Stop after this many seconds and print the counters [default: run until Ctrl-C]
-    #[arg(long)]
-    pub duration: Option<f64>,
-    /// Random seed
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
-
-/// `jiandu sim`: runs the phones of a credentials file against a broker until Ctrl-C (or
-/// `--duration`), then prints the counters as one JSON object.
-pub async fn run_cli(config: &Config, args: SimArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.credentials)
-        .with_context(|| format!("reading --credentials {}", args.credentials.display()))?;
-    let creds = parse_credentials(&text).with_context(|| format!("--credentials {}", args.credentials.display()))?;
-    if args.devices == 0 {
-        bail!("--devices: must be at least 1");
-    }
-    if creds.phones.len() < args.devices {
-        bail!(
-            "--devices {}: {} holds only {} phones (make more with `jiandu device add-bulk N --out FILE`)",
-            args.devices,
-            args.credentials.display(),
-            creds.phones.len()
-        );
-    }
-    if !(args.rate > 0.0 && args.rate <= 100.0) {
-        bail!("--rate: must be within (0, 100] heartbeats per second, got {}", args.rate);
-    }
-    if !(args.speed > 0.0 && args.speed <= 1000.0) {
-        bail!("--speed: must be within (0, 1000], got {}", args.speed);
-    }
-    let url = config.broker.clone().or(creds.mqtt.clone()).unwrap_or_else(|| config.public_mqtt_url());
-    let (host, port) = parse_mqtt_url(&url).context("--broker")?;
-    let shutdown = CancellationToken::new();
-    let sim = Simulator::start(
-        SimOptions {
-            host,
-            port,
-            phones: creds.phones.into_iter().take(args.devices).collect(),
-            hotline: creds.hotline,
-            rate_hz: args.rate,
-            speed: args.speed,
-            tip_every: Duration::from_secs_f64(args.tip_every.max(0.1)),
-            mean_coverage_s: args.coverage.max(0.0),
-            plates: Vec::new(),
-            seed: args.seed,
-        },
-        shutdown.clone(),
-    );
-    eprintln!("simulating {} phones against {url}; Ctrl-C to stop", args.devices);
-    match args.duration {
-        Some(s) => {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))) => {}
-                _ = crate::serve::wait_for_signal() => {}
-            }
-        }
-        None => crate::serve::wait_for_signal().await,
-    }
-    shutdown.cancel();
-    let stats = sim.stats.clone();
-    sim.stopped().await;
-    println!("{}", stats.snapshot());
-    Ok(())
-}
-
-/// `jiandu device add-bulk N --out FILE`: registers N phones in one transaction and writes
-/// their credentials (JSON lines, mode 0600) for `jiandu sim`.
-pub async fn add_bulk(config: &Config, count: usize, prefix: &str, out: &Path) -> Result<()> {
-    if count == 0 {
-        bail!("N: must be at least 1");
-    }
-    let store = open_store(config).await?;
-    let phones: Vec<(String, Option<String>)> = (1..=count).map(|i| (format!("{prefix} {i}"), None)).collect();
-    let created = store.create_devices(&phones).await;
-    store.close().await;
-    let created = created?;
-    let mqtt = config.public_mqtt_url();
-    let mut text = String::new();
-    for (device, token) in &created {
-        let line = json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": mqtt});
-        text.push_str(&line.to_string());
-        text.push('\n');
-    }
-    write_private(out, text.as_bytes())?;
-    println!("{}", json!({"devices": created.len(), "credentials": out.display().to_string(), "mqtt": mqtt}));
-    Ok(())
 }
 
 /// Writes a file readable by its owner only (it holds tokens).
