@@ -351,7 +351,7 @@ fn spawn_ingest(app: &TestApp, dir: &std::path::Path, token: &str) -> Child {
         .env("JIANDU_DB", &app.db)
         .env("JIANDU_BROKER_USERNAME", "ingest-two")
         .env("JIANDU_BROKER_PASSWORD", token)
-        .env("RUST_LOG", "info,jiandu_ingest=debug")
+        .env("RUST_LOG", "info,jiandu_ingest=debug,sqlx=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
