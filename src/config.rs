@@ -16,12 +16,27 @@ pub struct CommonArgs {
     /// Data directory (database, evidence, keys) [default: ./jiandu-data]
     #[arg(long, env = "JIANDU_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the embedded MQTT broker (3.1.1 and 5) [default: 127.0.0.1:1883]
-    #[arg(long, env = "JIANDU_MQTT_LISTEN", global = true, value_name = "ADDR")]
-    pub mqtt_listen: Option<SocketAddr>,
-    /// Address of the web view and REST API [default: 127.0.0.1:8080]
-    #[arg(long, env = "JIANDU_HTTP_LISTEN", global = true, value_name = "ADDR")]
-    pub http_listen: Option<SocketAddr>,
+    /// Plaintext address of the embedded MQTT broker (3.1.1 and 5), or "off" [default: 127.0.0.1:1883]
+    #[arg(long, env = "JIANDU_MQTT_LISTEN", global = true, value_name = "ADDR|off")]
+    pub mqtt_listen: Option<Listen>,
+    /// Plaintext address of the web view and REST API, or "off" [default: 127.0.0.1:8080]
+    #[arg(long, env = "JIANDU_HTTP_LISTEN", global = true, value_name = "ADDR|off")]
+    pub http_listen: Option<Listen>,
+    /// MQTT over TLS, or "off" [default with a TLS certificate: 127.0.0.1:8883]
+    #[arg(long, env = "JIANDU_MQTTS_LISTEN", global = true, value_name = "ADDR|off")]
+    pub mqtts_listen: Option<Listen>,
+    /// HTTPS for the web view and REST API, or "off" [default with a TLS certificate: 127.0.0.1:8443]
+    #[arg(long, env = "JIANDU_HTTPS_LISTEN", global = true, value_name = "ADDR|off")]
+    pub https_listen: Option<Listen>,
+    /// Server certificate chain, PEM ([tls] cert)
+    #[arg(long, env = "JIANDU_TLS_CERT", global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the server certificate, PEM ([tls] key)
+    #[arg(long, env = "JIANDU_TLS_KEY", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA of phones' client certificates on the MQTTS port, PEM ([tls] client_ca)
+    #[arg(long, env = "JIANDU_TLS_CLIENT_CA", global = true, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://… [default: sqlite://{data-dir}/jiandu.db]
     #[arg(long, env = "JIANDU_DB", global = true, value_name = "URL")]
     pub db: Option<String>,
@@ -34,6 +49,111 @@ pub struct CommonArgs {
     /// Log format
     #[arg(long, env = "JIANDU_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// A listener address, or `off` for no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" => Ok(Listen(None)),
+            a => a.parse().map(|a| Listen(Some(a))).map_err(|_| format!("expected HOST:PORT or \"off\", got {a:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn listen_json<S: serde::Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str("off"),
+    }
+}
+
+/// `[tls]` in the TOML file; `--tls-cert`, `--tls-key`, `--tls-client-ca` and
+/// `JIANDU_TLS_CLIENT_AUTH` override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
+    reload_s: Option<u64>,
+    handshake_timeout_s: Option<u64>,
+}
+
+/// The resolved `[tls]` settings (certificate paths, never key material).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA of phones' client certificates on the MQTTS port; none: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// "required": device accounts must present a client certificate; "optional": checked when shown.
+    #[serde(serialize_with = "display_json")]
+    pub client_auth: jiandu_tls::ClientAuth,
+    /// Seconds between checks of the certificate files for a renewal (SIGHUP reloads at once).
+    pub reload_s: u64,
+    /// Seconds a new connection has to finish the TLS handshake.
+    pub handshake_timeout_s: u64,
+}
+
+fn display_json<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl TlsConfig {
+    /// The settings the listeners are built from.
+    pub fn settings(&self) -> jiandu_tls::TlsSettings {
+        jiandu_tls::TlsSettings {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth,
+            reload_interval: std::time::Duration::from_secs(self.reload_s),
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
+        }
+    }
+}
+
+/// Resolves `[tls]` under the flags; `None` when no certificate is configured.
+fn tls_config(args: &CommonArgs, file: TlsFile) -> Result<Option<TlsConfig>> {
+    let cert = args.tls_cert.clone().or(file.cert);
+    let key = args.tls_key.clone().or(file.key);
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => return Ok(None),
+        (Some(_), None) => bail!("[tls] cert is set but key is not (--tls-key)"),
+        (None, Some(_)) => bail!("[tls] key is set but cert is not (--tls-cert)"),
+    };
+    let client_auth = match std::env::var("JIANDU_TLS_CLIENT_AUTH").ok().or(file.client_auth) {
+        Some(v) => v.parse().map_err(|e: String| anyhow::anyhow!("[tls] {e}"))?,
+        None => jiandu_tls::ClientAuth::default(),
+    };
+    let reload_s = file.reload_s.unwrap_or(60);
+    let handshake_timeout_s = file.handshake_timeout_s.unwrap_or(10);
+    if reload_s == 0 || handshake_timeout_s == 0 {
+        bail!("[tls] reload_s and handshake_timeout_s must be at least 1");
+    }
+    Ok(Some(TlsConfig {
+        cert: absolute(&cert),
+        key: absolute(&key),
+        client_ca: args.tls_client_ca.clone().or(file.client_ca).map(|p| absolute(&p)),
+        client_auth,
+        reload_s,
+        handshake_timeout_s,
+    }))
 }
 
 /// How log lines are written to stderr.
@@ -52,8 +172,10 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    mqtt_listen: Option<SocketAddr>,
-    http_listen: Option<SocketAddr>,
+    mqtt_listen: Option<Listen>,
+    http_listen: Option<Listen>,
+    mqtts_listen: Option<Listen>,
+    https_listen: Option<Listen>,
     db: Option<String>,
     object_store: Option<String>,
     broker: Option<String>,
@@ -81,6 +203,8 @@ struct FileConfig {
     index: IndexFile,
     #[serde(default)]
     web: WebFile,
+    #[serde(default)]
+    tls: TlsFile,
     #[serde(default)]
     supervise: crate::serve::SuperviseConfig,
 }
@@ -206,10 +330,20 @@ fn cases_json<S: serde::Serializer>(c: &jiandu_oversight::cases::CaseConfig, s: 
 pub struct Config {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Public MQTT address of the embedded broker.
-    pub mqtt_listen: SocketAddr,
-    /// HTTP address.
-    pub http_listen: SocketAddr,
+    /// Public plaintext MQTT address of the embedded broker (`None`: off).
+    #[serde(serialize_with = "listen_json")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Plaintext HTTP address (`None`: off).
+    #[serde(serialize_with = "listen_json")]
+    pub http_listen: Option<SocketAddr>,
+    /// MQTT over TLS (`None`: off; needs `tls`).
+    #[serde(serialize_with = "listen_json")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// HTTPS (`None`: off; needs `tls`).
+    #[serde(serialize_with = "listen_json")]
+    pub https_listen: Option<SocketAddr>,
+    /// Certificates of the TLS listeners (`[tls]`).
+    pub tls: Option<TlsConfig>,
     /// Database URL.
     pub db: String,
     /// Object store URL.
@@ -315,9 +449,25 @@ impl Config {
             staging_dir: file.evidence.staging_dir.clone().or(staging_default),
             ..file.evidence
         };
+        let tls = tls_config(args, file.tls)?;
+        let tls_listen = |flag: Option<Listen>, key: Option<Listen>, name: &str, port: u16| -> Result<_> {
+            match (flag.or(key), &tls) {
+                (Some(Listen(Some(_))), None) => {
+                    bail!("--{name}-listen needs a certificate: set [tls] cert and key (see `jiandu tls init`)")
+                }
+                (Some(Listen(a)), _) => Ok(a),
+                (None, Some(_)) => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+                (None, None) => Ok(None),
+            }
+        };
+        let mqtts_listen = tls_listen(args.mqtts_listen, file.mqtts_listen, "mqtts", 8883)?;
+        let https_listen = tls_listen(args.https_listen, file.https_listen, "https", 8443)?;
         Ok(Config {
-            mqtt_listen: args.mqtt_listen.or(file.mqtt_listen).unwrap_or(([127, 0, 0, 1], 1883).into()),
-            http_listen: args.http_listen.or(file.http_listen).unwrap_or(([127, 0, 0, 1], 8080).into()),
+            mqtt_listen: args.mqtt_listen.or(file.mqtt_listen).map_or(Some(([127, 0, 0, 1], 1883).into()), |l| l.0),
+            http_listen: args.http_listen.or(file.http_listen).map_or(Some(([127, 0, 0, 1], 8080).into()), |l| l.0),
+            mqtts_listen,
+            https_listen,
+            tls,
             db,
             object_store,
             broker,
@@ -364,12 +514,19 @@ impl Config {
         self.data_dir.join("platform.key")
     }
 
-    /// The MQTT URL phones should use, as printed by `device add`.
+    /// The MQTT URL phones should use, as printed by `device add` (TLS when it is on).
     pub fn public_mqtt_url(&self) -> String {
-        match &self.broker {
-            Some(url) => url.clone(),
-            None => format!("mqtt://{}", self.mqtt_listen),
+        match (&self.broker, self.mqtts_listen, self.mqtt_listen) {
+            (Some(url), _, _) => url.clone(),
+            (None, Some(tls), _) => format!("mqtts://{tls}"),
+            (None, None, Some(plain)) => format!("mqtt://{plain}"),
+            (None, None, None) => String::new(),
         }
+    }
+
+    /// Where `jiandu tls init` keeps the private CA and the server certificate.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
     }
 }
 
@@ -438,13 +595,26 @@ http_listen = "127.0.0.1:8080"
 # max_sessions_per_device = 3                 # client ids one phone may hold connected (CONNACK 0x97 beyond)
 # max_sessions_per_integration = 16           # the same for an integration account
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
+# mqtts_listen = "0.0.0.0:8883"               # MQTT over TLS (needs [tls]); "off" turns a listener off
+# https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
+#
+# [tls]                                       # `jiandu tls init` makes a private CA and fills this in
+# cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed
+# key = "/var/lib/jiandu/tls/server.key"      # its private key (PEM, mode 0600)
+# client_ca = "/var/lib/jiandu/tls/ca.pem"    # phones must show a certificate from this CA (mTLS)
+# client_auth = "required"                    # or "optional": checked only when a phone shows one
+# reload_s = 60                               # how often the files are checked (SIGHUP: at once)
+# handshake_timeout_s = 10
 #
 # [evidence]
 # max_item_bytes = 2147483648                 # largest photo/video accepted (2 GiB)
 # max_open_per_device = 8                     # uploads one phone may have open at once
 # staging_quota_bytes = 34359738368           # bytes all open uploads may announce together
+# device_staging_bytes = 4294967296           # bytes one phone's open uploads may announce together
+# device_daily_bytes = 17179869184            # bytes one phone may upload in any 24 hours
 # staging_dir = "/var/lib/jiandu/staging"     # default: staging/ under a file:// object store
 # idle_upload_hours = 72                      # untouched uploads are discarded after this
+# checkpoint_interval_s = 300                 # sign the ledger head and publish it on jd/v1/platform/checkpoint (0: off)
 #
 # [dispatch]
 # offer_timeout_s = 60                        # seconds to accept or decline before the next one is asked
@@ -486,8 +656,9 @@ mod tests {
             ..Default::default()
         };
         let c = Config::load(&args).unwrap();
-        assert_eq!(c.http_listen, "127.0.0.1:7000".parse().unwrap());
-        assert_eq!(c.mqtt_listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.http_listen, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(c.mqtt_listen, Some("127.0.0.1:9001".parse().unwrap()));
+        assert_eq!(c.mqtts_listen, None, "no TLS listener without a certificate");
         assert!(c.db.starts_with("sqlite://") && c.db.ends_with("jiandu.db"));
     }
 
@@ -498,6 +669,41 @@ mod tests {
         std::fs::write(&file, "http_lisen = \"127.0.0.1:9000\"\n").unwrap();
         let err = Config::load(&CommonArgs { config: Some(file), ..Default::default() }).unwrap_err();
         assert!(format!("{err:#}").contains("http_lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn listeners_can_be_off_and_tls_needs_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "mqtt_listen = \"off\"\n[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_auth = \"optional\"\n",
+        )
+        .unwrap();
+        let args = CommonArgs {
+            config: Some(file.clone()),
+            http_listen: Some("off".parse().unwrap()),
+            https_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!((c.mqtt_listen, c.http_listen), (None, None));
+        assert_eq!(c.mqtts_listen, Some("127.0.0.1:8883".parse().unwrap()));
+        assert_eq!(c.https_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.client_auth, jiandu_tls::ClientAuth::Optional);
+        assert!(tls.cert.is_absolute());
+        let printed = serde_json::to_value(&c).unwrap();
+        assert_eq!(printed["mqtt_listen"], "off");
+        assert_eq!(printed["tls"]["client_auth"], "optional");
+
+        std::fs::write(&file, "mqtts_listen = \"0.0.0.0:8883\"\n").unwrap();
+        let err = Config::load(&CommonArgs { config: Some(file.clone()), ..Default::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("needs a certificate"), "{err:#}");
+        std::fs::write(&file, "[tls]\ncert = \"s.pem\"\n").unwrap();
+        let err = Config::load(&CommonArgs { config: Some(file.clone()), ..Default::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("key is not"), "{err:#}");
+        assert!("nonsense".parse::<Listen>().is_err());
     }
 
     #[test]

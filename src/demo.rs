@@ -65,6 +65,7 @@ pub async fn run(mut config: Config, devices: usize) -> Result<()> {
         Some(t)
     };
     for (addr, flag) in [(&mut config.mqtt_listen, "--mqtt-listen"), (&mut config.http_listen, "--http-listen")] {
+        let Some(addr) = addr else { continue };
         if addr.port() != 0 && TcpListener::bind(*addr).is_err() {
             let taken = *addr;
             *addr = SocketAddr::new(addr.ip(), 0);

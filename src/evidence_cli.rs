@@ -1,7 +1,11 @@
-//! `jiandu receipt verify` and `jiandu verify [--deep]`: proving, offline and after the fact,
-//! that evidence is what the platform received. A receipt is checked against the platform's
-//! public key alone; `verify` re-walks the ledger's hash chain, checks every evidence record
-//! against its ledger entry and receipt signature, and with `--deep` re-hashes every blob.
+//! `jiandu receipt verify`, `jiandu ledger checkpoint` and `jiandu verify`: proving, offline and
+//! after the fact, that evidence and the ledger are what the platform recorded. A receipt is
+//! checked against the platform's public key alone; `verify` re-walks the ledger's hash chain,
+//! checks every evidence record against its ledger entry and receipt signature and every
+//! `evidence.stored` entry against its record, re-hashes the look-up audit batches, checks that
+//! the ledger still extends any signed checkpoints given (`--checkpoint`), and with `--deep`
+//! re-hashes every blob. Signatures are checked against keys given with `--public-key` (kept
+//! outside the database), or, with a warning, against the keys the database itself holds.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use jiandu_store::{Blobs, PlatformKey, ReceiptFields, Store, blob_key, verify_receipt};
+use jiandu_store::{Blobs, Checkpoint, PlatformKey, ReceiptFields, Store, blob_key, public_key_id, verify_receipt};
 use serde_json::{Value, json};
 
 use crate::accounts::open_store;
@@ -105,13 +109,58 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
-/// `jiandu verify [--deep]`: prints each problem on stderr, a JSON summary on stdout, and fails
-/// when anything is broken.
-pub async fn verify(config: &Config, deep: bool) -> Result<()> {
+/// `jiandu ledger checkpoint [--out FILE]`: signs the ledger head with the platform key (from
+/// the data dir) and prints it (or writes it to FILE) for keeping outside the platform.
+pub async fn ledger_checkpoint(config: &Config, out: Option<&Path>) -> Result<()> {
+    let path = config.platform_key_path();
+    let key = PlatformKey::load(&path).with_context(|| format!("reading the platform key {}", path.display()))?;
+    let store = open_store(config).await?;
+    let cp = store.ledger_checkpoint(&key).await?;
+    store.close().await;
+    let text = serde_json::to_string(&cp)?;
+    if let Some(out) = out {
+        std::fs::write(out, format!("{text}\n")).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("checkpoint of ledger entry {} written to {}; keep it away from the server", cp.seq, out.display());
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// The keys signatures are checked against, by key id: the `--public-key` values, or (with a
+/// warning: whoever can alter the database can replace them) every key the database holds.
+async fn trusted_keys(config: &Config, store: &Store, given: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut keys = BTreeMap::new();
+    if given.is_empty() {
+        eprintln!(
+            "warning: trusting the platform key(s) stored in the database, which whoever can alter the database \
+             can replace; pass --public-key FILE with the key kept elsewhere (GET /api/v1/ledger/key)"
+        );
+        for k in store.platform_keys().await? {
+            keys.insert(k.key_id, k.public_key);
+        }
+        return Ok(keys);
+    }
+    for g in given {
+        let hex = public_key(config, Some(g), None).await?;
+        let id = public_key_id(&hex).map_err(|why| anyhow::anyhow!("--public-key {g}: {why}"))?;
+        keys.insert(id, hex);
+    }
+    Ok(keys)
+}
+
+/// `jiandu verify [--deep] [--checkpoint FILE…] [--public-key FILE…]`: prints each problem on
+/// stderr, a JSON summary on stdout, and fails when anything is broken.
+pub async fn verify(
+    config: &Config,
+    deep: bool,
+    checkpoints: &[std::path::PathBuf],
+    given_keys: &[String],
+) -> Result<()> {
     let store = open_store(config).await?;
     let blobs = Blobs::open(&config.object_store, &config.s3_settings())
         .with_context(|| format!("opening the evidence store {}", config.object_store))?;
     let mut problems: Vec<String> = Vec::new();
+    let trusted = trusted_keys(config, &store, given_keys).await?;
 
     let (head, _) = store.ledger_head().await?;
     let pb = bar(head.max(0) as u64, "ledger   {bar:40} {pos}/{len} entries");
@@ -121,10 +170,36 @@ pub async fn verify(config: &Config, deep: bool) -> Result<()> {
         problems.push(format!("ledger entry {}: {}", b.seq, b.reason));
     }
 
+    // Checkpoints kept outside the database pin the chain against truncation and rewrites.
+    for file in checkpoints {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let cp = Checkpoint::from_json(text.trim()).with_context(|| format!("{}", file.display()))?;
+        let who = format!("checkpoint {} (entry {})", file.display(), cp.seq);
+        match trusted.get(&cp.key_id) {
+            None => problems.push(format!("{who}: signed by key {}, which is not trusted", cp.key_id)),
+            Some(public) => match cp.verify(public) {
+                Err(why) => problems.push(format!("{who}: {why}")),
+                Ok(()) => {
+                    for fault in store.checkpoint_check(&cp).await? {
+                        problems.push(format!("{who}: {fault}"));
+                    }
+                }
+            },
+        }
+    }
+
+    // Every evidence.stored entry has its record; every look-up batch still hashes the same.
+    for fault in store.evidence_entries_check().await? {
+        problems.push(fault);
+    }
+    let audits = store.lookup_audit_count().await?;
+    for fault in store.lookup_batches_check().await? {
+        problems.push(fault);
+    }
+
     // Every record against its ledger entry and signature; blobs grouped by content.
     let total = store.evidence_count().await?;
     let pb = bar(total.max(0) as u64, "evidence {bar:40} {pos}/{len} records");
-    let mut keys: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut blobs_to_hash: BTreeMap<String, (i64, Vec<String>)> = BTreeMap::new();
     let mut after = String::new();
     loop {
@@ -135,17 +210,13 @@ pub async fn verify(config: &Config, deep: bool) -> Result<()> {
             for fault in store.evidence_check(e).await? {
                 problems.push(format!("evidence {}: {fault}", e.evid));
             }
-            if !keys.contains_key(&e.key_id) {
-                let k = store.platform_key(Some(&e.key_id)).await?.map(|k| k.public_key);
-                keys.insert(e.key_id.clone(), k);
-            }
-            match keys.get(&e.key_id).cloned().flatten() {
+            match trusted.get(&e.key_id) {
                 Some(public) => {
-                    if let Err(why) = verify_receipt(&public, &e.receipt_fields(), &e.sig) {
+                    if let Err(why) = verify_receipt(public, &e.receipt_fields(), &e.sig) {
                         problems.push(format!("evidence {}: receipt {why}", e.evid));
                     }
                 }
-                None => problems.push(format!("evidence {}: signed by unknown key {}", e.evid, e.key_id)),
+                None => problems.push(format!("evidence {}: signed by key {}, which is not trusted", e.evid, e.key_id)),
             }
             blobs_to_hash.entry(e.sha256.clone()).or_insert((e.size, Vec::new())).1.push(e.evid.clone());
         }
@@ -193,7 +264,8 @@ pub async fn verify(config: &Config, deep: bool) -> Result<()> {
     println!(
         "{}",
         json!({
-            "ok": problems.is_empty(), "ledger_entries": head, "evidence": total,
+            "ok": problems.is_empty(), "ledger_entries": head, "evidence": total, "lookup_audits": audits,
+            "checkpoints": checkpoints.len(), "keys_from_database": given_keys.is_empty(),
             "blobs": blobs_to_hash.len(), "deep": deep, "bytes_hashed": bytes_checked, "problems": problems,
         })
     );
@@ -201,7 +273,8 @@ pub async fn verify(config: &Config, deep: bool) -> Result<()> {
         bail!("verification failed: {} problem(s), listed above", problems.len());
     }
     eprintln!(
-        "verified: {head} ledger entries, {total} evidence records, {} blobs{}",
+        "verified: {head} ledger entries, {total} evidence records, {audits} look-up audits, {} checkpoints, {} blobs{}",
+        checkpoints.len(),
         blobs_to_hash.len(),
         if deep { " re-hashed" } else { " present" }
     );

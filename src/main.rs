@@ -11,7 +11,9 @@ mod index_cli;
 mod serve;
 mod sim_cli;
 mod telemetry;
+mod tls_cli;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -74,11 +76,25 @@ enum Command {
         #[command(subcommand)]
         action: ReceiptAction,
     },
-    /// Re-walk the ledger's hash chain and check every evidence record (--deep: re-hash blobs)
+    /// Re-walk the ledger's hash chain, check every evidence record and look-up audit batch
+    /// against it, and that the ledger extends the checkpoints given (--deep: re-hash blobs)
     Verify {
         /// Also re-read and re-hash every stored blob
         #[arg(long)]
         deep: bool,
+        /// A signed checkpoint (`jiandu ledger checkpoint`, or the retained
+        /// jd/v1/platform/checkpoint) the ledger must still extend; repeatable
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+        /// Trusted platform public key: hex, or a file with the hex or the JSON of
+        /// GET /api/v1/ledger/key; repeatable [default: the keys in the database, with a warning]
+        #[arg(long, value_name = "HEX|FILE")]
+        public_key: Vec<String>,
+    },
+    /// The ledger: export a signed checkpoint of its head
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
     },
     /// Import a registry CSV (UTF-8 or GBK) as a new version; --dry-run shows the diff only
     Import {
@@ -118,6 +134,11 @@ enum Command {
     Index {
         #[command(subcommand)]
         action: IndexAction,
+    },
+    /// TLS: a private CA and server certificate for an office without a public CA; phone certificates
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
     },
     /// Benchmarks; each prints our figure beside a reference run
     Bench {
@@ -256,6 +277,47 @@ enum BenchCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum LedgerAction {
+    /// Sign the ledger head with the platform key; prints the checkpoint JSON
+    Checkpoint {
+        /// Also write it to this file (keep it away from the server)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsAction {
+    /// Make a private CA and a server certificate in {data-dir}/tls, set [tls] in jiandu.toml and
+    /// print how to install the CA on phones; run again to renew the server certificate
+    Init {
+        /// Host names phones and browsers reach the server by, comma-separated
+        #[arg(long, value_delimiter = ',', value_name = "H1,H2")]
+        hosts: Vec<String>,
+        /// IP addresses they reach it by, comma-separated
+        #[arg(long, value_delimiter = ',', value_name = "IP1,IP2")]
+        ip: Vec<IpAddr>,
+        /// Office name written into the CA certificate
+        #[arg(long, default_value = "jiandu")]
+        office: String,
+        /// Also require phones to show a client certificate from the CA (mTLS; see `tls device`)
+        #[arg(long)]
+        client_certs: bool,
+        /// Make a new CA even if one exists (every phone must then install the new one)
+        #[arg(long)]
+        new_ca: bool,
+    },
+    /// Issue a phone's client certificate (CN = device id) from the private CA
+    Device {
+        /// Device id
+        id: String,
+        /// Directory for {id}.pem and {id}.key [default: {data-dir}/tls/devices]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReceiptAction {
     /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
     Verify {
@@ -339,10 +401,10 @@ fn main() -> Result<()> {
     let config = Config::load(&cli.common)?;
     telemetry::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(cli.command, config))
+    runtime.block_on(run(cli.command, config, cli.common))
 }
 
-async fn run(command: Command, config: Config) -> Result<()> {
+async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()> {
     match command {
         Command::Demo { devices } => demo::run(config, devices).await,
         Command::Sim(args) => sim_cli::run_cli(&config, args).await,
@@ -376,7 +438,12 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 evidence_cli::receipt_verify(&config, &file, public_key.as_deref()).await
             }
         },
-        Command::Verify { deep } => evidence_cli::verify(&config, deep).await,
+        Command::Verify { deep, checkpoint, public_key } => {
+            evidence_cli::verify(&config, deep, &checkpoint, &public_key).await
+        }
+        Command::Ledger { action } => match action {
+            LedgerAction::Checkpoint { out } => evidence_cli::ledger_checkpoint(&config, out.as_deref()).await,
+        },
         Command::Import { registry, file, dry_run, encoding } => {
             import::import(&config, registry.into(), &file, dry_run, encoding).await
         }
@@ -404,6 +471,12 @@ async fn run(command: Command, config: Config) -> Result<()> {
                 index_cli::formula_load(&config, &file).await
             }
             IndexAction::Assessment { year } => index_cli::assessment(&config, year).await,
+        },
+        Command::Tls { action } => match action {
+            TlsAction::Init { hosts, ip, office, client_certs, new_ca } => {
+                tls_cli::init(&config, common.config.as_deref(), &hosts, &ip, &office, client_certs, new_ca)
+            }
+            TlsAction::Device { id, out } => tls_cli::device(&config, &id, out.as_deref()).await,
         },
         Command::Bench { which } => match which {
             BenchCommand::Ingest(args) => Ok(jiandu_sim::bench::ingest::run(args).await?),

@@ -48,10 +48,14 @@ const SERVICE_ACCOUNT: &str = "jiandu";
 /// Addresses the roles actually bound, written to `{data_dir}/serve.json` for scripts and tests.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    /// MQTT address (embedded broker) or the external broker URL.
+    /// MQTT address (embedded broker) or the external broker URL; empty when plaintext is off.
     pub mqtt: String,
     /// HTTP address, when the web role runs.
     pub http: Option<SocketAddr>,
+    /// MQTTS address of the embedded broker, when TLS is on.
+    pub mqtts: Option<SocketAddr>,
+    /// HTTPS address, when the web role runs with TLS.
+    pub https: Option<SocketAddr>,
 }
 
 /// How `serve` restarts failing roles (`[supervise]` in the TOML file).
@@ -240,6 +244,18 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         .with_context(|| format!("opening the evidence store {} (--object-store)", config.object_store))?;
     let store = store.with_blobs(blobs);
 
+    let tls = match &config.tls {
+        Some(t) => {
+            let tls = jiandu_tls::ServerTls::load(t.settings())
+                .with_context(|| format!("loading the TLS certificate {} (see `jiandu tls init`)", t.cert.display()))?;
+            // The reloader stops with the others at shutdown; it holds nothing to flush.
+            drop(tls.spawn_reloader(shutdown.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
+    warn_plaintext_beyond_loopback(config, roles);
+
     let run_broker = roles.contains(&Role::Broker);
     if run_broker && config.broker.is_some() {
         bail!("--roles broker runs the embedded broker; drop it when --broker points at an external one");
@@ -254,19 +270,30 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 "with --broker, set broker_username and broker_password (or JIANDU_BROKER_USERNAME/JIANDU_BROKER_PASSWORD)"
             );
         };
-        BrokerEndpoint { host, port, username: username.clone(), password: password.clone() }
+        BrokerEndpoint { host, port, username: username.clone(), password: password.clone(), tls: None }
     } else if run_broker {
         let b = jiandu_broker::start(
             BrokerConfig {
                 listen: config.mqtt_listen,
+                tls: config.mqtts_listen.zip(tls.clone()),
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
                 heartbeat_log_bytes: config.heartbeat_log_bytes,
-                // Phones wait until this process's ingest has subscribed (it would miss
-                // whatever they sent before).
-                devices_wait_for_gate: roles.contains(&Role::Ingest),
                 max_sessions_per_device: config.max_sessions_per_device,
                 max_sessions_per_integration: config.max_sessions_per_integration,
+                // Phones reconnecting to a restarted server wait for this process's ingest.
+                hold_logins_for: if roles.contains(&Role::Ingest) {
+                    {
+                        use jiandu_schemas::topic::{
+                            SHARED_EVIDENCE, SHARED_HEARTBEATS, SHARED_OWNTRACKS, SHARED_PRESENCE,
+                        };
+                        [SHARED_HEARTBEATS, SHARED_OWNTRACKS, SHARED_PRESENCE, SHARED_EVIDENCE]
+                    }
+                    .map(String::from)
+                    .to_vec()
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             },
             store.clone(),
@@ -277,10 +304,21 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         // The roles of this process log in through the same front as everyone else, as the
         // internal service account, whose token is rotated at every start.
         let token = store.ensure_service_account(SERVICE_ACCOUNT).await?;
-        let addr = b.local_addr;
+        // Over the plaintext port when there is one, else over TLS pinned to our own certificate.
+        let (addr, client_tls) = match (b.local_addr, b.tls_addr, &tls) {
+            (Some(addr), _, _) => (addr, None),
+            (None, Some(addr), Some(tls)) => (addr, Some(tls.loopback_client_config())),
+            _ => bail!("the embedded broker has no listener the roles can reach"),
+        };
         broker = Some(b);
         let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-        BrokerEndpoint { host, port: addr.port(), username: SERVICE_ACCOUNT.into(), password: token.into_inner() }
+        BrokerEndpoint {
+            host,
+            port: addr.port(),
+            username: SERVICE_ACCOUNT.into(),
+            password: token.into_inner(),
+            tls: client_tls,
+        }
     } else {
         bail!("no broker: run the broker role or point --broker at an external broker");
     };
@@ -296,20 +334,15 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         supervise(role, body, config.supervise.clone(), board.clone(), fatal.clone(), shutdown.clone())
     };
     let mut tasks = Vec::new();
-    let ingest_subscribed = CancellationToken::new();
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
-        let subscribed = ingest_subscribed.clone();
         tasks.push(sup(
             "ingest.heartbeat",
             Box::new(move || {
-                let (store, endpoint, config, subscribed, stop) =
-                    (store.clone(), endpoint.clone(), config.clone(), subscribed.clone(), stop.clone());
+                let (store, endpoint, config, stop) = (store.clone(), endpoint.clone(), config.clone(), stop.clone());
                 Box::pin(async move {
-                    jiandu_ingest::heartbeat::run(store, endpoint, config, subscribed, stop)
-                        .await
-                        .map_err(|e| e.to_string())
+                    jiandu_ingest::heartbeat::run(store, endpoint, config, stop).await.map_err(|e| e.to_string())
                 })
             }),
         ));
@@ -391,14 +424,16 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             tile_url: config.web.tile_url.clone(),
             tile_attribution: config.web.tile_attribution.clone(),
             gcj02: config.web.gcj02,
-            mqtt_url: match &broker {
-                Some(b) if !config.mqtt_listen.ip().is_unspecified() => format!("mqtt://{}", b.local_addr),
+            mqtt_url: match broker.as_ref().map(|b| (b.tls_addr, b.local_addr)) {
+                Some((Some(a), _)) if !a.ip().is_unspecified() => format!("mqtts://{a}"),
+                Some((None, Some(a))) if !a.ip().is_unspecified() => format!("mqtt://{a}"),
                 _ => config.public_mqtt_url(),
             },
             roles: board.clone(),
         };
+        let listeners = jiandu_web::Listeners { http: config.http_listen, https: config.https_listen.zip(tls.clone()) };
         Some(
-            jiandu_web::start_with(config.http_listen, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
+            jiandu_web::start_with(listeners, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
                 .await
                 .context("starting the web role")?,
         )
@@ -406,33 +441,47 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         None
     };
 
-    if let Some(b) = &broker {
-        if roles.contains(&Role::Ingest) {
-            // Admit phones anyway if the subscription takes implausibly long.
-            tokio::select! {
-                _ = ingest_subscribed.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                    tracing::warn!("heartbeat ingest not subscribed after 30 s; admitting devices anyway");
-                }
-            }
-        }
-        b.device_gate().open();
-    }
-
     let bound = Bound {
         mqtt: match &broker {
-            Some(b) => format!("mqtt://{}", b.local_addr),
+            Some(b) => b.local_addr.map(|a| format!("mqtt://{a}")).unwrap_or_default(),
             None => config.broker.clone().unwrap_or_default(),
         },
-        http: web.as_ref().map(|w| w.local_addr),
+        http: web.as_ref().and_then(|w| w.local_addr),
+        mqtts: broker.as_ref().and_then(|b| b.tls_addr),
+        https: web.as_ref().and_then(|w| w.tls_addr),
     };
-    let state =
-        json!({"pid": std::process::id(), "mqtt": bound.mqtt, "http": bound.http.map(|a| format!("http://{a}"))});
+    let state = json!({
+        "pid": std::process::id(),
+        "mqtt": (!bound.mqtt.is_empty()).then_some(&bound.mqtt),
+        "http": bound.http.map(|a| format!("http://{a}")),
+        "mqtts": bound.mqtts.map(|a| format!("mqtts://{a}")),
+        "https": bound.https.map(|a| format!("https://{a}")),
+    });
     let path = config.data_dir.join("serve.json");
     std::fs::create_dir_all(&config.data_dir)?;
     std::fs::write(&path, serde_json::to_vec_pretty(&state)?).with_context(|| format!("writing {}", path.display()))?;
-    info!(mqtt = %bound.mqtt, http = ?bound.http, "jiandu running");
+    info!(mqtt = %bound.mqtt, http = ?bound.http, mqtts = ?bound.mqtts, https = ?bound.https, "jiandu running");
     Ok(Running { bound, broker, web, relay, tasks, store, failures, broker_stop })
+}
+
+/// Warns about each plaintext listener reachable from beyond this machine: tokens, positions and
+/// evidence would cross the network in the clear.
+fn warn_plaintext_beyond_loopback(config: &Config, roles: &[Role]) {
+    let listeners = [
+        (roles.contains(&Role::Broker) && config.broker.is_none(), config.mqtt_listen, "MQTT", "--mqtt-listen"),
+        (roles.contains(&Role::Web), config.http_listen, "HTTP", "--http-listen"),
+    ];
+    for (runs, addr, what, flag) in listeners {
+        if let (true, Some(addr)) = (runs, addr)
+            && !addr.ip().is_loopback()
+        {
+            warn!(
+                %addr,
+                "plaintext {what} listens beyond loopback: credentials and data cross the network unencrypted \
+                 (use TLS, see `jiandu tls init`, and set {flag} off or to 127.0.0.1)"
+            );
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

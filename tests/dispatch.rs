@@ -487,6 +487,15 @@ async fn malformed_reports_get_field_errors_and_staff_dispatch_by_hand() {
     assert!(notice["text"].as_str().unwrap().contains("withdrawn"), "{notice}");
     let manual = phone.offer().await;
     assert_eq!(manual["report"]["id"], "w-1");
+    // The desk's offer went through the dispatcher's rules: measured with its great-circle
+    // distance from the phone's heartbeat (100 m north of the site)…
+    let expected = jiandu_dispatcher::index::haversine_m(SITE.0, SITE.1, SITE.0 + 100.0 * DEG_PER_M, SITE.1);
+    let got = manual["distance_m"].as_f64().unwrap();
+    assert!((got - expected).abs() < 1e-6, "{got} vs {expected}: {manual}");
+    // …and refused by them, naming the field, for an answer window they do not allow.
+    let resp = post("/reports/w-1/dispatch", json!({"device": other.id, "respond_within_s": 0})).await.unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["field"], "respond_within_s");
     // Busy device: 409.
     let resp = post("/reports/r-ok/dispatch", json!({"device": phone.id})).await.unwrap();
     assert_eq!(resp.status(), 409);

@@ -277,7 +277,7 @@ async fn a_device_publishes_only_contract_topics_and_retains_only_presence() {
         (p("report"), true, b"{}".to_vec(), "only presence may be retained"),
         (p("presence"), true, vec![b' '; 8 * 1024], "larger than"),
         (p("lookup"), false, vec![b' '; 64 * 1024], "larger than"),
-        (p("ev/e1/c/0"), false, vec![0u8; 256 * 1024 + 1], "larger than"),
+        (p("ev/e1/c/0"), false, vec![0u8; jiandu_broker::acl::MAX_CHUNK_PAYLOAD_BYTES + 1], "larger than"),
     ];
     let mut pending = std::collections::VecDeque::new();
     for (topic, retain, payload, why) in &attempts {

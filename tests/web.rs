@@ -217,18 +217,22 @@ async fn failed_logins_are_rate_limited() {
     assert_eq!(body["error"]["code"], "rate_limited");
     let wait: u64 = headers.get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
     assert!((1..=300).contains(&wait), "{wait}");
-    // Another name from the same address is locked too: guessing across names does not help.
+    // Guessing across names from the same address does not help either: ten failures in all
+    // lock the address (the pair lock above only kept "night" from here).
     let other = add_user(&app, "day", "leader");
+    for i in 0..5 {
+        assert_eq!(b.login("day", &format!("guess {i}")).await.0, StatusCode::UNAUTHORIZED);
+    }
     assert_eq!(b.login("day", &other).await.0, StatusCode::TOO_MANY_REQUESTS);
-    // HTTP Basic for API clients is not a way around it either: it is the same store check,
-    // and a wrong Basic password is still 401.
+    // HTTP Basic for API clients is not a way around it: the same counters answer 429.
     let resp = reqwest::Client::new()
         .get(format!("{}/api/v1/reports", app.http))
         .basic_auth("night", Some("wrong"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
     app.stop();
 }
 
@@ -532,10 +536,11 @@ async fn leaders_work_cases_and_the_index_in_headless_chromium() {
     // D001 meets every target: 100 green. D002: half the sessions (-10) and attendance 90 of 95
     // (-1.05): 88.95 blue.
     // D004: no sessions (-20), organisation check 90 of 100 (-2): 78 yellow.
-    // D003: no figures at all (-20, -10, -10) and one tip naming it (-2): 58 red.
+    // D003: zero sessions, attendance and checks (-20, -10, -10; imported zeros are data, unlike
+    // figures never imported, which read as "no data") and one tip naming it (-2): 58 red.
     let mut rows = Vec::new();
     for (unit, sessions, attendance, org) in
-        [("D001", 3.0, 95.0, 100.0), ("D002", 1.5, 90.0, 100.0), ("D004", 0.0, 95.0, 90.0)]
+        [("D001", 3.0, 95.0, 100.0), ("D002", 1.5, 90.0, 100.0), ("D003", 0.0, 0.0, 0.0), ("D004", 0.0, 95.0, 90.0)]
     {
         for (indicator, value) in
             [("education_sessions", sessions), ("education_attendance", attendance), ("org_building", org)]

@@ -15,6 +15,9 @@ use jiandu_store::Principal;
 /// The platform's public key topic, readable by everyone who is logged in.
 const PLATFORM_KEY: &str = "jd/v1/platform/key";
 
+/// Largest evidence chunk payload: the contract's 256 KiB plus slack, so a chunk slightly too
+/// long still reaches ingest and gets its precise `rejected` receipt (`chunk[n]: is … bytes`).
+pub const MAX_CHUNK_PAYLOAD_BYTES: usize = MAX_CHUNK_BYTES + 4 * 1024;
 /// Largest heartbeat payload: a backlog of 1000 points at ~260 bytes each.
 pub const MAX_HEARTBEAT_BYTES: usize = 256 * 1024;
 /// Largest report or assignment-status payload (4000 characters of text, JSON-escaped).
@@ -121,13 +124,13 @@ impl Acl {
                 let limit = match parsed {
                     Topic::Inbox { .. } => return Err(Denied::NotAuthorised),
                     Topic::Heartbeat { .. } => MAX_HEARTBEAT_BYTES,
-                    Topic::EvidenceChunk { .. } => MAX_CHUNK_BYTES,
+                    Topic::EvidenceChunk { .. } => MAX_CHUNK_PAYLOAD_BYTES,
                     Topic::Report { .. } | Topic::AssignmentStatus { .. } => MAX_TEXT_MESSAGE_BYTES,
                     Topic::OwnTracks { .. } => MAX_OWNTRACKS_BYTES,
                     Topic::Presence { .. } | Topic::Lookup { .. } | Topic::EvidenceMeta { .. } => {
                         MAX_SMALL_MESSAGE_BYTES
                     }
-                    Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey => {
+                    Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey | Topic::PlatformCheckpoint => {
                         return Err(Denied::NotAuthorised);
                     }
                 };
@@ -221,14 +224,14 @@ mod tests {
         assert_eq!(a.check_publish("jd/v1/dev/da/presence", 30, true), Ok(()));
         assert_eq!(a.check_publish("jd/v1/dev/da/asg/a1", 30, false), Ok(()));
         assert_eq!(a.check_publish("jd/v1/dev/da/ev/e1/meta", 300, false), Ok(()));
-        assert_eq!(a.check_publish("jd/v1/dev/da/ev/e1/c/0", MAX_CHUNK_BYTES, false), Ok(()));
+        assert_eq!(a.check_publish("jd/v1/dev/da/ev/e1/c/0", MAX_CHUNK_BYTES + 1, false), Ok(()));
         assert_eq!(a.check_publish("jd/v1/dev/da/junk", 3, false), Err(Denied::NotInContract));
         assert_eq!(a.check_publish("jd/v1/dev/da/hb/x", 3, false), Err(Denied::NotInContract));
         assert_eq!(a.check_publish("jd/v1/dev/da/hb", 3, true), Err(Denied::RetainNotAllowed));
         assert_eq!(a.check_publish("jd/v1/dev/da/report", 3, true), Err(Denied::RetainNotAllowed));
         assert_eq!(
-            a.check_publish("jd/v1/dev/da/ev/e1/c/0", MAX_CHUNK_BYTES + 1, false),
-            Err(Denied::TooLarge { size: MAX_CHUNK_BYTES + 1, limit: MAX_CHUNK_BYTES })
+            a.check_publish("jd/v1/dev/da/ev/e1/c/0", MAX_CHUNK_PAYLOAD_BYTES + 1, false),
+            Err(Denied::TooLarge { size: MAX_CHUNK_PAYLOAD_BYTES + 1, limit: MAX_CHUNK_PAYLOAD_BYTES })
         );
         assert!(matches!(a.check_publish("jd/v1/dev/da/presence", 5000, true), Err(Denied::TooLarge { .. })));
         assert!(matches!(

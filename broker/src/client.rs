@@ -22,6 +22,8 @@ pub struct BrokerEndpoint {
     pub username: String,
     /// Service account token.
     pub password: String,
+    /// TLS for the connection (`None`: plaintext TCP).
+    pub tls: Option<std::sync::Arc<jiandu_tls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for BrokerEndpoint {
@@ -31,6 +33,7 @@ impl std::fmt::Debug for BrokerEndpoint {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &"[redacted]")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -45,7 +48,10 @@ impl BrokerEndpoint {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         o.set_clean_session(true);
-        o.set_transport(Transport::Tcp);
+        o.set_transport(match &self.tls {
+            Some(config) => Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config.clone())),
+            None => Transport::Tcp,
+        });
         o
     }
 }
@@ -234,6 +240,45 @@ pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: 
                         continue 'connection;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The one way every role sends something to a phone (`jd/v1/dev/{dev}/inbox/{kind}`, QoS 1, not
+/// retained): offers, notices, receipts, look-up replies and field errors all go through
+/// [`PhoneInbox::send`], so the topic, the QoS and the logging of a failure are decided once.
+///
+/// What must not be lost is made durable before it is sent (the offer is an assignment row, a
+/// receipt follows a committed evidence row); the phone's persistent session (clean session off)
+/// keeps QoS 1 messages while it is away.
+#[derive(Clone)]
+pub struct PhoneInbox {
+    client: AsyncClient,
+}
+
+impl PhoneInbox {
+    /// Sends through a role's MQTT client.
+    pub fn new(client: AsyncClient) -> PhoneInbox {
+        PhoneInbox { client }
+    }
+
+    /// Queues `body` (JSON) for the device's inbox of `kind`; false (and a warning) when it
+    /// cannot be encoded or queued.
+    pub async fn send(&self, device: &str, kind: jiandu_schemas::InboxKind, body: &impl serde::Serialize) -> bool {
+        let bytes = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(device, inbox = %kind, error = %e, "cannot encode a message to the phone");
+                return false;
+            }
+        };
+        let topic = jiandu_schemas::topic::inbox(device, kind);
+        match self.client.publish(topic, QoS::AtLeastOnce, false, bytes).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(device, inbox = %kind, error = %e, "cannot queue a message to the phone");
+                false
             }
         }
     }

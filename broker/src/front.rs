@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::{Acl, Denied};
 use crate::sessions::{AccountKey, Registration, Sessions};
+use crate::tls::Transport;
 use crate::wire::{self, Refusal, Version, kind};
 
 /// Opens a link into the router for a client id: (client id, clean session, topic alias max).
@@ -57,14 +58,57 @@ pub(crate) struct Front {
     pub links: LinkFactory,
     pub max_packet_bytes: usize,
     pub connect_timeout: Duration,
-    /// Whether devices may connect yet (see [`crate::DeviceGate`]).
-    pub devices_admitted: Arc<std::sync::atomic::AtomicBool>,
     /// Live sessions per account (connection caps, revocation).
     pub sessions: Arc<Sessions>,
     /// Most distinct client ids one device may hold connected at once.
     pub max_sessions_per_device: usize,
     /// Most distinct client ids one integration account may hold connected at once.
     pub max_sessions_per_integration: usize,
+    /// The platform subscriptions still awaited since start; logins are held until it is empty.
+    pub awaited: Arc<Awaited>,
+    /// Until then, and at most until this moment, the CONNACK of a device or integration waits:
+    /// rumqttd drops messages nobody subscribes to, so a phone that reconnects to a restarted
+    /// server before ingest has subscribed would have its re-sent backlog dropped, and the next
+    /// `inbox/ack` would then cover points never stored.
+    pub hold_logins_until: Instant,
+}
+
+/// The service subscriptions a freshly started broker waits for before it lets devices and
+/// integrations in (the local ingest role's shared filters).
+pub(crate) struct Awaited {
+    filters: std::sync::Mutex<HashSet<String>>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Awaited {
+    /// Waits for `filters` (none: ready at once).
+    pub fn new(filters: impl IntoIterator<Item = String>) -> Awaited {
+        let filters: HashSet<String> = filters.into_iter().collect();
+        let ready = tokio::sync::watch::channel(filters.is_empty()).0;
+        Awaited { filters: std::sync::Mutex::new(filters), ready }
+    }
+
+    fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Whether any of `filters` is awaited.
+    fn wants(&self, filters: &[String]) -> bool {
+        let awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        filters.iter().any(|f| awaited.contains(f))
+    }
+
+    /// Marks `filters` as subscribed (they reached the router).
+    fn arrived(&self, filters: &[String]) {
+        let mut awaited = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        for f in filters {
+            awaited.remove(f);
+        }
+        if awaited.is_empty() && !self.is_ready() {
+            info!("platform subscriptions in place: devices and integrations may log in");
+            self.ready.send_replace(true);
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -145,10 +189,10 @@ fn without_properties(packet: Packet) -> Packet {
 
 impl Front {
     /// Serves one client connection until it closes.
-    pub async fn serve<S: ClientStream>(self: Arc<Self>, stream: S, peer: SocketAddr) {
-        let span = info_span!("mqtt", %peer, client = tracing::field::Empty);
+    pub async fn serve<S: ClientStream>(self: Arc<Self>, stream: S, peer: SocketAddr, transport: Transport) {
+        let span = info_span!("mqtt", %peer, tls = transport.tls, client = tracing::field::Empty);
         async move {
-            match self.session(stream).await {
+            match self.session(stream, &transport).await {
                 Ok(()) => debug!("connection closed"),
                 Err(SessionEnd::Refused(why)) => {
                     metrics::counter!("jiandu_broker_connections_total", "result" => "refused").increment(1);
@@ -161,7 +205,7 @@ impl Front {
         .await
     }
 
-    async fn session<S: ClientStream>(&self, mut client: S) -> Result<(), SessionEnd> {
+    async fn session<S: ClientStream>(&self, mut client: S, transport: &Transport) -> Result<(), SessionEnd> {
         // Buffers start small and grow on demand: most phones are idle most of the time.
         let mut buf = BytesMut::with_capacity(512);
         let first = tokio::time::timeout(self.connect_timeout, read_connect(&mut client, &mut buf))
@@ -195,12 +239,6 @@ impl Front {
                 return refuse(&mut client, version, Refusal::Unavailable).await;
             }
         };
-        if matches!(principal, Principal::Device { .. })
-            && !self.devices_admitted.load(std::sync::atomic::Ordering::Acquire)
-        {
-            // The platform's own subscribers are not in place yet; the phone retries.
-            return refuse(&mut client, version, Refusal::Unavailable).await;
-        }
         // The client id is the account's name, or the name plus "-suffix" (a second tool on the
         // same account, or several processes of one role); never another account's name.
         let name = match &principal {
@@ -211,6 +249,10 @@ impl Front {
             || connect.client_id.strip_prefix(name.as_str()).is_some_and(|r| r.len() > 1 && r.starts_with('-'));
         if !client_id_ok {
             return refuse(&mut client, version, Refusal::BadClientId).await;
+        }
+        if let Err(why) = transport.admits(&principal) {
+            warn!(reason = why, "client certificate does not fit the account");
+            return refuse(&mut client, version, Refusal::NotAuthorized).await;
         }
         let acl = Acl::for_principal(&principal);
         let Packet::Connect(header, props, will, _will_props, _login) =
@@ -242,6 +284,11 @@ impl Front {
             return refuse(&mut client, version, Refusal::Unavailable).await;
         }
         let alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+        if !matches!(principal, Principal::Service { .. }) && !self.awaited.is_ready() {
+            let mut ready = self.awaited.ready.subscribe();
+            let until = self.hold_logins_until.into();
+            let _ = tokio::time::timeout_at(until, ready.wait_for(|r| *r)).await;
+        }
         let links = self.links.clone();
         let client_id = connect.client_id.clone();
         let clean = header.clean_session;
@@ -281,6 +328,8 @@ impl Front {
             will,
             registration,
             qos2_open: 0,
+            awaited: (!self.awaited.is_ready()).then(|| self.awaited.clone()),
+            subscribing: Vec::new(),
             max_packet_bytes: self.max_packet_bytes,
             link_tx,
             link_rx,
@@ -342,6 +391,10 @@ struct Session {
     registration: Registration,
     /// QoS 2 publishes passed to the router whose PUBREL has not followed yet.
     qos2_open: usize,
+    /// The platform subscriptions awaited since start (for a service session, until they came).
+    awaited: Option<Arc<Awaited>>,
+    /// Awaited filters among the packets about to go to the router.
+    subscribing: Vec<String>,
     max_packet_bytes: usize,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -391,6 +444,13 @@ impl Session {
                 // Queue all but the last directly; sending the last one wakes the router once.
                 self.link_tx.buffer().extend(to_router.drain(..));
                 self.link_tx.send(last).await?;
+            }
+            if !self.subscribing.is_empty()
+                && let Some(awaited) = &self.awaited
+            {
+                // Logins held since start go on once all are in: their links reach the router
+                // after these subscriptions.
+                awaited.arrived(&std::mem::take(&mut self.subscribing));
             }
             if !out.is_empty() {
                 wr.write_all(&out).await?;
@@ -518,6 +578,14 @@ impl Session {
                     }
                 }
                 Packet::Subscribe(mut sub, props) => {
+                    if let Some(awaited) = &self.awaited
+                        && matches!(self.acl, Acl::Service)
+                    {
+                        let paths: Vec<String> = sub.filters.iter().map(|f| f.path.clone()).collect();
+                        if awaited.wants(&paths) {
+                            self.subscribing.extend(paths);
+                        }
+                    }
                     let keep: Vec<bool> = sub.filters.iter().map(|f| self.acl.may_subscribe(&f.path)).collect();
                     for (f, _) in sub.filters.iter().zip(&keep).filter(|(_, k)| !**k) {
                         metrics::counter!("jiandu_broker_denied_total", "what" => "subscribe").increment(1);

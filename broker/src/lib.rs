@@ -5,13 +5,15 @@
 //! [`acl`] decides what an account may publish and subscribe, `front` serves each client
 //! connection over an in-process link into the router, [`client`] is how the platform's own
 //! roles connect as MQTT clients, `sessions` counts each account's live sessions (caps, and
-//! ending them on revocation), and [`start`] wires it together, including the watcher that ends
-//! a revoked account's sessions within a second. Only this crate knows rumqttd.
+//! ending them on revocation), [`tls`] what the MQTTS listener adds (client certificates), and
+//! [`start`] wires it together, including the watcher that ends a revoked account's sessions
+//! within a second. Only this crate knows rumqttd.
 
 pub mod acl;
 pub mod client;
 mod front;
 mod sessions;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiandu_store::Store;
+use jiandu_tls::ServerTls;
 use rumqttd::RouterConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -40,6 +43,17 @@ pub enum BrokerError {
         /// Why the bind failed.
         source: std::io::Error,
     },
+    /// The MQTTS address is taken or not ours to bind.
+    #[error("cannot listen for MQTTS on {addr}: {source} (choose another address with --mqtts-listen)")]
+    ListenTls {
+        /// Address we tried.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+    /// Neither a plaintext nor a TLS listener is configured.
+    #[error("no MQTT listener: set --mqtt-listen or --mqtts-listen (with a TLS certificate)")]
+    NoListener,
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -48,21 +62,16 @@ pub enum BrokerError {
 /// Settings of the embedded broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Public MQTT address (MQTT 3.1.1 and 5 on one port).
-    pub listen: SocketAddr,
+    /// Public plaintext MQTT address (MQTT 3.1.1 and 5 on one port); `None`: no plaintext listener.
+    pub listen: Option<SocketAddr>,
+    /// MQTT over TLS: its address and the certificates (default port 8883).
+    pub tls: Option<(SocketAddr, ServerTls)>,
     /// Largest MQTT packet accepted from a client, in bytes (an evidence chunk is 256 KiB).
     pub max_packet_bytes: usize,
     /// Most client connections served at once.
     pub max_connections: usize,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
-    /// Bytes of heartbeats the router keeps for a lagging ingest before it drops the oldest
-    /// (although their publishers were acknowledged: phones re-send what is never confirmed).
-    pub heartbeat_log_bytes: usize,
-    /// Refuse devices (CONNACK "server unavailable", so they retry) until
-    /// [`RunningBroker::device_gate`] is opened: the router keeps no messages for a subscriber
-    /// that has not subscribed yet, so phones must not publish before ingest is subscribed.
-    pub devices_wait_for_gate: bool,
     /// Most distinct client ids one device may hold connected at once (a phone app and a tool
     /// or two); more is refused with CONNACK 0x97 (MQTT 5) / 3 (3.1.1).
     pub max_sessions_per_device: usize,
@@ -70,20 +79,31 @@ pub struct BrokerConfig {
     pub max_sessions_per_integration: usize,
     /// How often the store is asked which accounts were revoked (their sessions are ended).
     pub revocation_poll: Duration,
+    /// After start, device and integration logins wait until service accounts have subscribed
+    /// to these filters (the local ingest role's), so nothing a reconnecting phone re-sends is
+    /// dropped for want of a subscriber. Empty: no wait.
+    pub hold_logins_for: Vec<String>,
+    /// The longest such a wait lasts.
+    pub hold_logins_max: Duration,
+    /// Bytes of heartbeats the router keeps for a lagging ingest before it drops the oldest
+    /// (although their publishers were acknowledged: phones re-send what is never confirmed).
+    pub heartbeat_log_bytes: usize,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            tls: None,
             max_packet_bytes: 300 * 1024,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
-            heartbeat_log_bytes: 64 * 1024 * 1024,
-            devices_wait_for_gate: false,
             max_sessions_per_device: 3,
             max_sessions_per_integration: 16,
             revocation_poll: Duration::from_secs(1),
+            hold_logins_for: Vec::new(),
+            hold_logins_max: Duration::from_secs(15),
+            heartbeat_log_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -91,46 +111,43 @@ impl Default for BrokerConfig {
 /// A running embedded broker.
 #[derive(Debug)]
 pub struct RunningBroker {
-    /// The bound public address (the real port when configured with port 0).
-    pub local_addr: SocketAddr,
-    accept: tokio::task::JoinHandle<()>,
-    gate: DeviceGate,
+    /// The bound plaintext address (the real port when configured with port 0), if any.
+    pub local_addr: Option<SocketAddr>,
+    /// The bound MQTTS address, if any.
+    pub tls_addr: Option<SocketAddr>,
+    accept: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Opens the broker to devices once the platform's subscribers are in place.
-#[derive(Debug, Clone)]
-pub struct DeviceGate(Arc<std::sync::atomic::AtomicBool>);
-
-impl DeviceGate {
-    /// Admits devices from now on.
-    pub fn open(&self) {
-        if !self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            info!("devices admitted");
+impl RunningBroker {
+    /// Waits until the accept loops have stopped (after shutdown).
+    pub async fn stopped(self) {
+        for a in self.accept {
+            a.await.ok();
         }
     }
 }
 
-impl RunningBroker {
-    /// The gate devices wait behind when `devices_wait_for_gate` is set.
-    pub fn device_gate(&self) -> DeviceGate {
-        self.gate.clone()
-    }
-
-    /// Waits until the accept loop has stopped (after shutdown).
-    pub async fn stopped(self) {
-        self.accept.await.ok();
-    }
-}
-
-/// Starts rumqttd on loopback and the authenticating, ACL-enforcing public listener.
+/// Starts rumqttd on loopback and the authenticating, ACL-enforcing public listeners (plaintext
+/// and/or TLS, sharing one connection limit).
 pub async fn start(
     config: BrokerConfig,
     store: Store,
     shutdown: CancellationToken,
 ) -> Result<RunningBroker, BrokerError> {
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| BrokerError::Listen { addr: config.listen, source })?;
-    let local_addr = listener.local_addr()?;
+    if config.listen.is_none() && config.tls.is_none() {
+        return Err(BrokerError::NoListener);
+    }
+    let plain = match config.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| BrokerError::Listen { addr, source })?),
+        None => None,
+    };
+    let secure = match &config.tls {
+        Some((addr, tls)) => {
+            let l = TcpListener::bind(addr).await.map_err(|source| BrokerError::ListenTls { addr: *addr, source })?;
+            Some((l, tls.clone()))
+        }
+        None => None,
+    };
 
     let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
     let links: front::LinkFactory = Arc::new(move |client_id: &str, clean: bool, alias_max: u16| {
@@ -142,7 +159,6 @@ pub async fn start(
             .map_err(|e| e.to_string())
     });
 
-    let devices_admitted = Arc::new(std::sync::atomic::AtomicBool::new(!config.devices_wait_for_gate));
     let sessions = Arc::new(sessions::Sessions::default());
     tokio::spawn(watch_revocations(store.clone(), sessions.clone(), config.revocation_poll, shutdown.clone()));
     let front = Arc::new(front::Front {
@@ -150,14 +166,45 @@ pub async fn start(
         links,
         max_packet_bytes: config.max_packet_bytes,
         connect_timeout: config.connect_timeout,
-        devices_admitted: devices_admitted.clone(),
         sessions,
         max_sessions_per_device: config.max_sessions_per_device,
         max_sessions_per_integration: config.max_sessions_per_integration,
+        awaited: Arc::new(front::Awaited::new(config.hold_logins_for.clone())),
+        hold_logins_until: std::time::Instant::now() + config.hold_logins_max,
     });
+    let device_cert_required = config.tls.as_ref().is_some_and(|(_, t)| t.device_cert_required());
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    info!(addr = %local_addr, "MQTT listening (3.1.1 and 5)");
-    let accept = tokio::spawn(async move {
+    let mut running = RunningBroker { local_addr: None, tls_addr: None, accept: Vec::new() };
+    if let Some(listener) = plain {
+        let addr = listener.local_addr()?;
+        info!(%addr, "MQTT listening (3.1.1 and 5, plaintext)");
+        running.local_addr = Some(addr);
+        let listening =
+            Listening { listener, front: front.clone(), permits: permits.clone(), shutdown: shutdown.clone() };
+        running.accept.push(tokio::spawn(listening.run(None, device_cert_required)));
+    }
+    if let Some((listener, tls)) = secure {
+        let addr = listener.local_addr()?;
+        info!(%addr, device_cert_required, "MQTTS listening (3.1.1 and 5 over TLS)");
+        running.tls_addr = Some(addr);
+        let listening = Listening { listener, front, permits, shutdown };
+        running.accept.push(tokio::spawn(listening.run(Some(tls), device_cert_required)));
+    }
+    Ok(running)
+}
+
+/// One accept loop: plaintext, or TLS (the handshake runs in the connection's task, under its
+/// own deadline, never in the loop).
+struct Listening {
+    listener: TcpListener,
+    front: Arc<front::Front>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Listening {
+    async fn run(self, tls: Option<ServerTls>, device_cert_required: bool) {
+        let Listening { listener, front, permits, shutdown } = self;
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -178,19 +225,35 @@ pub async fn start(
                 debug!(error = %e, "TCP_NODELAY not set");
             }
             let front = front.clone();
+            let tls = tls.clone();
             // Shutdown reaches every connection, not only the listener.
             let stop = shutdown.child_token();
             tokio::spawn(async move {
+                let serve = async {
+                    match tls {
+                        None => front.serve(stream, peer, tls::Transport::plaintext(device_cert_required)).await,
+                        Some(tls) => match tls.accept_mqtt(stream).await {
+                            Ok((stream, cert)) => {
+                                let transport = tls::Transport { tls: true, cert, device_cert_required };
+                                front.serve(stream, peer, transport).await
+                            }
+                            Err(e) => {
+                                metrics::counter!("jiandu_broker_connections_total", "result" => "tls_failed")
+                                    .increment(1);
+                                info!(%peer, error = %e, "MQTTS handshake failed");
+                            }
+                        },
+                    }
+                };
                 tokio::select! {
-                    _ = front.serve(stream, peer) => {}
+                    _ = serve => {}
                     _ = stop.cancelled() => debug!(%peer, "connection closed at shutdown"),
                 }
                 drop(permit);
             });
         }
         info!("MQTT listener stopped");
-    });
-    Ok(RunningBroker { local_addr, accept, gate: DeviceGate(devices_admitted) })
+    }
 }
 
 /// Ends the live sessions of every device and account revoked since the last look, every

@@ -12,7 +12,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::Duration;
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::RoleSession;
+use jiandu_broker::client::{PhoneInbox, RoleSession};
 use jiandu_schemas::topic::{
     self, SHARED_ASSIGNMENT_STATUS, SHARED_DISPATCH_HEARTBEATS, SHARED_DISPATCH_PRESENCE, SHARED_INTEGRATION_REPORTS,
     SHARED_REPORTS,
@@ -560,10 +560,7 @@ impl Engine {
     }
 
     async fn send(&self, device: &str, kind: InboxKind, body: &impl serde::Serialize) {
-        let Ok(bytes) = serde_json::to_vec(body) else { return };
-        if let Err(e) = self.client.publish(topic::inbox(device, kind), QoS::AtLeastOnce, false, bytes).await {
-            warn!(device, inbox = %kind, error = %e, "cannot queue a message to the phone");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, kind, body).await;
     }
 }
 

@@ -21,6 +21,7 @@
 //! holder's connection dies; on SQLite a single process owns the database anyway.
 
 mod engine;
+pub mod hand;
 pub mod index;
 
 use std::time::Duration;
@@ -68,9 +69,23 @@ impl DispatchConfig {
 /// What can stop the dispatcher.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    /// The database failed while the dispatcher was starting up or taking over.
+    /// The database failed (or refused a change) while the dispatcher was working.
     #[error("dispatcher cannot use the database: {0}")]
     Store(#[from] StoreError),
+    /// A request to dispatch by hand names something unusable (field, why).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Which field of the request.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A request to dispatch by hand does not fit the report's state.
+    #[error("{reason}")]
+    Conflict {
+        /// What stands in the way.
+        reason: String,
+    },
     /// The configuration makes no sense.
     #[error("invalid [dispatch] setting {field}: {reason}")]
     Config {

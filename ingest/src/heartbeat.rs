@@ -77,13 +77,10 @@ impl Default for HeartbeatConfig {
 }
 
 /// Runs heartbeat ingest until `shutdown`; the batch in hand is committed before returning.
-/// `subscribed` is cancelled once the broker has granted the heartbeat subscriptions (an embedded
-/// broker admits phones only then, as it keeps nothing for a group that has not subscribed).
 pub async fn run(
     store: Store,
     broker: BrokerEndpoint,
     config: HeartbeatConfig,
-    subscribed: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     // The session outlives both tasks, so the last batch's acks still go out before it closes.
@@ -96,12 +93,6 @@ pub async fn run(
         INCOMING_CAPACITY,
         session_stop.clone(),
     );
-    let mut granted = session.subscribed.clone();
-    tokio::spawn(async move {
-        if granted.wait_for(|s| *s).await.is_ok() {
-            subscribed.cancel();
-        }
-    });
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
     let known = match store.active_device_ids().await {
         Ok(ids) => ids.into_iter().collect(),

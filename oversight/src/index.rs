@@ -219,6 +219,25 @@ fn single_or_candidates(mut hits: Vec<Hit>) -> Answer {
     }
 }
 
+/// Reads the "as of" time of a look-up: Unix milliseconds, or a date `YYYY-MM-DD` meaning the
+/// registries as they stood at the end of that day in China Standard Time (UTC+8). A date that
+/// does not exist (`2026-02-31`) or lies outside 1970..=2100 is refused with a field error on
+/// `at`, using the same calendar arithmetic as case deadlines.
+pub fn parse_as_of(text: &str) -> Result<i64, OversightError> {
+    let bad = || OversightError::Invalid {
+        field: "at".into(),
+        reason: format!("{text:?} is neither epoch milliseconds nor a date YYYY-MM-DD that exists"),
+    };
+    if let Ok(ms) = text.parse::<i64>() {
+        return if ms >= 0 { Ok(ms) } else { Err(bad()) };
+    }
+    let day = crate::cases::Day::parse(text).ok_or_else(bad)?;
+    if !(1970..=2100).contains(&day.ymd().0) {
+        return Err(bad());
+    }
+    Ok(day.end_ms())
+}
+
 /// Answers a look-up as the registries stood at time `at` (Unix ms), from the database: the
 /// rows that could match are fetched and matched by [`RegistryIndex::lookup`].
 pub async fn lookup_at(store: &Store, kind: LookupKind, q: &str, at: i64) -> Result<Answer, OversightError> {
@@ -238,4 +257,24 @@ pub async fn lookup_at(store: &Store, kind: LookupKind, q: &str, at: i64) -> Res
         LookupKind::Department => RegistryIndex::from_rows(Vec::new(), Vec::new(), store.departments_at(at).await?),
     };
     Ok(index.lookup(kind, q))
+}
+
+#[cfg(test)]
+mod as_of_tests {
+    use super::parse_as_of;
+    use crate::OversightError;
+
+    #[test]
+    fn as_of_is_milliseconds_or_the_end_of_a_real_china_day() {
+        assert_eq!(parse_as_of("1714694400000").unwrap(), 1_714_694_400_000);
+        // 2024-05-03 ends at 2024-05-03T16:00:00Z (midnight in Beijing).
+        assert_eq!(parse_as_of("2024-05-03").unwrap(), 1_714_752_000_000 - 1);
+        assert_eq!(parse_as_of("1970-01-01").unwrap(), 86_400_000 - 8 * 3_600_000 - 1);
+        assert_eq!(parse_as_of("2024-02-29").unwrap(), parse_as_of("2024-03-01").unwrap() - 86_400_000);
+        // Days that do not exist are refused, not rolled over into the next month.
+        for bad in ["2026-02-31", "2026-02-29", "2026-04-31", "2024-13-01", "2024-00-10", "3 May", "-5", "1969-12-31"] {
+            let e = parse_as_of(bad).unwrap_err();
+            assert!(matches!(e, OversightError::Invalid { ref field, .. } if field == "at"), "{bad}: {e}");
+        }
+    }
 }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::RoleSession;
-use jiandu_schemas::topic::{InboxKind, SHARED_LOOKUPS, inbox};
+use jiandu_broker::client::{PhoneInbox, RoleSession};
+use jiandu_schemas::topic::{InboxKind, SHARED_LOOKUPS};
 use jiandu_schemas::{ErrorNotice, LookupReply, LookupRequest, Topic, parse_lookup};
 use jiandu_store::{NewLookupAudit, RevokedDevices, Store, now_ms};
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, Publish};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -117,7 +117,7 @@ impl Responder {
             Err(e) => {
                 metrics::counter!("jiandu_lookups_total", "outcome" => "invalid").increment(1);
                 let notice = ErrorNotice { topic: p.topic.clone(), error: e.to_string() };
-                self.publish(&device, InboxKind::Error, serde_json::to_vec(&notice).unwrap_or_default()).await;
+                self.publish(&device, InboxKind::Error, &notice).await;
                 return;
             }
         };
@@ -161,14 +161,12 @@ impl Responder {
             }
         };
         metrics::counter!("jiandu_lookups_total", "outcome" => row.outcome.clone()).increment(1);
-        self.publish(&device, InboxKind::Lookup, serde_json::to_vec(&reply).unwrap_or_default()).await;
+        self.publish(&device, InboxKind::Lookup, &reply).await;
         self.audit.record(row).await;
     }
 
-    async fn publish(&self, device: &str, kind: InboxKind, payload: Vec<u8>) {
-        if let Err(e) = self.client.publish(inbox(device, kind), QoS::AtLeastOnce, false, payload).await {
-            warn!(device, error = %e, "could not queue a look-up reply");
-        }
+    async fn publish(&self, device: &str, kind: InboxKind, body: &impl serde::Serialize) {
+        PhoneInbox::new(self.client.clone()).send(device, kind, body).await;
     }
 
     /// Who carries the device: its staff id when registered with one, else the device id.

@@ -15,9 +15,9 @@ use serde_path_to_error::Segment;
 
 use crate::PayloadError;
 use crate::payload::{
-    AssignmentStatus, EvidenceMeta, Heartbeat, IntegrationReport, LookupRequest, MAX_BACKLOG, MAX_CHUNK_BYTES,
-    MAX_LABEL_CHARS, MAX_MIME_CHARS, MAX_PLATE_CHARS, MAX_QUERY_CHARS, MAX_SEQ, MAX_TEXT_CHARS, OwnTracksLocation,
-    Presence, Report, TS_MAX, TS_MIN,
+    AssignmentStatus, EVIDENCE_MIME_TYPES, EvidenceMeta, Heartbeat, IntegrationReport, LookupRequest, MAX_BACKLOG,
+    MAX_CHUNK_BYTES, MAX_LABEL_CHARS, MAX_MIME_CHARS, MAX_PLATE_CHARS, MAX_QUERY_CHARS, MAX_SEQ, MAX_TEXT_CHARS,
+    OwnTracksLocation, Presence, Report, TS_MAX, TS_MIN,
 };
 use crate::topic::{MAX_ID_LEN, valid_id};
 
@@ -127,7 +127,7 @@ pub fn parse_lookup(bytes: &[u8]) -> Result<LookupRequest, PayloadError> {
 
 /// Parses `jd/v1/dev/{dev}/ev/{evid}/meta` (root `meta`); callers apply their own size limit.
 pub fn parse_evidence_meta(bytes: &[u8]) -> Result<EvidenceMeta, PayloadError> {
-    let m: EvidenceMeta = from_json("meta", bytes)?;
+    let mut m: EvidenceMeta = from_json("meta", bytes)?;
     let p = "meta";
     if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(err(
@@ -141,6 +141,18 @@ pub fn parse_evidence_meta(bytes: &[u8]) -> Result<EvidenceMeta, PayloadError> {
     }
     if m.mime.chars().count() > MAX_MIME_CHARS || !valid_mime(&m.mime) {
         return Err(err(p, "mime", format!("must look like type/subtype (e.g. image/jpeg), got {}", shown(&m.mime))));
+    }
+    m.mime.make_ascii_lowercase();
+    if !EVIDENCE_MIME_TYPES.contains(&m.mime.as_str()) {
+        return Err(err(
+            p,
+            "mime",
+            format!(
+                "{} is not accepted as evidence; send a photo, video or sound recording, one of: {}",
+                shown(&m.mime),
+                EVIDENCE_MIME_TYPES.join(", ")
+            ),
+        ));
     }
     epoch_ms(p, "captured_at", m.captured_at)?;
     match (m.lat, m.lon) {
@@ -279,10 +291,26 @@ fn from_json<T: DeserializeOwned>(root: &str, bytes: &[u8]) -> Result<T, Payload
     Ok(value)
 }
 
+/// Longest serde message passed on (serde quotes offending strings and unknown keys whole).
+const MAX_MESSAGE_CHARS: usize = 400;
+/// Longest field path passed on (map keys in it come from the sender).
+const MAX_FIELD_CHARS: usize = 200;
+
+/// `s` cut to `max` characters, marked with `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
 /// Classifies a serde_json error: syntax errors belong to the root, data errors to `field`.
+/// Both are cut to a bounded length: the error goes back to the sender on `inbox/error`.
 fn json_error(root: &str, field: String, e: serde_json::Error) -> PayloadError {
+    let field = clip(&field, MAX_FIELD_CHARS);
     let full = e.to_string();
     let bare = full.strip_suffix(&format!(" at line {} column {}", e.line(), e.column())).unwrap_or(&full);
+    let bare = &clip(bare, MAX_MESSAGE_CHARS);
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
             PayloadError::new(root, format!("invalid JSON at line {} column {}: {bare}", e.line(), e.column()))

@@ -31,6 +31,29 @@ pub const MAX_QUERY_CHARS: usize = 200;
 pub const MAX_PLATE_CHARS: usize = 32;
 /// Longest MIME type, in characters.
 pub const MAX_MIME_CHARS: usize = 127;
+/// The only media types evidence may have (photos, video and sound a phone records). Anything
+/// else (HTML, SVG, PDF, `application/*`) could run script or be mistaken for a document when a
+/// desk user opens it, so it is refused at upload naming `meta.mime`.
+pub const EVIDENCE_MIME_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+    "image/gif",
+    "video/mp4",
+    "video/quicktime",
+    "video/3gpp",
+    "video/webm",
+    "audio/mp4",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/webm",
+    "audio/amr",
+    "audio/3gpp",
+    "audio/wav",
+];
 /// Regular expression (JSON Schema `pattern`) for ids; same rule as [`crate::topic::valid_id`].
 pub const ID_PATTERN: &str = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$";
 /// Regular expression for a SHA-256 digest: 64 lowercase hex characters.
@@ -267,8 +290,8 @@ pub struct EvidenceMeta {
     /// Size of the whole file, bytes.
     #[schemars(range(min = 1))]
     pub size: u64,
-    /// MIME type, e.g. `image/jpeg`.
-    #[schemars(length(max = MAX_MIME_CHARS), pattern(MIME_PATTERN))]
+    /// MIME type, one of the evidence allow-list (photo, video, sound), e.g. `image/jpeg`.
+    #[schemars(length(max = MAX_MIME_CHARS), pattern(MIME_PATTERN), extend("enum" = EVIDENCE_MIME_TYPES))]
     pub mime: String,
     /// When the photo, audio or video was captured, Unix epoch milliseconds.
     #[schemars(range(min = TS_MIN, max = TS_MAX))]

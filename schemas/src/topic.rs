@@ -248,6 +248,9 @@ pub enum Topic {
     },
     /// `jd/v1/platform/key`: the platform's public signing key (retained).
     PlatformKey,
+    /// `jd/v1/platform/checkpoint`: the newest signed checkpoint of the ledger head (retained),
+    /// for integrations to keep outside the platform's database.
+    PlatformCheckpoint,
 }
 
 const DEV_PREFIX: &str = "jd/v1/dev/";
@@ -272,6 +275,7 @@ impl Topic {
             }
             ["jd", "v1", "reports"] => Ok(Topic::IntegrationReport),
             ["jd", "v1", "platform", "key"] => Ok(Topic::PlatformKey),
+            ["jd", "v1", "platform", "checkpoint"] => Ok(Topic::PlatformCheckpoint),
             ["jd", "v1", "events", kind] => {
                 Ok(Topic::Event { kind: kind.parse().map_err(|e: SchemaError| fail(e.to_string()))? })
             }
@@ -304,7 +308,7 @@ impl Topic {
                 }
             }
             ["jd", "v1", ..] => Err(fail(
-                "unknown jd/v1 topic (expected jd/v1/dev/…, jd/v1/reports, jd/v1/events/{kind} or jd/v1/platform/key)"
+                "unknown jd/v1 topic (expected jd/v1/dev/…, jd/v1/reports, jd/v1/events/{kind} or jd/v1/platform/{key,checkpoint})"
                     .to_owned(),
             )),
             _ => Err(fail("not a jiandu topic (expected jd/v1/… or owntracks/{user}/{device})".to_owned())),
@@ -324,7 +328,7 @@ impl Topic {
             | Topic::EvidenceChunk { device, .. }
             | Topic::Inbox { device, .. } => Some(device),
             Topic::OwnTracks { user, .. } => Some(user),
-            Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey => None,
+            Topic::IntegrationReport | Topic::Event { .. } | Topic::PlatformKey | Topic::PlatformCheckpoint => None,
         }
     }
 }
@@ -348,6 +352,7 @@ impl fmt::Display for Topic {
             Topic::IntegrationReport => f.write_str("jd/v1/reports"),
             Topic::Event { kind } => write!(f, "jd/v1/events/{kind}"),
             Topic::PlatformKey => f.write_str("jd/v1/platform/key"),
+            Topic::PlatformCheckpoint => f.write_str("jd/v1/platform/checkpoint"),
         }
     }
 }
@@ -519,6 +524,7 @@ mod tests {
             (Topic::IntegrationReport, "jd/v1/reports"),
             (Topic::Event { kind: EventKind::Alarm }, "jd/v1/events/alarm"),
             (Topic::PlatformKey, "jd/v1/platform/key"),
+            (Topic::PlatformCheckpoint, "jd/v1/platform/checkpoint"),
         ]
     }
 

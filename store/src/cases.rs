@@ -228,6 +228,32 @@ pub struct NegativeRecord {
     pub ts: i64,
 }
 
+/// A negative record to write when a timer fires (decided by `oversight`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNegativeRecord {
+    /// `unit` or `handler`.
+    pub subject_kind: String,
+    /// The unit code or handler name.
+    pub subject: String,
+}
+
+/// What a firing timer does, decided by `oversight` from the timer and the case as they are in
+/// the firing transaction; [`Store::fire_case_timer`] only records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerEffects {
+    /// The stage went overdue: the case is marked overdue and the alarm goes on
+    /// `jd/v1/events/alarm` (and `case.overdue` on `…/case`); otherwise it is a reminder.
+    pub overdue: bool,
+    /// Who is told (user names).
+    pub to: Vec<String>,
+    /// Who an alarm is escalated to (user names).
+    pub escalated_to: Vec<String>,
+    /// The timeline note of an alarm.
+    pub reason: Option<String>,
+    /// Negative records to write.
+    pub negative_records: Vec<NewNegativeRecord>,
+}
+
 /// One cell of the leaders' overview: open cases of a unit in a stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseCount {
@@ -478,7 +504,7 @@ impl Store {
         if c.title.trim().is_empty() {
             return Err(StoreError::InvalidInput { field: "title", reason: "must not be empty".into() });
         }
-        let id = ulid::Ulid::new().to_string();
+        let id = crate::new_id();
         let now = c.now;
         let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
@@ -773,14 +799,15 @@ impl Store {
 
     /// Fires a due timer exactly once: the row moves from `pending` to `fired` in the same
     /// transaction as its effects, so a second scheduler (or a restart) finds nothing to do and
-    /// gets `None`. A reminder records `case.reminder` (`jd/v1/events/case`, to the handler and
-    /// unit head); the alarm records `case.overdue` on `jd/v1/events/alarm` (escalated to
-    /// `leaders`), marks the case overdue and writes negative records for the unit and handler.
+    /// gets `None`. `decide` (the domain's rule, in `oversight`) says what the timer does given
+    /// the timer and the locked case; this records it: a reminder as `case.reminder`
+    /// (`jd/v1/events/case`), an alarm as `case.overdue` on `jd/v1/events/alarm` and `…/case`
+    /// with the case marked overdue and the negative records written.
     pub async fn fire_case_timer(
         &self,
         timer_id: i64,
-        leaders: &[String],
         now: i64,
+        decide: impl FnOnce(&CaseTimer, &Case) -> TimerEffects,
     ) -> Result<Option<FiredTimer>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
@@ -800,33 +827,35 @@ impl Store {
             .await?;
         let timer = timer_from_row(&row)?;
         let mut case = lock_case(&mut tx, &timer.case_id, now).await?;
-        let mut to = vec![case.handler.clone()];
-        to.extend(case.unit_head.clone());
-        let ledger_seq = if timer.kind == "overdue" {
+        let effects = decide(&timer, &case);
+        let ledger_seq = if effects.overdue {
             sqlx::query("UPDATE cases SET overdue_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(&case.id)
                 .execute(&mut *tx)
                 .await?;
             case.overdue_at = Some(now);
-            let reason = format!("deadline of stage {} missed", case.stage);
-            for (kind, subject) in [("unit", &case.unit), ("handler", &case.handler)] {
+            let reason = effects.reason.clone().unwrap_or_default();
+            for n in &effects.negative_records {
                 sqlx::query(
                     "INSERT INTO negative_records (case_id, stage, subject_kind, subject, reason, deadline_at, ts) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&case.id)
                 .bind(&case.stage)
-                .bind(kind)
-                .bind(subject)
+                .bind(&n.subject_kind)
+                .bind(&n.subject)
                 .bind(&reason)
                 .bind(case.deadline_at)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
-            let data = json!({"deadline_at": case.deadline_at, "to": to, "escalated_to": leaders, "negative_records": ["unit", "handler"]});
-            let seq = record(&mut tx, &case, "overdue", "alarm", "scheduler", Some(&reason), data.clone(), now).await?;
+            let kinds: Vec<&str> = effects.negative_records.iter().map(|n| n.subject_kind.as_str()).collect();
+            let data = json!({"deadline_at": case.deadline_at, "to": effects.to, "escalated_to": effects.escalated_to,
+                              "negative_records": kinds});
+            let note = effects.reason.as_deref();
+            let seq = record(&mut tx, &case, "overdue", "alarm", "scheduler", note, data.clone(), now).await?;
             Store::append_event_in(
                 &mut tx,
                 NewEvent {
@@ -838,7 +867,8 @@ impl Store {
             .await?;
             seq
         } else {
-            let data = json!({"deadline_at": case.deadline_at, "working_days_before": timer.working_days, "to": to});
+            let data =
+                json!({"deadline_at": case.deadline_at, "working_days_before": timer.working_days, "to": effects.to});
             record(&mut tx, &case, "reminder", "case", "scheduler", None, data, now).await?
         };
         tx.commit().await?;

@@ -610,7 +610,7 @@ impl Store {
                 reason: format!("device '{}' was already offered report '{}'", o.device_id, report.id),
             });
         }
-        let id = ulid::Ulid::new().to_string();
+        let id = crate::new_id();
         let insert = sqlx::query(&format!(
             "INSERT INTO assignments ({ASSIGNMENT_COLUMNS}) VALUES ($1, $2, $3, 'offered', $4, $5, $6, $5, $7)"
         ))

@@ -87,7 +87,7 @@ impl Store {
                 reason: format!("not a topic level: {:?}", event.kind),
             });
         }
-        let id = ulid::Ulid::new().to_string();
+        let id = crate::new_id();
         let ts = now_ms();
         let row =
             sqlx::query("INSERT INTO events (id, kind, type, ts, data) VALUES ($1, $2, $3, $4, $5) RETURNING seq")

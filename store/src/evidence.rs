@@ -271,8 +271,23 @@ impl PlatformKey {
 
     /// Signs a receipt; returns the signature in lowercase hex.
     pub fn sign(&self, fields: &ReceiptFields) -> String {
-        hex::encode(self.signing.sign(&fields.signed_message()).to_bytes())
+        self.sign_bytes(&fields.signed_message())
     }
+
+    /// Signs a message; returns the signature in lowercase hex.
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
+        hex::encode(self.signing.sign(message).to_bytes())
+    }
+}
+
+/// The `key_id` of a public key given in hex, or why it is not one.
+pub fn public_key_id(public_hex: &str) -> Result<String, String> {
+    let public: [u8; 32] = hex::decode(public_hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("public key: must be 64 hex characters (32 bytes)")?;
+    VerifyingKey::from_bytes(&public).map_err(|_| "public key: not a valid Ed25519 point")?;
+    Ok(key_id_of(&public))
 }
 
 /// Checks a receipt signature offline against a public key given in hex; `Err` says why not.
@@ -315,7 +330,7 @@ fn upload_from_row(row: &AnyRow) -> Result<OpenUpload, StoreError> {
     })
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
+pub(crate) fn entry_from_row(row: &AnyRow) -> Result<LedgerEntry, StoreError> {
     let body: String = row.try_get("body")?;
     Ok(LedgerEntry {
         seq: row.try_get("seq")?,
@@ -613,6 +628,18 @@ impl Store {
             .collect()
     }
 
+    /// Bytes of evidence `device` had stored at or after `since_ms` (for its daily quota).
+    pub async fn evidence_bytes_since(&self, device: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS n FROM evidence WHERE device = $1 AND received_at >= $2",
+        )
+        .bind(device)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Number of stored items.
     pub async fn evidence_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM evidence").fetch_one(&self.pool).await?.try_get("n")?)
@@ -701,6 +728,23 @@ impl Store {
         self.platform_key(Some(&key.key_id()))
             .await?
             .ok_or_else(|| StoreError::NotFound { what: "platform key", id: key.key_id() })
+    }
+
+    /// Every registered platform key, oldest first.
+    pub async fn platform_keys(&self) -> Result<Vec<PublicKeyInfo>, StoreError> {
+        let rows = sqlx::query("SELECT key_id, public_key, created_at FROM platform_keys ORDER BY created_at, key_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PublicKeyInfo {
+                    alg: "Ed25519".into(),
+                    key_id: r.try_get("key_id")?,
+                    public_key: r.try_get("public_key")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     /// The platform key with this id, or the newest one when `key_id` is `None`.

@@ -93,6 +93,47 @@ pub struct IndexUnit {
     pub name: String,
 }
 
+/// How serious an index alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertLevel {
+    /// Yellow or orange: the unit head is warned.
+    Warning,
+    /// Red: the leaders are alarmed and a rectification task follows.
+    Alarm,
+}
+
+impl AlertLevel {
+    /// The lowercase name used in the database, events and the ledger (`index.{level}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertLevel::Warning => "warning",
+            AlertLevel::Alarm => "alarm",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<AlertLevel> {
+        [AlertLevel::Warning, AlertLevel::Alarm].into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// An alert to raise with a computed row, decided by `oversight` (which colour alerts, whom it
+/// reaches, what it is suppressed by); the store records it at most once per unit, period and
+/// level (a unique key is the guard). A warning is announced on `jd/v1/events/index`, an alarm on
+/// `jd/v1/events/alarm` and `…/index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAlert {
+    /// The level.
+    pub level: AlertLevel,
+    /// Who is told, carried by the event as `to` (e.g. `{"unit":…,"role":"unit_head"}`).
+    pub to: Option<Value>,
+    /// Who it is escalated to, carried by the event as `escalated_to`.
+    pub escalated_to: Option<Vec<String>>,
+    /// Not raised when the unit already has an alert of one of these levels in the period.
+    pub unless: Vec<AlertLevel>,
+}
+
 /// A computed index of one unit, to store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewIndexRow {
@@ -112,6 +153,8 @@ pub struct NewIndexRow {
     pub inputs: Value,
     /// The sentence explaining the colour.
     pub explanation: String,
+    /// The alert this row raises, if any.
+    pub alert: Option<NewAlert>,
 }
 
 /// A computation run: every unit of one period under one formula version.
@@ -123,8 +166,6 @@ pub struct NewIndexRun {
     pub formula_version: i64,
     /// Who asked (user name or `scheduler`).
     pub actor: String,
-    /// Leaders an alarm is escalated to.
-    pub leaders: Vec<String>,
     /// The rows.
     pub rows: Vec<NewIndexRow>,
 }
@@ -169,8 +210,8 @@ pub struct IndexAlert {
     pub unit: String,
     /// Period label.
     pub period: String,
-    /// `warning` or `alarm`.
-    pub level: String,
+    /// Warning or alarm.
+    pub level: AlertLevel,
     /// The index row that raised it.
     pub index_id: i64,
     /// The rectification case (alarms), once opened.
@@ -264,11 +305,12 @@ fn index_from_row(r: &AnyRow) -> Result<IndexRow, StoreError> {
 }
 
 fn alert_from_row(r: &AnyRow) -> Result<IndexAlert, StoreError> {
+    let level: String = r.try_get("level")?;
     Ok(IndexAlert {
         id: r.try_get("id")?,
         unit: r.try_get("unit")?,
         period: r.try_get("period")?,
-        level: r.try_get("level")?,
+        level: AlertLevel::parse(&level).ok_or(StoreError::Corrupt { what: "alert level", reason: level })?,
         index_id: r.try_get("index_id")?,
         case_id: r.try_get("case_id")?,
         ts: r.try_get("ts")?,
@@ -567,12 +609,11 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("text")?))).collect()
     }
 
-    /// Stores a computation run: its rows, then (for a colour not yet notified this period) a
-    /// warning for yellow or orange (`index.warning` on `jd/v1/events/index`, to the unit head)
-    /// or an alarm for red (`index.alarm` on `jd/v1/events/alarm` and `…/index`, escalated to the
-    /// leaders), an `index.computed` event and one ledger entry for the run, all in one
-    /// transaction. A red unit already warned still gets its alarm; a warned or alarmed unit is
-    /// not warned again in the same period.
+    /// Stores a computation run: its rows, then each row's alert as `oversight` decided it
+    /// (`index.warning` on `jd/v1/events/index`, `index.alarm` on `jd/v1/events/alarm` and
+    /// `…/index`, each with its ledger entry; skipped when the unit and period already have it or
+    /// one of the levels it is suppressed by), an `index.computed` event and one ledger entry for
+    /// the run, all in one transaction.
     pub async fn integrity_record_run(&self, run: NewIndexRun) -> Result<IndexRun, StoreError> {
         for r in &run.rows {
             if !COLOURS.contains(&r.colour.as_str()) {
@@ -582,7 +623,7 @@ impl Store {
                 return Err(StoreError::InvalidInput { field: "score", reason: format!("not a number: {}", r.score) });
             }
         }
-        let run_id = ulid::Ulid::new().to_string();
+        let run_id = crate::new_id();
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let mut hasher = Sha256::new();
@@ -632,23 +673,23 @@ impl Store {
             rows.push(row);
         }
         let mut alerts = Vec::new();
-        for row in &rows {
-            let level = match row.colour.as_str() {
-                "red" => "alarm",
-                "yellow" | "orange" => "warning",
-                _ => continue,
-            };
-            if level == "warning" {
-                let alarmed = sqlx::query(
-                    "SELECT COUNT(*) AS n FROM integrity_alerts WHERE unit = $1 AND period = $2 AND level = 'alarm'",
+        for (row, new) in rows.iter().zip(&run.rows) {
+            let Some(decided) = &new.alert else { continue };
+            let level = decided.level.as_str();
+            let mut suppressed = false;
+            for other in &decided.unless {
+                let found = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM integrity_alerts WHERE unit = $1 AND period = $2 AND level = $3",
                 )
                 .bind(&row.unit)
                 .bind(&row.period)
+                .bind(other.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                if alarmed.try_get::<i64, _>("n")? > 0 {
-                    continue;
-                }
+                suppressed |= found.try_get::<i64, _>("n")? > 0;
+            }
+            if suppressed {
+                continue;
             }
             let inserted = sqlx::query(&format!(
                 "INSERT INTO integrity_alerts (unit, period, level, index_id, case_id, ts) \
@@ -664,22 +705,22 @@ impl Store {
             let Some(inserted) = inserted else { continue };
             let alert = alert_from_row(&inserted)?;
             let mut data = json!({"index": row_summary(row), "alert_id": alert.id});
-            if level == "warning" {
-                data["to"] = json!({"unit": row.unit, "role": "unit_head"});
+            if let Some(to) = &decided.to {
+                data["to"] = to.clone();
+            }
+            if let Some(leaders) = &decided.escalated_to {
+                data["escalated_to"] = json!(leaders);
+            }
+            let kinds: &[&str] = match decided.level {
+                AlertLevel::Warning => &["index"],
+                AlertLevel::Alarm => &["alarm", "index"],
+            };
+            for kind in kinds {
                 Store::append_event_in(
                     &mut tx,
-                    NewEvent { kind: "index".into(), r#type: "index.warning".into(), data: data.clone() },
+                    NewEvent { kind: (*kind).into(), r#type: format!("index.{level}"), data: data.clone() },
                 )
                 .await?;
-            } else {
-                data["escalated_to"] = json!(run.leaders);
-                for kind in ["alarm", "index"] {
-                    Store::append_event_in(
-                        &mut tx,
-                        NewEvent { kind: kind.into(), r#type: "index.alarm".into(), data: data.clone() },
-                    )
-                    .await?;
-                }
             }
             Store::ledger_append_in(
                 &mut tx,

@@ -14,6 +14,7 @@
 mod accounts;
 mod blobs;
 mod cases;
+mod checkpoint;
 mod devices;
 mod dispatch;
 mod error;
@@ -37,8 +38,9 @@ pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revo
 pub use blobs::{Blobs, Committed, S3Settings, blob_key};
 pub use cases::{
     Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,
-    NewCaseTimer, StageStart,
+    NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects,
 };
+pub use checkpoint::{CHECKPOINT_TYPE, Checkpoint};
 pub use devices::Device;
 pub use dispatch::{
     Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, StoredReport,
@@ -47,11 +49,12 @@ pub use dispatch::{
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
 pub use evidence::{
-    Access, Evidence, OpenUpload, PlatformKey, PublicKeyInfo, ReceiptFields, UploadSpec, UploadState, verify_receipt,
+    Access, Evidence, OpenUpload, PlatformKey, PublicKeyInfo, ReceiptFields, UploadSpec, UploadState, public_key_id,
+    verify_receipt,
 };
 pub use integrity::{
-    FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewIndexRow, NewIndexRun, NewIndicator,
-    NewNotice, Notice, UnitRecord,
+    AlertLevel, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
+    NewIndexRun, NewIndicator, NewNotice, Notice, UnitRecord,
 };
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
 pub use positions::{LivePosition, PositionRow, PresenceChange};
@@ -228,6 +231,12 @@ pub(crate) async fn lock_row(
         return Err(StoreError::NotFound { what, id: id.to_owned() });
     }
     Ok(())
+}
+
+/// A fresh ULID: the id of every row the platform creates (reports from the web, assignments,
+/// cases, events, index runs), sortable by creation time.
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string()
 }
 
 /// The current time as Unix epoch milliseconds, the unit of every time column.

@@ -13,6 +13,8 @@ const [adminName, adminPw] = process.env.JD_ADMIN.split(/:(.*)/s);
 const NEAREST = process.env.JD_NEAREST;
 const OUT = process.env.JD_ARTIFACTS;
 const WAIT = { timeout: 30000 };
+// Over HTTPS: the server key's SPKI pin, the only certificate Chromium is told to accept.
+const SPKI = process.env.JD_SPKI;
 
 function check(cond, msg) {
   if (!cond) throw new Error(msg);
@@ -26,10 +28,26 @@ async function login(page, name, pw) {
   await page.click('#login-submit');
 }
 
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'];
+if (SPKI) {
+  // Without the pin, Chromium refuses the private CA's certificate: the trust below is the pin's.
+  const bare = await chromium.launch({ executablePath: process.env.JD_CHROMIUM, args: ARGS });
+  try {
+    let refusedCert = '';
+    try {
+      await (await bare.newPage()).goto(`${URL}/healthz`);
+    } catch (e) {
+      refusedCert = e.message;
+    }
+    check(/ERR_CERT/.test(refusedCert), `without the SPKI pin the certificate must be refused: ${refusedCert || 'loaded'}`);
+  } finally {
+    await bare.close();
+  }
+}
 const browser = await chromium.launch({
   executablePath: process.env.JD_CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
+  args: [...ARGS, ...(SPKI ? [`--ignore-certificate-errors-spki-list=${SPKI}`] : [])],
 });
 const errors = [];
 try {
@@ -46,6 +64,11 @@ try {
   // Right password: the map with every phone, drawn by WebGL.
   await login(page, deskName, deskPw);
   await page.waitForSelector('#map[data-ready="true"]', WAIT);
+  if (SPKI) {
+    const cookies = await desk.cookies();
+    check(cookies.length > 0 && cookies.every((c) => c.secure),
+      `over HTTPS every cookie must be Secure: ${JSON.stringify(cookies.map((c) => [c.name, c.secure]))}`);
+  }
   await page.waitForFunction(() => window.__jd.map.queryRenderedFeatures({ layers: ['devices'] }).length >= 3, null, WAIT);
   const rendered = () => page.evaluate((id) => {
     const f = window.__jd.map.queryRenderedFeatures({ layers: ['devices'] }).find((x) => x.properties.id === id);
@@ -142,7 +165,7 @@ try {
   await admin.click('#add-device button[type=submit]');
   await admin.waitForSelector('#device-qr', WAIT);
   const creds = JSON.parse(await admin.textContent('#device-credentials'));
-  check(creds.device && creds.password && creds.mqtt.startsWith('mqtt://'), `credentials: ${JSON.stringify(creds)}`);
+  check(creds.device && creds.password && creds.mqtt.startsWith(SPKI ? 'mqtts://' : 'mqtt://'), `credentials: ${JSON.stringify(creds)}`);
   const qrWidth = await admin.evaluate(() => document.querySelector('#device-qr').width);
   check(qrWidth >= 200, `QR code width ${qrWidth}`);
   await admin.screenshot({ path: path.join(OUT, 'admin-1920.png') });

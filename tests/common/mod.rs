@@ -57,7 +57,22 @@ pub struct TestApp {
     pub http: String,
     /// The admin user `init` created: (name, password).
     pub admin: (String, String),
+    /// MQTTS address (`127.0.0.1:port`), when started with TLS.
+    pub mqtts: Option<String>,
+    /// HTTPS base URL, when started with TLS.
+    pub https: Option<String>,
     child: Child,
+}
+
+/// How [`TestApp::spawn_tls`] sets up TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Extra arguments for `jiandu tls init` (e.g. `--client-certs`).
+    pub init_args: Vec<String>,
+    /// Keep the plaintext MQTT and HTTP listeners (on port 0) beside the TLS ones.
+    pub plaintext: bool,
+    /// Appended to `jiandu.toml` after `tls init` (e.g. `reload_s` under `[tls]`).
+    pub toml: String,
 }
 
 impl TestApp {
@@ -85,18 +100,76 @@ impl TestApp {
             out["password"].as_str().expect("init prints the admin password").to_owned(),
         );
         let child = serve(dir.path(), &db, "127.0.0.1:0", "127.0.0.1:0");
+        TestApp::started(dir, db, admin, child)
+    }
+
+    /// Initialises a data dir, runs `jiandu tls init` (private CA and server certificate for
+    /// 127.0.0.1) and starts `jiandu serve` with MQTTS and HTTPS on port 0; plaintext is off
+    /// unless `opts.plaintext`.
+    pub async fn spawn_tls(db: Db, opts: TlsOptions) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
+            Db::Postgres => fresh_postgres_db().await,
+        };
+        let out = cli(dir.path(), &db, &["init"]);
+        let admin = (
+            out["username"].as_str().expect("init prints the admin credentials").to_owned(),
+            out["password"].as_str().expect("init prints the admin password").to_owned(),
+        );
+        let mut init = vec!["tls", "init"];
+        init.extend(opts.init_args.iter().map(String::as_str));
+        cli(dir.path(), &db, &init);
+        if !opts.toml.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml")).unwrap();
+            writeln!(f, "\n{}", opts.toml).unwrap();
+        }
+        let plain = if opts.plaintext { "127.0.0.1:0" } else { "off" };
+        let args = [
+            "--mqtt-listen",
+            plain,
+            "--http-listen",
+            plain,
+            "--mqtts-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ];
+        let child = serve_args(dir.path(), &db, &args);
+        TestApp::started(dir, db, admin, child)
+    }
+
+    fn started(dir: tempfile::TempDir, db: String, admin: (String, String), child: Child) -> TestApp {
         let state = wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60));
-        let mqtt = state["mqtt"].as_str().unwrap().trim_start_matches("mqtt://").to_owned();
-        let (host, port) = mqtt.rsplit_once(':').unwrap();
+        let (host, port) = match state["mqtt"].as_str() {
+            Some(mqtt) => {
+                let (h, p) = mqtt.trim_start_matches("mqtt://").rsplit_once(':').unwrap();
+                (h.to_owned(), p.parse().unwrap())
+            }
+            None => (String::new(), 0),
+        };
         TestApp {
-            mqtt_host: host.to_owned(),
-            mqtt_port: port.parse().unwrap(),
-            http: state["http"].as_str().unwrap().to_owned(),
+            mqtt_host: host,
+            mqtt_port: port,
+            http: state["http"].as_str().unwrap_or_default().to_owned(),
+            mqtts: state["mqtts"].as_str().map(|a| a.trim_start_matches("mqtts://").to_owned()),
+            https: state["https"].as_str().map(str::to_owned),
             admin,
             db,
             dir,
             child,
         }
+    }
+
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The private CA `jiandu tls init` made (PEM).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("tls/ca.pem")).expect("tls init wrote ca.pem")
     }
 
     /// Kills the server with SIGKILL (no chance to flush anything).
@@ -191,9 +264,15 @@ impl Drop for TestApp {
 
 /// Spawns `jiandu serve` on a data dir, appending its log to `serve.log`.
 fn serve(dir: &Path, db: &str, mqtt: &str, http: &str) -> Child {
+    serve_args(dir, db, &["--mqtt-listen", mqtt, "--http-listen", http])
+}
+
+/// Spawns `jiandu serve ARGS` on a data dir, appending its log to `serve.log`.
+fn serve_args(dir: &Path, db: &str, args: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
     Command::new(bin())
-        .args(["serve", "--mqtt-listen", mqtt, "--http-listen", http])
+        .arg("serve")
+        .args(args)
         .env("JIANDU_DATA_DIR", dir)
         .env("JIANDU_DB", db)
         .env("RUST_LOG", "info")

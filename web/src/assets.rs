@@ -2,17 +2,37 @@
 //! types, security headers and caching: hashed files under `/assets/` forever, `index.html` never,
 //! and every other path that is not the API falls back to `index.html` (the view routes by hash).
 
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
-/// The content security policy of the view: scripts and styles only from us; map tiles and
-/// their fonts may come from a configured tile server; MapLibre runs its workers from blobs.
-const CSP: &str = "default-src 'self'; script-src 'self'; worker-src 'self' blob:; child-src blob:; \
-    style-src 'self' 'unsafe-inline'; img-src 'self' data: blob: http: https:; media-src 'self' blob:; \
-    connect-src 'self' http: https:; font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; \
-    form-action 'self'";
+/// The content security policy of the view: scripts only from us (no inline script, no
+/// `eval`); styles from us plus inline `style` attributes (MapLibre positions its markers and
+/// controls with them); MapLibre's workers from `blob:`; map tiles only from the configured tile
+/// server's origin (`tile_origin`), fetched and drawn as images; nothing may frame the view.
+pub fn content_security_policy(tile_origin: Option<&str>) -> String {
+    let tiles = tile_origin.map(|o| format!(" {o}")).unwrap_or_default();
+    format!(
+        "default-src 'self'; script-src 'self'; worker-src 'self' blob:; child-src 'self' blob:; \
+         style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:{tiles}; media-src 'self' blob:; \
+         connect-src 'self'{tiles}; font-src 'self' data:; object-src 'none'; frame-src 'none'; \
+         frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+}
+
+/// The origin (`scheme://host[:port]`) of a tile URL template, if it is a plain http(s) URL.
+pub fn tile_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !matches!(scheme, "http" | "https") {
+        return None;
+    }
+    let host = rest.split('/').next()?;
+    let ok = !host.is_empty()
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    ok.then(|| format!("{scheme}://{host}"))
+}
 
 fn mime(path: &str) -> &'static str {
     match path.rsplit('.').next().unwrap_or("") {
@@ -33,7 +53,7 @@ fn find(path: &str) -> Option<&'static [u8]> {
 }
 
 /// Serves an embedded file, or `index.html` for any other path outside `/api/`.
-pub async fn serve(uri: Uri) -> Response {
+pub async fn serve(State(s): State<crate::AppState>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     if path.starts_with("api/") {
         return crate::api::ApiError::not_found("endpoint", uri.path()).into_response();
@@ -50,9 +70,7 @@ pub async fn serve(uri: Uri) -> Response {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(name)));
     let cache = if name.starts_with("assets/") { "public, max-age=31536000, immutable" } else { "no-cache" };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CONTENT_SECURITY_POLICY, s.view_csp.clone());
     resp
 }
 
@@ -66,5 +84,19 @@ mod tests {
         assert!(index.contains("<script"), "index.html loads the bundle");
         assert!(ASSETS.iter().any(|(p, _)| p.starts_with("assets/") && p.ends_with(".js")));
         assert_eq!(mime("assets/x.js"), "text/javascript; charset=utf-8");
+    }
+
+    #[test]
+    fn only_the_tile_server_is_allowed_beyond_our_origin() {
+        assert_eq!(
+            tile_origin("https://tiles.example:8443/{z}/{x}/{y}.png").as_deref(),
+            Some("https://tiles.example:8443")
+        );
+        assert_eq!(tile_origin("javascript:alert(1)"), None);
+        assert_eq!(tile_origin("https://a.example;script-src *"), None);
+        let csp = content_security_policy(Some("https://t.example"));
+        assert!(csp.contains("img-src 'self' data: blob: https://t.example;"), "{csp}");
+        assert!(csp.contains("connect-src 'self' https://t.example;"), "{csp}");
+        assert!(!content_security_policy(None).contains("http"), "no other origin without tiles");
     }
 }

@@ -9,14 +9,16 @@
 pub mod api;
 pub mod assets;
 pub mod health;
+pub mod lockout;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use jiandu_broker::BrokerEndpoint;
@@ -40,6 +42,17 @@ pub enum WebError {
         /// Why the bind failed.
         source: std::io::Error,
     },
+    /// The HTTPS address is taken or not ours to bind.
+    #[error("cannot listen for HTTPS on {addr}: {source} (choose another address with --https-listen)")]
+    ListenTls {
+        /// Address we tried.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+    /// Neither HTTP nor HTTPS is configured.
+    #[error("no HTTP listener: set --http-listen or --https-listen (with a TLS certificate)")]
+    NoListener,
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -58,8 +71,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Recently verified Basic-auth logins.
     pub logins: Arc<api::LoginCache>,
-    /// Browser sessions and failed-login counters.
+    /// Browser sessions.
     pub sessions: Arc<session::Sessions>,
+    /// Failed login, Basic and Bearer attempts per name and client address.
+    pub lockout: Arc<lockout::Lockout>,
     /// Bumped for every event seen on `jd/v1/events/#`; wakes the SSE streams.
     pub events: watch::Receiver<u64>,
     /// Sampled positions from `jd/v1/events/position` (not in the outbox), as JSON text.
@@ -68,6 +83,8 @@ pub struct AppState {
     pub ui: Arc<ViewSettings>,
     /// Ends long-lived responses (SSE) at shutdown.
     pub shutdown: CancellationToken,
+    /// The view's Content-Security-Policy (allows the configured tile server).
+    pub view_csp: HeaderValue,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -85,18 +102,31 @@ pub struct ViewSettings {
     pub roles: health::RoleBoard,
 }
 
+/// Where the web role listens: plaintext HTTP and/or HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    /// Plaintext HTTP address.
+    pub http: Option<SocketAddr>,
+    /// HTTPS address and certificates.
+    pub https: Option<(SocketAddr, jiandu_tls::ServerTls)>,
+}
+
 /// A running web role.
 pub struct RunningWeb {
-    /// The bound HTTP address (the real port when configured with port 0).
-    pub local_addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    /// The bound HTTP address (the real port when configured with port 0), if any.
+    pub local_addr: Option<SocketAddr>,
+    /// The bound HTTPS address, if any.
+    pub tls_addr: Option<SocketAddr>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
     mqtt: RoleSession,
 }
 
 impl RunningWeb {
-    /// Waits until the server has drained after shutdown.
+    /// Waits until the servers have drained after shutdown.
     pub async fn stopped(self) {
-        self.server.await.ok();
+        for s in self.servers {
+            s.await.ok();
+        }
         self.mqtt.stopped().await;
     }
 }
@@ -109,21 +139,35 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    start_with(listen, store, broker, metrics, ViewSettings::default(), shutdown).await
+    let listeners = Listeners { http: Some(listen), https: None };
+    start_with(listeners, store, broker, metrics, ViewSettings::default(), shutdown).await
 }
 
-/// Binds `listen`, connects to the broker and serves the API and the view until `shutdown`.
+/// Binds the listeners, connects to the broker and serves the API and the view until `shutdown`.
 pub async fn start_with(
-    listen: SocketAddr,
+    listeners: Listeners,
     store: Store,
     broker: BrokerEndpoint,
     metrics: PrometheusHandle,
     ui: ViewSettings,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| WebError::Listen { addr: listen, source })?;
-    let local_addr = listener.local_addr()?;
+    if listeners.http.is_none() && listeners.https.is_none() {
+        return Err(WebError::NoListener);
+    }
+    let plain = match listeners.http {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Listen { addr, source })?)
+        }
+        None => None,
+    };
+    let secure = match listeners.https {
+        Some((addr, tls)) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::ListenTls { addr, source })?;
+            Some((l, tls))
+        }
+        None => None,
+    };
     let mut session = RoleSession::start(
         &broker,
         "web",
@@ -134,6 +178,9 @@ pub async fn start_with(
     );
     let (tick, events) = watch::channel(0u64);
     let positions = tokio::sync::broadcast::channel(4096).0;
+    let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
+    let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
+        .unwrap_or(HeaderValue::from_static(API_CSP));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -141,10 +188,12 @@ pub async fn start_with(
         metrics,
         logins: Arc::default(),
         sessions: Arc::default(),
+        lockout: Arc::default(),
         events,
         positions: positions.clone(),
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
+        view_csp,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
@@ -168,16 +217,43 @@ pub async fn start_with(
         .nest("/api/v1", api::router())
         .fallback(assets::serve)
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state);
-    info!(addr = %local_addr, "HTTP listening");
-    let server = tokio::spawn(async move {
+    let mut running = RunningWeb { local_addr: None, tls_addr: None, servers: Vec::new(), mqtt };
+    if let Some(listener) = plain {
+        let addr = listener.local_addr()?;
+        info!(%addr, "HTTP listening");
+        running.local_addr = Some(addr);
+        let (app, stop) = (app.clone(), shutdown.clone());
+        running.servers.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        }));
+    }
+    if let Some((listener, tls)) = secure {
+        use axum::serve::ListenerExt;
+        let listener = tls::TlsListener::new(listener, tls, shutdown.clone())?;
+        let addr = axum::serve::Listener::local_addr(&listener)?;
+        info!(%addr, "HTTPS listening");
+        running.tls_addr = Some(addr);
+        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies));
         let stop = shutdown.clone();
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
-            warn!(error = %e, "HTTP server stopped");
-        }
-    });
-    Ok(RunningWeb { local_addr, server, mqtt })
+        running.servers.push(tokio::spawn(async move {
+            // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> (the client address).
+            let listener = listener.tap_io(|_| ());
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            {
+                warn!(error = %e, "HTTPS server stopped");
+            }
+        }));
+    }
+    Ok(running)
 }
 
 /// Drops `WWW-Authenticate: Basic` from answers to the browser view (it marks its requests with
@@ -191,6 +267,26 @@ async fn no_basic_prompt_for_the_view(
     let mut resp = next.run(req).await;
     if from_view {
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    resp
+}
+
+/// The Content-Security-Policy of every answer that is not the view itself (JSON, SSE, metrics):
+/// nothing in it may run, load or be framed.
+pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Adds the security headers to every answer: `nosniff` (a response is only ever its declared
+/// type), no framing (`X-Frame-Options: DENY` besides `frame-ancestors 'none'`), no referrer
+/// leaving the platform (URLs carry evidence and case ids), and [`API_CSP`] unless the handler
+/// set a stricter or view-specific policy itself.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(API_CSP));
     }
     resp
 }

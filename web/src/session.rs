@@ -1,7 +1,7 @@
 //! Browser sessions of the web view: login with a user's name and password, an opaque session
 //! cookie (`HttpOnly`, `SameSite=Strict`), a per-session CSRF token that every state-changing
-//! request must echo in the `X-CSRF-Token` header, and a limit on failed logins per name and per
-//! client address.
+//! request must echo in the `X-CSRF-Token` header. Failed logins are counted by
+//! [`crate::lockout`].
 //!
 //! Sessions live in the web role's memory: a restart logs everyone out, which a 24-hour desk
 //! notices as one extra login, and which keeps stolen cookies from outliving the process. The
@@ -9,7 +9,6 @@
 //! or `fetch` cannot forge it even if it could make the browser send the cookie.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,10 +21,6 @@ pub const COOKIE: &str = "jd_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A session ends this long after login.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Failed logins allowed per name, and per client address, within [`FAILURE_WINDOW`].
-pub const MAX_FAILURES: u32 = 5;
-/// The window over which failed logins are counted.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 /// One logged-in browser.
 #[derive(Debug, Clone)]
@@ -37,11 +32,10 @@ pub struct Session {
     expires: Instant,
 }
 
-/// The live sessions and the failed-login counters.
+/// The live sessions.
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 /// 32 random bytes as lowercase hex.
@@ -82,45 +76,6 @@ impl Sessions {
     pub fn remove(&self, id: &str) {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
-
-    /// Seconds until another login may be tried for `name` from `ip`, if either is locked out.
-    pub fn locked_for(&self, name: &str, ip: Option<IpAddr>) -> Option<u64> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        keys(name, ip)
-            .iter()
-            .filter_map(|k| failures.get(k))
-            .filter(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
-            .map(|(_, since)| (FAILURE_WINDOW - since.elapsed()).as_secs().max(1))
-            .max()
-    }
-
-    /// Counts a failed login against the name and the address.
-    pub fn failed(&self, name: &str, ip: Option<IpAddr>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > 100_000 {
-            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-        }
-        for k in keys(name, ip) {
-            let e = failures.entry(k).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= FAILURE_WINDOW {
-                *e = (0, Instant::now());
-            }
-            e.0 += 1;
-        }
-    }
-
-    /// Clears the name's counter after a successful login.
-    pub fn succeeded(&self, name: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("name:{name}"));
-    }
-}
-
-fn keys(name: &str, ip: Option<IpAddr>) -> Vec<String> {
-    let mut k = vec![format!("name:{name}")];
-    if let Some(ip) = ip {
-        k.push(format!("ip:{ip}"));
-    }
-    k
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -156,20 +111,6 @@ mod tests {
         assert!(s.get("nope").is_none());
         s.remove(&id);
         assert!(s.get(&id).is_none());
-    }
-
-    #[test]
-    fn five_failures_lock_the_name_and_the_address() {
-        let s = Sessions::default();
-        let ip: IpAddr = [10, 0, 0, 1].into();
-        for _ in 0..MAX_FAILURES - 1 {
-            s.failed("desk", Some(ip));
-        }
-        assert_eq!(s.locked_for("desk", Some(ip)), None);
-        s.failed("desk", Some(ip));
-        assert!(s.locked_for("desk", None).unwrap() > 290);
-        assert!(s.locked_for("other", Some(ip)).is_some(), "the address is locked too");
-        assert_eq!(s.locked_for("other", Some([10, 0, 0, 2].into())), None);
     }
 
     #[test]

@@ -9,18 +9,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiandu_schemas::topic::{InboxKind, Topic, inbox};
+use jiandu_broker::client::PhoneInbox;
+use jiandu_schemas::topic::{InboxKind, Topic};
 use jiandu_schemas::{EvidenceMeta, Receipt, check_chunk, parse_evidence_meta};
 use jiandu_store::{
     Blobs, Committed, Evidence, OpenUpload, PlatformKey, Store, StoreError, UploadSpec, UploadState, now_ms,
 };
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{AsyncClient, Publish};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{EvidenceConfig, MAX_CHUNKS, MAX_MISSING_LISTED};
+
+/// The window of `device_daily_bytes`.
+const DAY_MS: i64 = 24 * 3600 * 1000;
 use crate::IngestError;
 
 /// Which chunks of an upload are staged, one bit each.
@@ -320,10 +324,7 @@ impl Assembly {
     }
 
     async fn send(&self, device: &str, receipt: &Receipt) {
-        let payload = serde_json::to_vec(receipt).unwrap_or_default();
-        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
-            warn!(device, error = %e, "sending a receipt failed");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Receipt, receipt).await;
     }
 
     async fn reject(&self, device: &str, evid: &str, error: String) {
@@ -404,6 +405,29 @@ impl Assembly {
                 "meta: this device has {open} uploads open, the most allowed; finish (or re-send meta for) one of those first"
             );
             return self.reject(device, evid, error).await;
+        }
+        let mine: u64 = self.uploads.values().filter(|u| u.record.device == device).map(|u| u.meta.size).sum();
+        let limit = self.config.device_staging_bytes;
+        if limit > 0 && mine.saturating_add(meta.size) > limit {
+            let error = format!(
+                "meta.size: over this device's staging quota (evidence.device_staging_bytes = {limit}): its open uploads hold {mine} bytes; finish one first"
+            );
+            return self.reject(device, evid, error).await;
+        }
+        let limit = self.config.device_daily_bytes;
+        if limit > 0 {
+            let since = jiandu_store::now_ms() - DAY_MS;
+            let stored = match self.store.evidence_bytes_since(device, since).await {
+                Ok(n) => n.max(0).unsigned_abs(),
+                Err(e) => return warn!(evid, error = %e, "reading the device's daily evidence bytes failed"),
+            };
+            let today = stored.saturating_add(mine);
+            if today.saturating_add(meta.size) > limit {
+                let error = format!(
+                    "meta.size: over this device's daily quota (evidence.device_daily_bytes = {limit}): {today} bytes uploaded or open in the last 24 hours; send it later or ask the office to raise the quota"
+                );
+                return self.reject(device, evid, error).await;
+            }
         }
         let used: u64 = self.uploads.values().map(|u| u.meta.size).sum();
         if used + meta.size > self.config.staging_quota_bytes {
@@ -651,10 +675,7 @@ impl Handover {
     }
 
     async fn publish(&self, device: &str, receipt: &Receipt) {
-        let payload = serde_json::to_vec(receipt).unwrap_or_default();
-        if let Err(e) = self.client.publish(inbox(device, InboxKind::Receipt), QoS::AtLeastOnce, false, payload).await {
-            warn!(error = %e, "sending a receipt failed");
-        }
+        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Receipt, receipt).await;
     }
 
     async fn store_it(&self) -> Outcome {

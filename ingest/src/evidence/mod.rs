@@ -54,11 +54,20 @@ pub struct EvidenceConfig {
     pub max_open_per_device: usize,
     /// Most bytes all open uploads may announce together (the staging area's quota).
     pub staging_quota_bytes: u64,
+    /// Most bytes the open uploads of one device may announce together, so one phone cannot
+    /// fill the staging area for all (0: no per-device limit).
+    pub device_staging_bytes: u64,
+    /// Most bytes one device may upload in any 24 hours, stored and open together (0: no limit).
+    pub device_daily_bytes: u64,
     /// Where uploads are assembled [default: `staging/` under a `file://` object store, so a
     /// finished file is hard-linked into place; `{data_dir}/staging` for S3].
     pub staging_dir: Option<PathBuf>,
     /// An upload untouched for this long is discarded (hours).
     pub idle_upload_hours: u64,
+    /// How often the ledger head is signed and published retained on
+    /// `jd/v1/platform/checkpoint` when it moved (seconds; 0: never). This role holds the
+    /// platform key, so it signs the checkpoints too.
+    pub checkpoint_interval_s: u64,
 }
 
 impl Default for EvidenceConfig {
@@ -67,8 +76,47 @@ impl Default for EvidenceConfig {
             max_item_bytes: 2 * 1024 * 1024 * 1024,
             max_open_per_device: 8,
             staging_quota_bytes: 32 * 1024 * 1024 * 1024,
+            device_staging_bytes: 4 * 1024 * 1024 * 1024,
+            device_daily_bytes: 16 * 1024 * 1024 * 1024,
             staging_dir: None,
             idle_upload_hours: 72,
+            checkpoint_interval_s: 300,
+        }
+    }
+}
+
+/// Signs the ledger head and publishes it retained on `jd/v1/platform/checkpoint`.
+struct Checkpoints {
+    store: Store,
+    key: PlatformKey,
+    client: rumqttc::AsyncClient,
+}
+
+impl Checkpoints {
+    /// Publishes a checkpoint unless the head is still at `last` (the seq published before);
+    /// returns the seq published, or `None` when nothing went out.
+    async fn publish(&self, last: Option<i64>) -> Option<i64> {
+        let cp = match self.store.ledger_checkpoint(&self.key).await {
+            Ok(cp) => cp,
+            Err(e) => {
+                warn!(error = %e, "reading the ledger head for a checkpoint failed");
+                return None;
+            }
+        };
+        if last == Some(cp.seq) {
+            return None;
+        }
+        let topic = Topic::PlatformCheckpoint.to_string();
+        let body = serde_json::to_vec(&cp).unwrap_or_default();
+        match self.client.publish(topic, QoS::AtLeastOnce, true, body).await {
+            Ok(()) => {
+                info!(seq = cp.seq, hash = %cp.hash, "ledger checkpoint published");
+                Some(cp.seq)
+            }
+            Err(e) => {
+                warn!(error = %e, "publishing the ledger checkpoint failed");
+                None
+            }
         }
     }
 }
@@ -101,6 +149,11 @@ pub async fn run(
     let session_stop = CancellationToken::new();
     let mut session =
         RoleSession::start(&broker, "evidence", vec![topic::SHARED_EVIDENCE.into()], true, 64, session_stop.clone());
+    let checkpoints = Checkpoints { store: store.clone(), key: key.clone(), client: session.client.clone() };
+    let every = Duration::from_secs(config.checkpoint_interval_s.max(1));
+    let mut checkpoint_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut published: Option<i64> = None;
+    let checkpointing = config.checkpoint_interval_s > 0;
     let mut assembly = Assembly::start(store, blobs, key, config, staging, session.client.clone()).await?;
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     let mut connected = session.connected.clone();
@@ -121,8 +174,12 @@ pub async fn run(
                     if let Err(e) = session.client.publish(topic, QoS::AtLeastOnce, true, public_json.clone()).await {
                         warn!(error = %e, "publishing the platform key failed");
                     }
+                    if checkpointing {
+                        published = checkpoints.publish(None).await;
+                    }
                 }
             }
+            _ = checkpoint_tick.tick(), if checkpointing => published = checkpoints.publish(published).await.or(published),
             p = incoming.recv() => {
                 let Some(p) = p else { break };
                 let mut batch = vec![p];

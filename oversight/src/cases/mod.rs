@@ -15,7 +15,10 @@ pub mod stages;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jiandu_store::{Approval, Case, CaseOrigin, NewCase, NewCaseTimer, Role, StageStart, Store, StoreError, now_ms};
+use jiandu_store::{
+    Approval, Case, CaseOrigin, CaseTimer, NewCase, NewCaseTimer, NewNegativeRecord, Role, StageStart, Store,
+    StoreError, TimerEffects, now_ms,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -307,6 +310,28 @@ pub async fn load_stages(store: &Store, text: &str, actor: &str) -> Result<bool,
     Ok(true)
 }
 
+/// What a firing timer does. A reminder tells the handler and the unit head. The overdue alarm
+/// tells them too, is escalated to `leaders`, and writes a negative record (负面记录) against the
+/// unit and one against the handler, both citing the missed stage.
+pub fn timer_effects(timer: &CaseTimer, case: &Case, leaders: &[String]) -> TimerEffects {
+    let mut to = vec![case.handler.clone()];
+    to.extend(case.unit_head.clone());
+    if timer.kind != "overdue" {
+        return TimerEffects { overdue: false, to, escalated_to: vec![], reason: None, negative_records: vec![] };
+    }
+    let negative_records = [("unit", &case.unit), ("handler", &case.handler)]
+        .into_iter()
+        .map(|(kind, subject)| NewNegativeRecord { subject_kind: kind.into(), subject: subject.clone() })
+        .collect();
+    TimerEffects {
+        overdue: true,
+        to,
+        escalated_to: leaders.to_vec(),
+        reason: Some(format!("deadline of stage {} missed", case.stage)),
+        negative_records,
+    }
+}
+
 /// Fires every timer due at `now` (each at most once, whoever else is firing); returns how many
 /// this call fired.
 pub async fn fire_due(store: &Store, now: i64) -> Result<usize, OversightError> {
@@ -323,7 +348,7 @@ pub async fn fire_due(store: &Store, now: i64) -> Result<usize, OversightError> 
         .collect();
     let mut fired = 0;
     for t in due {
-        if store.fire_case_timer(t.id, &leaders, now).await?.is_some() {
+        if store.fire_case_timer(t.id, now, |timer, case| timer_effects(timer, case, &leaders)).await?.is_some() {
             fired += 1;
         }
     }
@@ -349,5 +374,76 @@ pub async fn run(store: Store, config: CaseConfig, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(config.tick) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn case(unit_head: Option<&str>) -> Case {
+        Case {
+            id: "01CASE".into(),
+            title: "公车私用".into(),
+            origin: CaseOrigin::Manual,
+            origin_id: None,
+            parties: vec![],
+            evidence: vec![],
+            handler: "handler1".into(),
+            unit: "D016".into(),
+            unit_head: unit_head.map(str::to_owned),
+            template: json!([]),
+            stage_index: 0,
+            stage: "clue_handling".into(),
+            status: "open".into(),
+            stage_started_at: 0,
+            deadline_at: 1_000,
+            extensions: 0,
+            submitted_by: None,
+            submitted_at: None,
+            overdue_at: None,
+            created_by: "desk1".into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn timer(kind: &str, working_days: i64) -> CaseTimer {
+        CaseTimer {
+            id: 1,
+            case_id: "01CASE".into(),
+            stage_index: 0,
+            kind: kind.into(),
+            working_days,
+            due_at: 1_000,
+            state: "pending".into(),
+            fired_at: None,
+        }
+    }
+
+    #[test]
+    fn an_overdue_alarm_escalates_and_records_the_unit_and_the_handler() {
+        let leaders = vec!["lead1".to_owned(), "lead2".to_owned()];
+        let e = timer_effects(&timer("overdue", 0), &case(Some("head1")), &leaders);
+        assert!(e.overdue);
+        assert_eq!(e.to, ["handler1", "head1"]);
+        assert_eq!(e.escalated_to, leaders);
+        assert_eq!(e.reason.as_deref(), Some("deadline of stage clue_handling missed"));
+        let records: Vec<(&str, &str)> =
+            e.negative_records.iter().map(|n| (n.subject_kind.as_str(), n.subject.as_str())).collect();
+        assert_eq!(records, [("unit", "D016"), ("handler", "handler1")]);
+    }
+
+    #[test]
+    fn a_reminder_tells_the_handler_and_unit_head_and_records_nothing() {
+        let e = timer_effects(&timer("reminder", 2), &case(Some("head1")), &["lead1".to_owned()]);
+        assert!(!e.overdue);
+        assert_eq!(e.to, ["handler1", "head1"]);
+        assert!(e.escalated_to.is_empty() && e.negative_records.is_empty() && e.reason.is_none());
+        // Without a unit head only the handler is told.
+        let e = timer_effects(&timer("reminder", 2), &case(None), &[]);
+        assert_eq!(e.to, ["handler1"]);
     }
 }

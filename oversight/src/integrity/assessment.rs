@@ -93,7 +93,7 @@ pub async fn assessment(store: &Store, year: i64) -> Result<Assessment, Oversigh
             continue;
         }
         let Some(u) = units.get_mut(&a.unit) else { continue };
-        if a.level == "alarm" {
+        if a.level == jiandu_store::AlertLevel::Alarm {
             u.alarms += 1;
             u.rectification_cases.extend(a.case_id);
         } else {

@@ -23,8 +23,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiandu_store::{
-    CaseOrigin, FormulaVersion, IndexRun, IndexUnit, NewIndexRow, NewIndexRun, NewIndicator, Role, Store, now_ms,
+    AlertLevel, CaseOrigin, FormulaVersion, IndexRun, IndexUnit, NewAlert, NewIndexRow, NewIndexRun, NewIndicator,
+    Role, Store, now_ms,
 };
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -155,6 +157,24 @@ pub async fn gather(
     Ok(units.into_values().collect())
 }
 
+/// The alert a colour raises: yellow and orange warn the unit head (not again once the unit was
+/// alarmed this period), red alarms the leaders; green and blue raise nothing. Each level is
+/// raised at most once per unit and period.
+pub fn alert_for(colour: &str, unit: &str, leaders: &[String]) -> Option<NewAlert> {
+    match colour {
+        "yellow" | "orange" => Some(NewAlert {
+            level: AlertLevel::Warning,
+            to: Some(json!({"unit": unit, "role": "unit_head"})),
+            escalated_to: None,
+            unless: vec![AlertLevel::Alarm],
+        }),
+        "red" => {
+            Some(NewAlert { level: AlertLevel::Alarm, to: None, escalated_to: Some(leaders.to_vec()), unless: vec![] })
+        }
+        _ => None,
+    }
+}
+
 /// Computes and stores every unit's index for `period` (default: the current one) under the
 /// formula in force. With `only_if_changed` (the scheduler) nothing is stored when every unit's
 /// result equals its latest row. Red units get their rectification cases afterwards.
@@ -174,6 +194,13 @@ pub async fn compute(
         None => Period::containing(formula.period, now),
     };
     let inputs = gather(store, &formula, &period, now).await?;
+    let leaders: Vec<String> = store
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::Leader && u.disabled_at.is_none())
+        .map(|u| u.name)
+        .collect();
     let rows: Vec<NewIndexRow> = inputs
         .iter()
         .map(|u| {
@@ -187,6 +214,7 @@ pub async fn compute(
                 colour: s.colour.into(),
                 inputs: formula::inputs_json(u, &s),
                 explanation: s.explanation,
+                alert: alert_for(s.colour, &u.unit, &leaders),
             }
         })
         .collect();
@@ -211,19 +239,11 @@ pub async fn compute(
         Some(v) => v.version,
         None => load_formula(store, DEFAULT_FORMULA, "jiandu").await?.0.version,
     };
-    let leaders = store
-        .list_users()
-        .await?
-        .into_iter()
-        .filter(|u| u.role == Role::Leader && u.disabled_at.is_none())
-        .map(|u| u.name)
-        .collect();
     let run = store
         .integrity_record_run(NewIndexRun {
             period: period.label.clone(),
             formula_version: version,
             actor: actor.to_owned(),
-            leaders,
             rows,
         })
         .await?;
@@ -392,6 +412,24 @@ pub async fn run(store: Store, config: IndexConfig, shutdown: CancellationToken)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_decide_the_alert_and_who_hears_of_it() {
+        let leaders = vec!["lead1".to_owned()];
+        assert_eq!(alert_for("green", "D001", &leaders), None);
+        assert_eq!(alert_for("blue", "D001", &leaders), None);
+        for colour in ["yellow", "orange"] {
+            let w = alert_for(colour, "D001", &leaders).unwrap();
+            assert_eq!(w.level, AlertLevel::Warning);
+            assert_eq!(w.to, Some(json!({"unit": "D001", "role": "unit_head"})));
+            assert_eq!(w.escalated_to, None);
+            assert_eq!(w.unless, [AlertLevel::Alarm], "no warning after an alarm in the same period");
+        }
+        let a = alert_for("red", "D003", &leaders).unwrap();
+        assert_eq!(a.level, AlertLevel::Alarm);
+        assert_eq!(a.escalated_to, Some(leaders.clone()));
+        assert!(a.unless.is_empty(), "a warned unit turning red still gets its alarm");
+    }
 
     #[test]
     fn people_belong_to_their_department_or_township() {

@@ -126,12 +126,18 @@ async fn timers_fire_exactly_once_under_racing_schedulers(db: &TestDb) {
     let leaders = vec!["lead1".to_owned(), "lead2".to_owned()];
     let mut fired = 0;
     for t in &due {
-        let (a, b) = tokio::join!(s.fire_case_timer(t.id, &leaders, now), s.fire_case_timer(t.id, &leaders, now));
+        let (a, b) = tokio::join!(
+            s.fire_case_timer(t.id, now, crate::helpers::timer_effects(&leaders)),
+            s.fire_case_timer(t.id, now, crate::helpers::timer_effects(&leaders))
+        );
         fired += a.unwrap().is_some() as usize + b.unwrap().is_some() as usize;
     }
     assert_eq!(fired, 3, "each timer fired by exactly one scheduler");
     assert!(s.due_case_timers(now, 10).await.unwrap().is_empty());
-    assert!(s.fire_case_timer(due[2].id, &leaders, now).await.unwrap().is_none(), "a restart finds nothing to do");
+    assert!(
+        s.fire_case_timer(due[2].id, now, crate::helpers::timer_effects(&leaders)).await.unwrap().is_none(),
+        "a restart finds nothing to do"
+    );
 
     let events = s.events_after(0, 100).await.unwrap();
     let reminders: Vec<_> = events.iter().filter(|e| e.r#type == "case.reminder").collect();

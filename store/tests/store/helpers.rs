@@ -120,3 +120,31 @@ fn database_url_replaces_only_the_name() {
     assert_eq!(database_url("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
     assert_eq!(database_url("postgres://h:1", "x"), "postgres://h:1/x");
 }
+
+/// The effects `oversight::cases::timer_effects` decides (the store only records them): a
+/// reminder tells the handler and unit head; the alarm also escalates to `leaders` and records
+/// the unit and the handler.
+pub fn timer_effects(
+    leaders: &[String],
+) -> impl FnOnce(&jiandu_store::CaseTimer, &jiandu_store::Case) -> jiandu_store::TimerEffects + '_ {
+    move |timer, case| {
+        let mut to = vec![case.handler.clone()];
+        to.extend(case.unit_head.clone());
+        let overdue = timer.kind == "overdue";
+        let negative_records = if overdue {
+            [("unit", &case.unit), ("handler", &case.handler)]
+                .into_iter()
+                .map(|(k, s)| jiandu_store::NewNegativeRecord { subject_kind: k.into(), subject: s.clone() })
+                .collect()
+        } else {
+            vec![]
+        };
+        jiandu_store::TimerEffects {
+            overdue,
+            to,
+            escalated_to: if overdue { leaders.to_vec() } else { vec![] },
+            reason: overdue.then(|| format!("deadline of stage {} missed", case.stage)),
+            negative_records,
+        }
+    }
+}

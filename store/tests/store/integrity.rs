@@ -4,8 +4,8 @@
 //! alarm once per unit and period with their events and ledger entries, and circulation notices.
 
 use jiandu_store::{
-    CaseOrigin, NewCase, NewCaseTimer, NewIndexRow, NewIndexRun, NewIndicator, NewNotice, NewReport, ReportSource,
-    StageStart, StoreError,
+    AlertLevel, CaseOrigin, NewAlert, NewCase, NewCaseTimer, NewIndexRow, NewIndexRun, NewIndicator, NewNotice,
+    NewReport, ReportSource, StageStart, StoreError,
 };
 use serde_json::json;
 
@@ -106,7 +106,7 @@ async fn platform_records_name_their_unit_and_record(db: &TestDb) {
         .await
         .unwrap();
     for t in s.due_case_timers(now, 10).await.unwrap() {
-        s.fire_case_timer(t.id, &[], now).await.unwrap();
+        s.fire_case_timer(t.id, now, crate::helpers::timer_effects(&[])).await.unwrap();
     }
     let next = StageStart { index: 1, key: "execution_appeal".into(), deadline_at: now + 1_000_000, timers: vec![] };
     s.case_submit(&case.id, 0, "desk", None, 0, Some(next), now).await.unwrap();
@@ -143,6 +143,26 @@ fn row(unit: &str, score: f64, colour: &str) -> NewIndexRow {
         colour: colour.into(),
         inputs: json!({"raw": {"reports": 3}}),
         explanation: format!("{colour} ({score})"),
+        alert: alert_for(colour, unit),
+    }
+}
+
+/// The alert `oversight::integrity::alert_for` decides (the store only records it).
+fn alert_for(colour: &str, unit: &str) -> Option<NewAlert> {
+    match colour {
+        "yellow" | "orange" => Some(NewAlert {
+            level: AlertLevel::Warning,
+            to: Some(json!({"unit": unit, "role": "unit_head"})),
+            escalated_to: None,
+            unless: vec![AlertLevel::Alarm],
+        }),
+        "red" => Some(NewAlert {
+            level: AlertLevel::Alarm,
+            to: None,
+            escalated_to: Some(vec!["lead1".into()]),
+            unless: vec![],
+        }),
+        _ => None,
     }
 }
 
@@ -153,7 +173,6 @@ async fn a_crossing_alerts_once_per_unit_and_period(db: &TestDb) {
         period: "2026-Q4".into(),
         formula_version: v.version,
         actor: "scheduler".into(),
-        leaders: vec!["lead1".into()],
         rows,
     };
     let first = s

@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiandu_oversight::OversightError;
 use jiandu_oversight::cases::{Day, OpenCase, WorkCalendar, Workflow};
 use jiandu_store::{Case, CaseOrigin, Role, now_ms};
 use serde::Deserialize;
@@ -34,15 +33,6 @@ pub fn routes() -> Router<AppState> {
         .route("/cases/{id}/approve", post(approve))
         .route("/cases/{id}/extend", post(extend))
         .route("/negative-records", get(negative_records))
-}
-
-fn oversight_error(e: OversightError) -> ApiError {
-    match e {
-        OversightError::Invalid { field, reason } => ApiError::invalid(field, reason),
-        OversightError::Forbidden { reason } => ApiError::forbidden(reason),
-        OversightError::Store(e) => ApiError::from(e),
-        other => ApiError::internal(other),
-    }
 }
 
 /// The caller as a user with a role; integrations may read but not work cases.
@@ -81,7 +71,7 @@ fn stage_index(m: &Map<String, Value>, case: &Case) -> Result<i64, ApiError> {
 }
 
 async fn workflow(s: &AppState) -> Result<Workflow, ApiError> {
-    Workflow::load(&s.store).await.map_err(oversight_error)
+    Workflow::load(&s.store).await.map_err(ApiError::from)
 }
 
 /// The countdown in working days on the official calendar: the working days after today (UTC+8)
@@ -104,7 +94,7 @@ fn working_days_left(cal: &WorkCalendar, deadline_at: i64, now: i64) -> Option<i
 /// A case with its stage name, deadline countdown and (for the detail) timeline.
 async fn case_view(s: &AppState, cal: &WorkCalendar, case: &Case, full: bool) -> Result<Value, ApiError> {
     let now = now_ms();
-    let stages = Workflow::case_stages(case).map_err(oversight_error)?;
+    let stages = Workflow::case_stages(case).map_err(ApiError::from)?;
     let stage = stages.get(case.stage_index as usize);
     let mut v = json!({
         "id": case.id, "title": case.title, "status": case.status,
@@ -167,7 +157,7 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
         unit_head: opt_str(&m, "unit_head")?,
     };
     let wf = workflow(&s).await?;
-    let case = wf.open(&s.store, open, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
+    let case = wf.open(&s.store, open, caller.name(), role, now_ms()).await.map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, Json(case_view(&s, &wf.calendar, &case, true).await?)).into_response())
 }
 
@@ -225,7 +215,7 @@ async fn advance(
     let case = wf
         .advance(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
         .await
-        .map_err(oversight_error)?;
+        .map_err(ApiError::from)?;
     Ok(Json(case_view(&s, &wf.calendar, &case, true).await?))
 }
 
@@ -245,7 +235,7 @@ async fn approve(
     let a = wf
         .approve(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
         .await
-        .map_err(oversight_error)?;
+        .map_err(ApiError::from)?;
     let mut v = case_view(&s, &wf.calendar, &a.case, true).await?;
     v["approval"] = json!({"approvals": a.approvals, "moved": a.moved});
     Ok(Json(v))
@@ -273,7 +263,7 @@ async fn extend(
     };
     let wf = workflow(&s).await?;
     let case =
-        wf.extend(&s.store, &id, index, days, &reason, caller.name(), role, now_ms()).await.map_err(oversight_error)?;
+        wf.extend(&s.store, &id, index, days, &reason, caller.name(), role, now_ms()).await.map_err(ApiError::from)?;
     Ok(Json(case_view(&s, &wf.calendar, &case, true).await?))
 }
 
@@ -290,7 +280,7 @@ async fn approvals_inbox(caller: Caller, State(s): State<AppState>) -> Result<Js
     let wf = workflow(&s).await?;
     let mut items = Vec::new();
     for case in s.store.cases_awaiting_approval(500).await? {
-        let stages = Workflow::case_stages(&case).map_err(oversight_error)?;
+        let stages = Workflow::case_stages(&case).map_err(ApiError::from)?;
         let may = stages.get(case.stage_index as usize).is_some_and(|st| st.approve.contains(&role));
         let already = s
             .store

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use jiandu_schemas::payload::EVIDENCE_MIME_TYPES;
 use jiandu_store::{Access, Evidence, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -118,8 +119,12 @@ fn wanted(headers: &HeaderMap, size: u64) -> Wanted {
     }
 }
 
+/// The policy of evidence content: a sandbox (no script, no same-origin access) that loads nothing.
+const CONTENT_CSP: &str = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; frame-ancestors 'none'";
+
 /// `GET /api/v1/evidence/{id}/content`: the bytes, with Range support and the stored
-/// Content-Type; the download (and its range) is recorded in the ledger before any byte is sent.
+/// Content-Type (allow-listed media inline, anything else as an `attachment` of
+/// `application/octet-stream`), `nosniff` and `Content-Security-Policy: sandbox`; the download (and its range) is recorded in the ledger before any byte is sent.
 async fn content(
     caller: Caller,
     State(s): State<AppState>,
@@ -161,10 +166,21 @@ async fn content(
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     let h = resp.headers_mut();
+    // Only allow-listed media is shown in the browser, with its own type; anything else (stored
+    // before the allow-list, or put there by hand) is a download of opaque bytes. The sandbox
+    // policy keeps even a mislabelled file from running script with the viewer's session.
+    let media = EVIDENCE_MIME_TYPES.contains(&e.mime.as_str());
+    let (mime, disposition) =
+        if media { (e.mime.as_str(), "inline") } else { ("application/octet-stream", "attachment") };
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&e.mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{}\"", e.evid)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", e.sha256)) {

@@ -39,19 +39,23 @@ pub fn routes() -> Router<AppState> {
         .route("/index/{unit}", get(unit_view))
 }
 
-fn oversight_error(e: OversightError) -> ApiError {
-    match e {
-        OversightError::Invalid { field, reason } => ApiError::invalid(field, reason),
-        OversightError::Forbidden { reason } => ApiError::forbidden(reason),
-        OversightError::Rows { errors, .. } => match errors.first() {
-            Some(first) => ApiError::invalid(
-                format!("rows[{}].{}", first.row.saturating_sub(2), first.column),
-                errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
-            ),
-            None => ApiError::invalid("rows", "invalid"),
-        },
-        OversightError::Store(e) => ApiError::from(e),
-        other => ApiError::internal(other),
+/// Domain refusals as HTTP answers: a field error is a 422 naming the field (a bad import row
+/// names `rows[i].column`), a refused role a 403, a store error as the store says.
+impl From<OversightError> for ApiError {
+    fn from(e: OversightError) -> ApiError {
+        match e {
+            OversightError::Invalid { field, reason } => ApiError::invalid(field, reason),
+            OversightError::Forbidden { reason } => ApiError::forbidden(reason),
+            OversightError::Rows { errors, .. } => match errors.first() {
+                Some(first) => ApiError::invalid(
+                    format!("rows[{}].{}", first.row.saturating_sub(2), first.column),
+                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
+                ),
+                None => ApiError::invalid("rows", "invalid"),
+            },
+            OversightError::Store(e) => ApiError::from(e),
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -78,11 +82,11 @@ async fn period_view(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(READERS, true)?;
     let period = match q.period {
-        Some(p) => Period::parse(&p).map_err(oversight_error)?.label,
+        Some(p) => Period::parse(&p).map_err(ApiError::from)?.label,
         None => match s.store.integrity_latest_period().await? {
             Some(p) => p,
             None => {
-                let (_, f) = integrity::formula_in_force(&s.store).await.map_err(oversight_error)?;
+                let (_, f) = integrity::formula_in_force(&s.store).await.map_err(ApiError::from)?;
                 Period::containing(f.period, now_ms()).label
             }
         },
@@ -136,7 +140,7 @@ async fn compute(caller: Caller, State(s): State<AppState>, body: axum::body::By
     let period = opt_str(&m, "period")?;
     let run = integrity::compute(&s.store, period.as_deref(), caller.name(), now_ms(), false)
         .await
-        .map_err(oversight_error)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::internal("a forced computation stored nothing"))?;
     let alerts = s.store.integrity_alerts(None, run.rows.first().map(|r| r.period.as_str())).await?;
     let raised: Vec<&jiandu_store::IndexAlert> =
@@ -177,14 +181,14 @@ async fn indicators(caller: Caller, State(s): State<AppState>, body: axum::body:
             .ok_or_else(|| ApiError::invalid(at("value"), "is required (a number)"))?;
         rows.push(NewIndicator { unit: text("unit")?, period: text("period")?, key: text("indicator")?, value });
     }
-    let n = integrity::import_indicators(&s.store, rows, "api", caller.name()).await.map_err(oversight_error)?;
+    let n = integrity::import_indicators(&s.store, rows, "api", caller.name()).await.map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, Json(json!({"stored": n}))).into_response())
 }
 
 /// `GET /api/v1/index/formula`: every formula version (the last is in force).
 async fn formulas(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     caller.require(READERS, true)?;
-    integrity::formula_in_force(&s.store).await.map_err(oversight_error)?;
+    integrity::formula_in_force(&s.store).await.map_err(ApiError::from)?;
     let versions = s.store.integrity_formulas().await?;
     Ok(Json(json!({"in_force": versions.last().map(|v| v.version), "versions": versions})))
 }
@@ -209,7 +213,7 @@ async fn issue_notice(
     caller.require(WRITERS, false)?;
     let m = json_object(&body)?;
     let period = opt_str(&m, "period")?.ok_or_else(|| ApiError::invalid("period", "is required"))?;
-    let period = Period::parse(&period).map_err(oversight_error)?.label;
+    let period = Period::parse(&period).map_err(ApiError::from)?.label;
     let units = match m.get("units") {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(a)) => a
@@ -246,7 +250,7 @@ async fn build_assessment(s: &AppState, q: YearQuery) -> Result<assessment::Asse
         None => jiandu_oversight::cases::Day::of_ms(now_ms()).ymd().0,
         Some(y) => y.trim().parse().map_err(|_| ApiError::invalid("year", format!("must be a year, got {y:?}")))?,
     };
-    assessment::assessment(&s.store, year).await.map_err(oversight_error)
+    assessment::assessment(&s.store, year).await.map_err(ApiError::from)
 }
 
 /// `GET /api/v1/index/assessment.csv?year=`: one row per unit with its colour per period.

@@ -64,9 +64,7 @@ async fn lookup(
     let now = now_ms();
     let at = match query.at.as_deref().filter(|a| !a.is_empty()) {
         None => None,
-        Some(a) => Some(parse_at(a).ok_or_else(|| {
-            ApiError::invalid("at", format!("{a:?} is neither epoch milliseconds nor a date YYYY-MM-DD"))
-        })?),
+        Some(a) => Some(jiandu_oversight::index::parse_as_of(a)?),
     };
     let answer = jiandu_oversight::lookup_at(&s.store, kind, q, at.unwrap_or(now)).await.map_err(|e| match e {
         jiandu_oversight::OversightError::Store(e) => ApiError::from(e),
@@ -101,28 +99,6 @@ async fn lookup(
     Ok(Json(body))
 }
 
-/// Epoch milliseconds, or a date `YYYY-MM-DD` meaning the registries as they stood at the end
-/// of that day in China Standard Time (UTC+8).
-fn parse_at(a: &str) -> Option<i64> {
-    if let Ok(ms) = a.parse::<i64>() {
-        return (ms >= 0).then_some(ms);
-    }
-    let mut parts = a.split('-');
-    let (y, m, d) =
-        (parts.next()?.parse::<i64>().ok()?, parts.next()?.parse::<i64>().ok()?, parts.next()?.parse::<i64>().ok()?);
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=2100).contains(&y) {
-        return None;
-    }
-    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days + 1) * 86_400_000 - 8 * 3_600_000 - 1)
-}
-
 /// `?device=&limit=&after=` of the audit list (not a flattened [`Page`]: flattening makes
 /// serde read `limit` as a string).
 #[derive(Debug, Deserialize)]
@@ -148,20 +124,4 @@ async fn audit_list(
     let items = s.store.lookup_audits(limit, before, q.device.as_deref().filter(|d| !d.is_empty())).await?;
     let next = (items.len() as i64 == limit).then(|| items.last().map(|r| r.id.to_string())).flatten();
     Ok(Json(json!({"items": items, "next": next})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_at;
-
-    #[test]
-    fn at_is_milliseconds_or_the_end_of_a_china_day() {
-        assert_eq!(parse_at("1714694400000"), Some(1_714_694_400_000));
-        // 2024-05-03 ends at 2024-05-03T16:00:00Z (midnight in Beijing).
-        assert_eq!(parse_at("2024-05-03"), Some(1_714_752_000_000 - 1));
-        assert_eq!(parse_at("1970-01-01"), Some(86_400_000 - 8 * 3_600_000 - 1));
-        assert_eq!(parse_at("2024-13-01"), None);
-        assert_eq!(parse_at("3 May"), None);
-        assert_eq!(parse_at("-5"), None);
-    }
 }

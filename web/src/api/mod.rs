@@ -5,7 +5,9 @@
 //! Authentication: HTTP Basic with a web user's name and password (argon2-verified, cached for a
 //! minute so API clients do not pay the hash on every call), or `Authorization: Bearer <token>`
 //! of an integration account, or the web view's session cookie (`api/session.rs`), whose
-//! state-changing requests must carry the session's CSRF token (`X-CSRF-Token`).
+//! state-changing requests must carry the session's CSRF token (`X-CSRF-Token`). Failed Basic
+//! and Bearer attempts count in [`crate::lockout`] like failed logins and are answered 429 with
+//! `Retry-After` once a limit is reached.
 
 pub mod cases;
 pub mod departments;
@@ -20,11 +22,12 @@ pub mod users;
 pub mod view;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +35,7 @@ use jiandu_store::{Account, Role, StoreError, User};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::AppState;
 
@@ -226,31 +229,74 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+/// 429 with `Retry-After`: too many failed logins, Basic or Bearer attempts (see
+/// [`crate::lockout`]).
+pub fn rate_limited(wait: u64) -> Response {
+    let mut resp = ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "rate_limited",
+        message: format!("too many failed logins from here or for this name; try again in {wait} s"),
+        field: None,
+    }
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+    resp
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+/// The client's address as the server sees it (none when the listener does not record it).
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Response> {
+        let ip = peer_ip(parts);
         if let Some((name, password)) = basic_credentials(&parts.headers) {
+            // Refused before the password is looked at, right or wrong, like the login form.
+            if let Some(wait) = state.lockout.retry_after(Some(&name), ip) {
+                warn!(name = %name, ip = ?ip, "Basic login refused: too many failures");
+                return Err(rate_limited(wait));
+            }
             let pw: [u8; 32] = Sha256::digest(password.as_bytes()).into();
             if let Some(user) = state.logins.get(&name, &pw) {
                 return Ok(Caller::User(user));
             }
-            return match state.store.verify_user(&name, &password).await? {
+            return match state
+                .store
+                .verify_user(&name, &password)
+                .await
+                .map_err(|e| ApiError::from(e).into_response())?
+            {
                 Some(user) => {
+                    state.lockout.succeeded(&name, ip);
                     state.logins.put(&name, pw, user.clone());
                     Ok(Caller::User(user))
                 }
-                None => Err(ApiError::unauthorized()),
+                None => {
+                    state.lockout.failed(Some(&name), ip);
+                    warn!(name = %name, ip = ?ip, "Basic login failed");
+                    Err(ApiError::unauthorized().into_response())
+                }
             };
         }
         if let Some(token) = bearer_token(&parts.headers) {
-            return match state.store.authenticate_bearer(token).await? {
+            if let Some(wait) = state.lockout.retry_after(None, ip) {
+                warn!(ip = ?ip, "Bearer refused: too many failures from this address");
+                return Err(rate_limited(wait));
+            }
+            return match state.store.authenticate_bearer(token).await.map_err(|e| ApiError::from(e).into_response())? {
                 Some(account) => Ok(Caller::Integration(account)),
-                None => Err(ApiError::unauthorized()),
+                None => {
+                    state.lockout.failed(None, ip);
+                    warn!(ip = ?ip, "Bearer token refused");
+                    Err(ApiError::unauthorized().into_response())
+                }
             };
         }
         if let Some(id) = session::session_id(&parts.headers) {
-            let Some(s) = state.sessions.get(id) else { return Err(ApiError::unauthorized()) };
+            let Some(s) = state.sessions.get(id) else { return Err(ApiError::unauthorized().into_response()) };
             if !parts.method.is_safe() {
                 let sent = parts.headers.get(crate::session::CSRF_HEADER).and_then(|v| v.to_str().ok());
                 if !sent.is_some_and(|t| crate::session::same_token(t, &s.csrf)) {
@@ -259,12 +305,13 @@ impl FromRequestParts<AppState> for Caller {
                         code: "csrf",
                         message: "missing or wrong X-CSRF-Token header (GET /api/v1/session gives it)".into(),
                         field: Some("X-CSRF-Token".into()),
-                    });
+                    }
+                    .into_response());
                 }
             }
             return Ok(Caller::User(s.user));
         }
-        Err(ApiError::unauthorized())
+        Err(ApiError::unauthorized().into_response())
     }
 }
 

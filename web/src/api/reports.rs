@@ -2,24 +2,22 @@
 //!
 //! Staff and integrations submit reports here; they are stored with source `web` and the
 //! dispatcher picks them up from their `report.created` event, exactly as it dispatches reports
-//! from phones. Staff can also act by hand: send a chosen device (the offer goes out from here,
-//! the dispatcher arms its deadline from the `assignment.offered` event), ask the dispatcher for
-//! the nearest again, reassign, or cancel. Every such change is stored with the caller's name,
-//! lands in the report's timeline and in the ledger (through the store).
+//! from phones. Staff can also act by hand: send a chosen device, ask the dispatcher for the
+//! nearest again, reassign, or cancel; the rules of each are the dispatcher's
+//! (`jiandu_dispatcher::hand`), this module only routes. Every such change is stored with the
+//! caller's name, lands in the report's timeline and in the ledger (through the store).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiandu_schemas::topic::inbox;
-use jiandu_schemas::{InboxKind, Notice};
-use jiandu_store::{Assignment, AssignmentState, NewOffer, NewReport, ReportSource, ReportStatus, Role, now_ms};
-use rumqttc::QoS;
+use jiandu_broker::client::PhoneInbox;
+use jiandu_dispatcher::{DispatchError, hand};
+use jiandu_store::{NewReport, ReportSource, ReportStatus, Role, new_id, now_ms};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tracing::{info, warn};
 
 use super::{ApiError, Caller, Page};
 use crate::AppState;
@@ -28,8 +26,6 @@ use crate::AppState;
 const READERS: &[Role] = &[Role::Dispatcher, Role::Leader, Role::Admin, Role::Auditor];
 /// Roles that may submit reports and dispatch by hand.
 const DISPATCHERS: &[Role] = &[Role::Dispatcher, Role::Admin];
-/// Seconds a hand-made offer waits for an answer unless the request says otherwise.
-const DEFAULT_RESPOND_WITHIN_S: i64 = 60;
 
 /// The report routes.
 pub fn routes() -> Router<AppState> {
@@ -99,7 +95,7 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
             _ => return Err(ApiError::invalid("needs", format!("must be 1 or 2, got {n}"))),
         },
     };
-    obj.entry("id").or_insert_with(|| json!(ulid_like()));
+    obj.entry("id").or_insert_with(|| json!(new_id()));
     obj.entry("ts").or_insert_with(|| json!(now_ms()));
     let bytes = serde_json::to_vec(&v).map_err(ApiError::internal)?;
     let r = jiandu_schemas::parse_report(&bytes).map_err(|e| {
@@ -121,14 +117,6 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
     let (report, created) = s.store.insert_report(new).await?;
     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((code, Json(json!({"report": report}))).into_response())
-}
-
-/// A fresh report id from the time and randomness, valid wherever ids go (topics, payloads).
-fn ulid_like() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_i64(now_ms());
-    format!("web-{:013x}-{:016x}", now_ms(), h.finish())
 }
 
 /// Body of `…/dispatch` and `…/reassign`.
@@ -171,15 +159,20 @@ async fn dispatch(
     if b.assignment.is_some() {
         return Err(ApiError::invalid("assignment", "only for reassign"));
     }
+    send(&s, &caller, &id, b).await
+}
+
+/// Offers the report to the device the body names (201), or asks the dispatcher for the nearest
+/// available one not tried yet (202).
+async fn send(s: &AppState, caller: &Caller, id: &str, b: DispatchBody) -> Result<Response, ApiError> {
+    let phones = PhoneInbox::new(s.mqtt.clone());
     match b.device {
         Some(device) => {
-            let a = offer_to(&s, &caller, &id, &device, b.respond_within_s).await?;
-            Ok((StatusCode::CREATED, Json(json!({"assignment": a, "view": report_view(&s, &id).await?})))
-                .into_response())
+            let a = hand::offer(&s.store, &phones, id, &device, b.respond_within_s, caller.name()).await?;
+            Ok((StatusCode::CREATED, Json(json!({"assignment": a, "view": report_view(s, id).await?}))).into_response())
         }
         None => {
-            let report = s.store.redispatch(&id, caller.name()).await?;
-            info!(report = %id, by = caller.name(), "nearest inspector requested");
+            let report = hand::redispatch(&s.store, id, caller.name()).await?;
             Ok((StatusCode::ACCEPTED, Json(json!({"report": report}))).into_response())
         }
     }
@@ -195,11 +188,8 @@ async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DISPATCHERS, false)?;
     let b: DispatchBody = parse_body(&body)?;
-    let (_, withdrawn) = s.store.cancel_report(&id, caller.name(), b.note.as_deref()).await?;
-    for a in &withdrawn {
-        tell_withdrawn(&s, a, "the report was cancelled").await;
-    }
-    info!(report = %id, by = caller.name(), withdrawn = withdrawn.len(), "report cancelled");
+    let phones = PhoneInbox::new(s.mqtt.clone());
+    hand::cancel(&s.store, &phones, &id, caller.name(), b.note.as_deref()).await?;
     Ok(Json(report_view(&s, &id).await?))
 }
 
@@ -213,93 +203,19 @@ async fn reassign(
 ) -> Result<Response, ApiError> {
     caller.require(DISPATCHERS, false)?;
     let b: DispatchBody = parse_body(&body)?;
-    let report = s.store.report(&id).await?;
-    if report.status.is_final() {
-        return Err(ApiError::conflict(format!("report '{id}' is {}", report.status.as_str())));
-    }
-    let open: Vec<Assignment> =
-        s.store.report_assignments(&id).await?.into_iter().filter(|a| a.status.is_open()).collect();
-    let targets: Vec<&Assignment> = match &b.assignment {
-        Some(aid) => vec![open.iter().find(|a| &a.id == aid).ok_or_else(|| {
-            ApiError::invalid("assignment", format!("'{aid}' is not an open assignment of report '{id}'"))
-        })?],
-        None => open.iter().collect(),
-    };
     let note = b.note.clone().unwrap_or_else(|| "reassigned".to_owned());
-    for a in targets {
-        let t = s.store.transition(&a.id, None, AssignmentState::Cancelled, caller.name(), Some(&note)).await?;
-        tell_withdrawn(&s, &t.assignment, "it was reassigned").await;
-    }
-    match b.device {
-        Some(device) => {
-            let a = offer_to(&s, &caller, &id, &device, b.respond_within_s).await?;
-            Ok((StatusCode::CREATED, Json(json!({"assignment": a, "view": report_view(&s, &id).await?})))
-                .into_response())
-        }
-        None => {
-            let report = s.store.redispatch(&id, caller.name()).await?;
-            Ok((StatusCode::ACCEPTED, Json(json!({"report": report}))).into_response())
-        }
-    }
+    let phones = PhoneInbox::new(s.mqtt.clone());
+    hand::withdraw(&s.store, &phones, &id, b.assignment.as_deref(), caller.name(), &note).await?;
+    send(&s, &caller, &id, b).await
 }
 
-/// Records a hand-made offer and sends it to the phone.
-async fn offer_to(
-    s: &AppState,
-    caller: &Caller,
-    report_id: &str,
-    device: &str,
-    respond_within_s: Option<i64>,
-) -> Result<Assignment, ApiError> {
-    let within = respond_within_s.unwrap_or(DEFAULT_RESPOND_WITHIN_S);
-    if !(1..=86_400).contains(&within) {
-        return Err(ApiError::invalid("respond_within_s", format!("must be 1..=86400 seconds, got {within}")));
-    }
-    if s.store.device(device).await?.is_none_or(|d| d.revoked_at.is_some()) {
-        return Err(ApiError::invalid("device", format!("no active device '{device}'")));
-    }
-    let report = s.store.report(report_id).await?;
-    let position = s.store.live_position(device).await?.and_then(|p| p.position);
-    let Some(pos) = position else {
-        return Err(ApiError::invalid("device", format!("no position is known for device '{device}'")));
-    };
-    let distance_m = haversine_m(report.lat, report.lon, pos.lat, pos.lon);
-    let (a, report) = s
-        .store
-        .offer(NewOffer {
-            report_id: report_id.to_owned(),
-            device_id: device.to_owned(),
-            distance_m,
-            respond_by: now_ms() + within * 1000,
-            actor: caller.name().to_owned(),
-        })
-        .await?;
-    let offer = jiandu_dispatcher::offer_payload(&report, &a);
-    match serde_json::to_vec(&offer) {
-        Ok(bytes) => {
-            if let Err(e) = s.mqtt.publish(inbox(device, InboxKind::Assignment), QoS::AtLeastOnce, false, bytes).await {
-                warn!(device, error = %e, "cannot queue the offer to the phone");
-            }
+impl From<DispatchError> for ApiError {
+    fn from(e: DispatchError) -> ApiError {
+        match e {
+            DispatchError::Store(e) => ApiError::from(e),
+            DispatchError::Invalid { field, reason } => ApiError::invalid(field, reason),
+            DispatchError::Conflict { reason } => ApiError::conflict(reason),
+            other => ApiError::internal(other),
         }
-        Err(e) => warn!(error = %e, "cannot encode an offer"),
     }
-    info!(report = %report_id, device, by = caller.name(), "offered by hand");
-    Ok(a)
-}
-
-/// Tells a phone that an assignment it held was withdrawn.
-async fn tell_withdrawn(s: &AppState, a: &Assignment, why: &str) {
-    let notice = Notice { ts: now_ms(), text: format!("assignment {} withdrawn: {why}", a.id) };
-    if let Ok(bytes) = serde_json::to_vec(&notice)
-        && let Err(e) = s.mqtt.publish(inbox(&a.device_id, InboxKind::Notice), QoS::AtLeastOnce, false, bytes).await
-    {
-        warn!(device = %a.device_id, error = %e, "cannot queue a notice to the phone");
-    }
-}
-
-/// Great-circle distance in metres (haversine on the mean Earth sphere).
-fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let a = ((p2 - p1) / 2.0).sin().powi(2) + p1.cos() * p2.cos() * ((lon2 - lon1).to_radians() / 2.0).sin().powi(2);
-    2.0 * 6_371_008.8 * a.sqrt().min(1.0).asin()
 }

@@ -30,7 +30,8 @@ struct Login {
 }
 
 /// `POST /api/v1/session` `{name,password}`: sets the session cookie and answers
-/// `{user:{name,role},csrf}`; 401 for a wrong name or password, 429 after too many failures.
+/// `{user:{name,role},csrf}`; 401 for a wrong name or password, 429 with `Retry-After` after too
+/// many failures (see [`crate::lockout`]).
 async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -45,20 +46,12 @@ async fn login(
         return Err(ApiError::invalid("name", "must not be empty"));
     }
     let ip = Some(peer.ip());
-    if let Some(wait) = s.sessions.locked_for(&b.name, ip) {
+    if let Some(wait) = s.lockout.retry_after(Some(&b.name), ip) {
         warn!(name = %b.name, %peer, "login refused: too many failures");
-        let mut resp = ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
-            message: format!("too many failed logins; try again in {wait} s"),
-            field: None,
-        }
-        .into_response();
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return Ok(resp);
+        return Ok(super::rate_limited(wait));
     }
     let Some(user) = s.store.verify_user(&b.name, &b.password).await? else {
-        s.sessions.failed(&b.name, ip);
+        s.lockout.failed(Some(&b.name), ip);
         warn!(name = %b.name, %peer, "login failed");
         return Err(ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -67,7 +60,7 @@ async fn login(
             field: None,
         });
     };
-    s.sessions.succeeded(&b.name);
+    s.lockout.succeeded(&b.name, ip);
     let (id, session) = s.sessions.create(user);
     info!(user = %session.user.name, role = %session.user.role, %peer, "logged in");
     let set = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_TTL.as_secs());
