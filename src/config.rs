@@ -184,6 +184,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
+    heartbeat_log_bytes: Option<usize>,
     max_sessions_per_device: Option<usize>,
     max_sessions_per_integration: Option<usize>,
     #[serde(default)]
@@ -360,6 +361,8 @@ pub struct Config {
     pub max_packet_bytes: usize,
     /// Most MQTT client connections at once.
     pub max_connections: usize,
+    /// Heartbeat bytes the embedded broker keeps for a lagging ingest before dropping the oldest.
+    pub heartbeat_log_bytes: usize,
     /// Most distinct MQTT client ids one device may hold connected at once.
     pub max_sessions_per_device: usize,
     /// Most distinct MQTT client ids one integration account may hold connected at once.
@@ -473,6 +476,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
+            heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(64 * 1024 * 1024),
             max_sessions_per_device: file.max_sessions_per_device.unwrap_or(3).max(1),
             max_sessions_per_integration: file.max_sessions_per_integration.unwrap_or(16).max(1),
             ingest: file.ingest,
@@ -587,6 +591,7 @@ http_listen = "127.0.0.1:8080"
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
+# heartbeat_log_bytes = 67108864              # heartbeats the broker holds for a lagging ingest
 # max_sessions_per_device = 3                 # client ids one phone may hold connected (CONNACK 0x97 beyond)
 # max_sessions_per_integration = 16           # the same for an integration account
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys

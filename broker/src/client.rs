@@ -66,6 +66,8 @@ pub struct RoleSession {
     pub incoming: mpsc::Receiver<Publish>,
     /// `true` while connected.
     pub connected: watch::Receiver<bool>,
+    /// `true` once the broker has granted the role's subscriptions (after the first SUBACK).
+    pub subscribed: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -83,7 +85,10 @@ impl RoleSession {
         let mut options = endpoint.options(role);
         options.set_manual_acks(manual_acks);
         options.set_inflight(1000);
-        let (client, mut events) = AsyncClient::new(options, capacity.max(16));
+        // Requests (acks, publishes) get four times the room of incoming publishes: a role that
+        // acks what it took while the session waits to hand it the next one can always queue
+        // those acks, so the two never wait for each other.
+        let (client, mut events) = AsyncClient::new(options, capacity.max(16) * 4);
         // Role messages are small and interactive (look-up replies, acks, offers): send them at
         // once instead of letting Nagle's algorithm wait for the previous segment's ACK.
         let mut network = events.network_options();
@@ -91,6 +96,7 @@ impl RoleSession {
         events.set_network_options(network);
         let (tx, incoming) = mpsc::channel(capacity.max(16));
         let (up_tx, connected) = watch::channel(false);
+        let (sub_tx, subscribed) = watch::channel(false);
         let sub_client = client.clone();
         let role = role.to_owned();
         let task = tokio::spawn(async move {
@@ -115,6 +121,8 @@ impl RoleSession {
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                             warn!(role = %role, codes = ?ack.return_codes, "broker refused a subscription");
+                        } else {
+                            sub_tx.send_replace(true);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -146,7 +154,7 @@ impl RoleSession {
             })
             .await;
         });
-        RoleSession { client, incoming, connected, task }
+        RoleSession { client, incoming, connected, subscribed, task }
     }
 
     /// Waits for the session task to end (after shutdown).

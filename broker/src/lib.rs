@@ -93,6 +93,9 @@ pub struct BrokerConfig {
     pub max_keep_alive_secs: u16,
     /// Longest MQTT 5 Session Expiry Interval granted, in seconds (sessions live in memory).
     pub max_session_expiry_secs: u32,
+    /// Bytes of heartbeats the router keeps for a lagging ingest before it drops the oldest
+    /// (although their publishers were acknowledged: phones re-send what is never confirmed).
+    pub heartbeat_log_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -110,6 +113,7 @@ impl Default for BrokerConfig {
             hold_logins_max: Duration::from_secs(15),
             max_keep_alive_secs: 300,
             max_session_expiry_secs: 24 * 3600,
+            heartbeat_log_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -325,7 +329,10 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
             ),
             (
                 "jd/v1/dev/+/hb".to_owned(),
-                rumqttd::SegmentConfig { max_segment_size: 4 * 1024 * 1024, max_segment_count: 16 },
+                rumqttd::SegmentConfig {
+                    max_segment_size: (config.heartbeat_log_bytes / 4).max(4096),
+                    max_segment_count: 4,
+                },
             ),
         ])),
         initialized_filters: None,

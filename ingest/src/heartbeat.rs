@@ -1,38 +1,51 @@
 //! Heartbeat ingest: GPS points from phones (and OwnTracks apps) into the live and history
-//! tables, fast and without losing a point.
+//! tables, at the speed of the database and without losing a point.
 //!
 //! The role holds a shared subscription (`$share/ingest/…`, so several ingest processes split the
-//! load) with manual QoS 1 acknowledgement. Valid points are batched by size and time into one
-//! transaction ([`Store::store_heartbeats`]); only after the commit are the MQTT messages acked
-//! and each device told `inbox/ack {"hb_upto": ts}` (at most about once a second), so a crash at
-//! any moment loses nothing a phone following the protocol keeps: whatever was not acked is
-//! re-sent, and re-sent points are stored once. A malformed message costs only itself: the
-//! device gets one field-level `inbox/error` (rate-limited), the rejection is counted, and the
-//! valid messages around it are stored. Presence (last will) flips online/offline with a
-//! `jd/v1/events/device`; background tasks mark silent devices stale and prune old history.
+//! load) with manual QoS 1 acknowledgement, and runs as two tasks joined by one bounded batch:
+//! the *receiver* parses messages into the batch and the *writer* commits whatever the batch
+//! holds in one transaction ([`Store::store_heartbeats`]) while the next one fills (group
+//! commit). When the batch is full the receiver stops taking messages, so a slow database slows
+//! the broker instead of growing memory (the broker then drops the oldest messages of its log,
+//! which the phones re-send).
+//!
+//! Points carrying `seq` are acknowledged to the broker on receipt and confirmed to the phone
+//! after the commit with exactly the committed numbers (`inbox/ack {"hb_seq": [[from, to], …]}`,
+//! coalesced, at most one ack per device every `ack_interval_ms`): whatever is lost on the way
+//! (a crash, a broker log overflow, another ingest process killed) is simply never confirmed and
+//! is re-sent by the phone. Points without `seq` keep the v1 watermark: their messages are
+//! acknowledged to the broker only after the commit, and the device is told `inbox/ack
+//! {"hb_upto": ts}`. A malformed message costs only itself: the device gets one field-level
+//! `inbox/error` (rate-limited), the rejection is counted, and the valid messages around it are
+//! stored. Presence (last will) flips online/offline with a `jd/v1/events/device`; background
+//! tasks mark silent devices stale and prune old history.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::{PhoneInbox, RoleSession};
-use jiandu_schemas::Heartbeat;
+use jiandu_broker::client::RoleSession;
 use jiandu_schemas::topic::{self, InboxKind, Topic};
+use jiandu_schemas::{Heartbeat, MAX_ACK_RANGES};
 use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::IngestError;
+use crate::seq_ranges::SeqRanges;
 
 /// Settings of heartbeat ingest (`[ingest]` in the TOML file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
-    /// Most points in one commit. A batch is committed as soon as no further message is waiting
-    /// (so latency stays low when quiet and batches grow under load) or when it is this full.
+    /// Most points in one commit, and most waiting for it: the writer commits whatever arrived
+    /// while it was busy (so latency stays low when quiet and batches grow under load); when
+    /// this many wait, ingest takes nothing more from the broker until the commit is done.
     pub batch_points: usize,
     /// Least time between two `inbox/ack` to one device (milliseconds).
     pub ack_interval_ms: u64,
@@ -63,14 +76,6 @@ impl Default for HeartbeatConfig {
     }
 }
 
-/// What a message on one of our topics turned out to be.
-enum Parsed {
-    Points { device: String, points: Vec<Heartbeat> },
-    Presence { device: String, online: bool },
-    Ignored,
-    Rejected { device: Option<String>, reason: &'static str, error: String },
-}
-
 /// Runs heartbeat ingest until `shutdown`; the batch in hand is committed before returning.
 pub async fn run(
     store: Store,
@@ -78,122 +83,170 @@ pub async fn run(
     config: HeartbeatConfig,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    // The session outlives the loop, so the last batch's acks still go out before it closes.
+    // The session outlives both tasks, so the last batch's acks still go out before it closes.
     let session_stop = CancellationToken::new();
     let mut session = RoleSession::start(
         &broker,
         "ingest",
         vec![topic::SHARED_HEARTBEATS.into(), topic::SHARED_OWNTRACKS.into(), topic::SHARED_PRESENCE.into()],
         true,
-        16_384,
+        INCOMING_CAPACITY,
         session_stop.clone(),
     );
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
-    let mut ingest = match Ingest::new(store, session.client.clone(), config).await {
-        Ok(ingest) => ingest,
+    let known = match store.active_device_ids().await {
+        Ok(ids) => ids.into_iter().collect(),
         Err(e) => {
             // Leave nothing running behind: a supervisor may start the role again.
             background.abort();
             session_stop.cancel();
             session.stopped().await;
-            return Err(e);
+            return Err(e.into());
         }
+    };
+    let shared = Arc::new(Shared::default());
+    let writer = Writer {
+        store: store.clone(),
+        client: session.client.clone(),
+        config: config.clone(),
+        shared: shared.clone(),
+        seq_due: HashMap::new(),
+        upto_due: HashMap::new(),
+        last_ack: HashMap::new(),
+        last_position_event: HashMap::new(),
+        revocations_seen: now_ms(),
+        revoked: HashSet::new(),
+    };
+    let mut writer = tokio::spawn(writer.run(shutdown.clone()));
+    let mut receiver = Receiver {
+        store,
+        client: session.client.clone(),
+        config,
+        shared: shared.clone(),
+        last_error: HashMap::new(),
+        known,
+        unknown: HashMap::new(),
     };
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     info!("heartbeat ingest running");
-    let mut ack_tick = tokio::time::interval(Duration::from_millis(ingest.config.ack_interval_ms.max(10)));
-    let mut failure = None;
+    let mut outcome = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            done = &mut writer => {
+                outcome = Some(done);
+                break;
+            }
             p = incoming.recv() => {
                 let Some(p) = p else { break };
-                ingest.handle(p).await;
-                // Take everything already waiting, then commit: the broker holds back further
-                // messages until these are acknowledged (rumqttd allows 100 in flight), so
-                // waiting for more would only add latency.
-                while ingest.batch.len() < ingest.config.batch_points {
-                    match incoming.try_recv() {
-                        Ok(p) => ingest.handle(p).await,
-                        Err(_) => break,
+                // A full batch makes this wait; the writer ending (commits failing) must not.
+                let handled = tokio::select! {
+                    handled = receiver.handle(p, &shutdown) => handled,
+                    done = &mut writer => {
+                        outcome = Some(done);
+                        false
                     }
-                }
-                if let Err(e) = ingest.flush(&shutdown).await {
-                    failure = Some(e);
+                };
+                if !handled {
                     break;
                 }
             }
-            _ = ack_tick.tick() => ingest.send_due_acks(false).await,
         }
     }
-    if failure.is_none() {
-        failure = ingest.flush(&shutdown).await.err();
-        ingest.send_due_acks(true).await;
-    }
+    shared.close();
+    let outcome = match outcome {
+        Some(done) => done,
+        None => writer.await,
+    };
     background.abort();
     session_stop.cancel();
     session.stopped().await;
-    match failure {
-        None => {
+    match outcome {
+        Ok(Ok(())) => {
             info!("heartbeat ingest stopped");
             Ok(())
         }
-        Some(e) => Err(e),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(IngestError::Config(format!("heartbeat writer task failed: {e}"))),
     }
 }
 
-/// The batching state of one ingest process.
-struct Ingest {
+/// Capacity of the channel from the MQTT session to the receiver. The session's request channel
+/// (acks, publishes) is larger, so the receiver's acks can always be queued while the session
+/// waits for the receiver: the two never wait for each other.
+const INCOMING_CAPACITY: usize = 1024;
+
+/// The batch being filled and what the writer has taken but not yet acknowledged; shared by the
+/// receiver and the writer under a short lock.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Pending>,
+    /// Signalled when the batch gains points or messages, or ingest closes.
+    filled: Notify,
+    /// Signalled when the writer empties the batch.
+    emptied: Notify,
+}
+
+/// Points and messages waiting for the next commit.
+#[derive(Default)]
+struct Pending {
+    /// Points of the next commit.
+    rows: Vec<PositionRow>,
+    /// Each point's `seq`, parallel to `rows`.
+    seqs: Vec<Option<u64>>,
+    /// Messages to acknowledge to the broker after the next commit, in arrival order: MQTT
+    /// requires PUBACKs in the order the PUBLISHes arrived (rumqttd drops a client that acks out
+    /// of order), so anything arriving behind a message without `seq` waits with it.
+    unacked: Vec<Publish>,
+    /// Messages the writer has taken and not yet acknowledged.
+    held: usize,
+    /// No more messages will come.
+    closed: bool,
+}
+
+impl Shared {
+    fn close(&self) {
+        self.state.lock().expect("ingest batch lock").closed = true;
+        self.filled.notify_one();
+    }
+}
+
+/// What a message on one of our topics turned out to be, and whether it may be acked at once.
+enum Outcome {
+    /// Points to commit; `exact` when they carry `seq` (acknowledged to the broker on receipt).
+    Points { device: String, points: Vec<Heartbeat>, exact: bool },
+    /// Handled already (presence, ignored, rejected).
+    Done,
+}
+
+/// Parses messages into the shared batch and acknowledges them to the broker as early as
+/// allowed; waits (taking nothing more from the broker) while the batch is full.
+struct Receiver {
     store: Store,
     client: AsyncClient,
     config: HeartbeatConfig,
-    /// Points waiting for the next commit.
-    batch: Vec<PositionRow>,
-    /// Every message not yet acknowledged, in arrival order: MQTT requires PUBACKs in the order
-    /// the PUBLISHes arrived (rumqttd drops a client that acks out of order), so a message
-    /// finished early (rejected, presence) waits behind the batch it arrived after.
-    unacked: Vec<Publish>,
-    /// Newest committed point per device not yet confirmed by `inbox/ack`.
-    ack_due: HashMap<String, i64>,
-    /// When each device was last sent an `inbox/ack`.
-    last_ack: HashMap<String, Instant>,
+    shared: Arc<Shared>,
     /// When each device was last sent an `inbox/error`.
     last_error: HashMap<String, Instant>,
-    /// When each device's position was last published as an event.
-    last_position_event: HashMap<String, Instant>,
     /// Devices allowed to report (refreshed on a miss).
     known: HashSet<String>,
     /// Unknown ids recently looked up, so a flood of them does not hit the database.
     unknown: HashMap<String, Instant>,
-    /// When revocations were last read (Unix ms).
-    revocations_seen: i64,
 }
 
-impl Ingest {
-    async fn new(store: Store, client: AsyncClient, config: HeartbeatConfig) -> Result<Ingest, IngestError> {
-        let known = store.active_device_ids().await?.into_iter().collect();
-        Ok(Ingest {
-            store,
-            client,
-            config,
-            batch: Vec::new(),
-            unacked: Vec::new(),
-            ack_due: HashMap::new(),
-            last_ack: HashMap::new(),
-            last_error: HashMap::new(),
-            last_position_event: HashMap::new(),
-            known,
-            unknown: HashMap::new(),
-            revocations_seen: now_ms(),
-        })
-    }
-
-    async fn handle(&mut self, p: Publish) {
-        match self.parse(&p).await {
-            Parsed::Points { device, points } => {
-                metrics::counter!("jiandu_ingest_points_received_total").increment(points.len() as u64);
-                self.batch.extend(points.into_iter().map(|h| PositionRow {
+impl Receiver {
+    /// Handles one message; `false` when ingest is shutting down.
+    async fn handle(&mut self, p: Publish, shutdown: &CancellationToken) -> bool {
+        let outcome = self.outcome(&p).await;
+        let Outcome::Points { device, points, exact } = outcome else {
+            return self.enqueue(p, Vec::new(), true, shutdown).await;
+        };
+        metrics::counter!("jiandu_ingest_points_received_total").increment(points.len() as u64);
+        let rows: Vec<(PositionRow, Option<u64>)> = points
+            .into_iter()
+            .map(|h| {
+                let row = PositionRow {
                     device_id: device.clone(),
                     ts: h.ts,
                     lat: h.lat,
@@ -204,42 +257,71 @@ impl Ingest {
                     alt: h.alt,
                     bat: h.bat,
                     duty: h.duty.map(|d| d.as_str().to_owned()),
-                }));
-                self.unacked.push(p);
-            }
-            Parsed::Presence { device, online } => {
-                let at = now_ms();
-                for attempt in 1..=5 {
-                    match self.store.set_presence(&device, online, at).await {
-                        Ok(Some(change)) => {
-                            info!(device = %change.device_id, online = change.online, "presence changed");
-                            break;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(device = %device, error = %e, attempt, "recording presence failed");
-                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                        }
+                };
+                (row, h.seq)
+            })
+            .collect();
+        self.enqueue(p, rows, exact, shutdown).await
+    }
+
+    /// Adds points to the batch (waiting while it is full) and acknowledges the message now when
+    /// `ack_now` and nothing before it waits, else after the commit.
+    async fn enqueue(
+        &mut self,
+        p: Publish,
+        mut rows: Vec<(PositionRow, Option<u64>)>,
+        ack_now: bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        loop {
+            let emptied = self.shared.emptied.notified();
+            let ack = {
+                let mut pending = self.shared.state.lock().expect("ingest batch lock");
+                if !rows.is_empty() && pending.rows.len() >= self.config.batch_points.max(1) {
+                    None
+                } else {
+                    let first_points = !rows.is_empty();
+                    for (row, seq) in std::mem::take(&mut rows) {
+                        pending.rows.push(row);
+                        pending.seqs.push(seq);
+                    }
+                    let ack = ack_now && pending.unacked.is_empty() && pending.held == 0;
+                    if !ack {
+                        pending.unacked.push(p.clone());
+                    }
+                    drop(pending);
+                    if first_points || !ack {
+                        self.shared.filled.notify_one();
+                    }
+                    Some(ack)
+                }
+            };
+            match ack {
+                Some(true) => {
+                    if let Err(e) = self.client.ack(&p).await {
+                        warn!(error = %e, "ack failed");
+                    }
+                    return true;
+                }
+                Some(false) => return true,
+                None => {
+                    // The batch is full: take nothing more from the broker until the writer
+                    // has taken it (backpressure).
+                    metrics::counter!("jiandu_ingest_backpressure_waits_total").increment(1);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = emptied => {}
                     }
                 }
-                self.ack(&p).await;
-            }
-            Parsed::Ignored => self.ack(&p).await,
-            Parsed::Rejected { device, reason, error } => {
-                metrics::counter!("jiandu_ingest_rejected_total", "reason" => reason).increment(1);
-                debug!(topic = %p.topic, device = ?device, reason, error = %error, "message rejected");
-                if let Some(device) = device {
-                    self.tell_error(&device, &p.topic, &error).await;
-                }
-                self.ack(&p).await;
             }
         }
     }
 
-    async fn parse(&mut self, p: &Publish) -> Parsed {
+    async fn outcome(&mut self, p: &Publish) -> Outcome {
+        let rejected = |device: Option<String>, reason: &'static str, error: String| (device, reason, error);
         let topic = match Topic::parse(&p.topic) {
             Ok(t) => t,
-            Err(e) => return Parsed::Rejected { device: None, reason: "topic", error: e.to_string() },
+            Err(e) => return self.reject(p, rejected(None, "topic", e.to_string())).await,
         };
         let (device, result) = match topic {
             Topic::Heartbeat { device } => {
@@ -252,55 +334,60 @@ impl Ingest {
             }
             Topic::Presence { device } => {
                 if !self.is_known(&device).await {
-                    return Parsed::Rejected {
-                        device: None,
-                        reason: "unknown_device",
-                        error: format!("unknown device {device}"),
-                    };
+                    let error = format!("unknown device {device}");
+                    return self.reject(p, rejected(None, "unknown_device", error)).await;
                 }
                 return match jiandu_schemas::parse_presence(&p.payload) {
-                    Ok(presence) => Parsed::Presence { device, online: presence.online },
-                    Err(e) => Parsed::Rejected { device: Some(device), reason: "invalid", error: e.to_string() },
+                    Ok(presence) => {
+                        self.record_presence(&device, presence.online).await;
+                        Outcome::Done
+                    }
+                    Err(e) => self.reject(p, rejected(Some(device), "invalid", e.to_string())).await,
                 };
             }
-            _ => return Parsed::Ignored,
+            _ => return Outcome::Done,
         };
         if !self.is_known(&device).await {
-            return Parsed::Rejected {
-                device: None,
-                reason: "unknown_device",
-                error: format!("unknown device {device}"),
-            };
+            let error = format!("unknown device {device}");
+            return self.reject(p, rejected(None, "unknown_device", error)).await;
         }
         match result {
-            Ok(Some(points)) => Parsed::Points { device, points },
-            Ok(None) => Parsed::Ignored,
-            Err(e) => Parsed::Rejected { device: Some(device), reason: "invalid", error: e.to_string() },
+            Ok(Some(points)) => {
+                let exact = points.iter().all(|h| h.seq.is_some());
+                Outcome::Points { device, points, exact }
+            }
+            Ok(None) => Outcome::Done,
+            Err(e) => self.reject(p, rejected(Some(device), "invalid", e.to_string())).await,
         }
     }
 
-    /// Right before a commit, learns which devices were revoked since the last look and drops
-    /// their points: a revoked phone's messages already queued at the broker are not stored.
-    async fn drop_revoked(&mut self) {
-        let now = now_ms();
-        match self.store.revoked_since(self.revocations_seen - REVOCATION_LOOKBACK_MS).await {
-            Ok(revoked) => {
-                self.revocations_seen = now;
-                for device in revoked.devices {
-                    self.known.remove(&device);
-                    self.unknown.insert(device, Instant::now());
+    async fn reject(
+        &mut self,
+        p: &Publish,
+        (device, reason, error): (Option<String>, &'static str, String),
+    ) -> Outcome {
+        metrics::counter!("jiandu_ingest_rejected_total", "reason" => reason).increment(1);
+        debug!(topic = %p.topic, device = ?device, reason, error = %error, "message rejected");
+        if let Some(device) = device {
+            self.tell_error(&device, &p.topic, &error).await;
+        }
+        Outcome::Done
+    }
+
+    async fn record_presence(&mut self, device: &str, online: bool) {
+        let at = now_ms();
+        for attempt in 1..=5 {
+            match self.store.set_presence(device, online, at).await {
+                Ok(Some(change)) => {
+                    info!(device = %change.device_id, online = change.online, "presence changed");
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(device = %device, error = %e, attempt, "recording presence failed");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
                 }
             }
-            // The login check still holds; the next commit looks again.
-            Err(e) => warn!(error = %e, "cannot read revocations"),
-        }
-        let before = self.batch.len();
-        let unknown = &self.unknown;
-        self.batch.retain(|row| !unknown.contains_key(&row.device_id));
-        if self.batch.len() < before {
-            metrics::counter!("jiandu_ingest_rejected_total", "reason" => "revoked")
-                .increment((before - self.batch.len()) as u64);
-            info!(points = before - self.batch.len(), "points of revoked devices dropped");
         }
     }
 
@@ -330,17 +417,6 @@ impl Ingest {
         }
     }
 
-    /// Acknowledges a finished message now if nothing before it is still waiting for a commit.
-    async fn ack(&mut self, p: &Publish) {
-        if self.unacked.is_empty() {
-            if let Err(e) = self.client.ack(p).await {
-                warn!(error = %e, "ack failed");
-            }
-        } else {
-            self.unacked.push(p.clone());
-        }
-    }
-
     /// Sends one `inbox/error` to a device, at most one per `error_interval_s`.
     async fn tell_error(&mut self, device: &str, topic: &str, error: &str) {
         let interval = Duration::from_secs(self.config.error_interval_s);
@@ -349,55 +425,152 @@ impl Ingest {
         }
         self.last_error.insert(device.to_owned(), Instant::now());
         let body = json!({"topic": topic, "error": error});
-        PhoneInbox::new(self.client.clone()).send(device, InboxKind::Error, &body).await;
+        if let Err(e) =
+            self.client.try_publish(topic::inbox(device, InboxKind::Error), QoS::AtLeastOnce, false, body.to_string())
+        {
+            warn!(device, error = %e, "could not send inbox/error");
+        }
+    }
+}
+
+/// Commits batches, then acknowledges their held messages to the broker and their points to
+/// the phones (`hb_seq` / `hb_upto`, throttled per device).
+struct Writer {
+    store: Store,
+    client: AsyncClient,
+    config: HeartbeatConfig,
+    shared: Arc<Shared>,
+    /// Committed `seq`s per device not yet confirmed by `inbox/ack`.
+    seq_due: HashMap<String, SeqRanges>,
+    /// Newest committed point without `seq` per device not yet confirmed by `inbox/ack`.
+    upto_due: HashMap<String, i64>,
+    /// When each device was last sent an `inbox/ack`.
+    last_ack: HashMap<String, Instant>,
+    /// When each device's position was last published as an event.
+    last_position_event: HashMap<String, Instant>,
+    /// When revocations were last read (Unix ms).
+    revocations_seen: i64,
+    /// Devices revoked while this process runs: their points still queued are not stored.
+    revoked: HashSet<String>,
+}
+
+impl Writer {
+    async fn run(mut self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        let mut ack_tick = tokio::time::interval(Duration::from_millis(self.config.ack_interval_ms.max(10)));
+        let shared = self.shared.clone();
+        loop {
+            let filled = shared.filled.notified();
+            let (batch, closed) = {
+                let mut pending = shared.state.lock().expect("ingest batch lock");
+                let batch = Pending {
+                    rows: std::mem::take(&mut pending.rows),
+                    seqs: std::mem::take(&mut pending.seqs),
+                    unacked: std::mem::take(&mut pending.unacked),
+                    held: 0,
+                    closed: false,
+                };
+                pending.held += batch.unacked.len();
+                (batch, pending.closed)
+            };
+            if !batch.rows.is_empty() || !batch.unacked.is_empty() {
+                shared.emptied.notify_one();
+                self.commit(batch, &shutdown).await?;
+                continue;
+            }
+            if closed {
+                break;
+            }
+            tokio::select! {
+                _ = filled => {}
+                _ = ack_tick.tick() => self.send_due_acks(false),
+            }
+        }
+        self.send_due_acks(true);
+        Ok(())
     }
 
-    /// Commits the batch (retrying with backoff), then acknowledges its messages; fails when
-    /// commits keep failing for `commit_give_up_s`.
-    async fn flush(&mut self, shutdown: &CancellationToken) -> Result<(), IngestError> {
-        if self.batch.is_empty() {
-            // Nothing waits for a commit, so nothing can be queued for acknowledgement.
-            return Ok(());
+    /// Right before a commit, learns which devices were revoked since the last look and drops
+    /// their points: a revoked phone's messages already queued at the broker are not stored.
+    async fn drop_revoked(&mut self, batch: &mut Pending) {
+        let now = now_ms();
+        match self.store.revoked_since(self.revocations_seen - REVOCATION_LOOKBACK_MS).await {
+            Ok(revoked) => {
+                self.revocations_seen = now;
+                self.revoked.extend(revoked.devices);
+            }
+            // The login check still holds; the next commit looks again.
+            Err(e) => warn!(error = %e, "cannot read revocations"),
         }
-        self.drop_revoked().await;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        while !self.batch.is_empty() {
-            match self.store.store_heartbeats(&self.batch, now_ms()).await {
-                Ok(inserted) => {
-                    metrics::counter!("jiandu_ingest_points_stored_total").increment(inserted);
-                    metrics::histogram!("jiandu_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-                    debug!(points = self.batch.len(), inserted, "heartbeats committed");
-                    break;
-                }
-                Err(e) => {
-                    warn!(error = %e, points = self.batch.len(), "committing heartbeats failed; retrying");
-                    if shutdown.is_cancelled() {
-                        // Not acked: the broker and the phones still have these points.
-                        self.batch.clear();
-                        self.unacked.clear();
-                        return Ok(());
+        if self.revoked.is_empty() {
+            return;
+        }
+        let before = batch.rows.len();
+        let revoked = &self.revoked;
+        (batch.rows, batch.seqs) = std::mem::take(&mut batch.rows)
+            .into_iter()
+            .zip(std::mem::take(&mut batch.seqs))
+            .filter(|(row, _)| !revoked.contains(&row.device_id))
+            .unzip();
+        if batch.rows.len() < before {
+            metrics::counter!("jiandu_ingest_rejected_total", "reason" => "revoked")
+                .increment((before - batch.rows.len()) as u64);
+            info!(points = before - batch.rows.len(), "points of revoked devices dropped");
+        }
+    }
+
+    /// Commits the batch (retrying with backoff while the database is unavailable), then
+    /// acknowledges; fails when commits keep failing for `commit_give_up_s`.
+    async fn commit(&mut self, mut batch: Pending, shutdown: &CancellationToken) -> Result<(), IngestError> {
+        if !batch.rows.is_empty() {
+            self.drop_revoked(&mut batch).await;
+        }
+        if !batch.rows.is_empty() {
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.store.store_heartbeats(&batch.rows, now_ms()).await {
+                    Ok(inserted) => {
+                        metrics::counter!("jiandu_ingest_points_stored_total").increment(inserted);
+                        metrics::histogram!("jiandu_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+                        debug!(points = batch.rows.len(), inserted, "heartbeats committed");
+                        break;
                     }
-                    if started.elapsed() >= Duration::from_secs(self.config.commit_give_up_s.max(1)) {
-                        // Not acked either: the restarted role gets them again.
-                        return Err(IngestError::CommitsFailing {
-                            seconds: started.elapsed().as_secs(),
-                            last: e.to_string(),
-                        });
+                    Err(e) => {
+                        warn!(error = %e, points = batch.rows.len(), "committing heartbeats failed; retrying");
+                        if shutdown.is_cancelled() {
+                            // Not confirmed: the phones still have these points.
+                            return Ok(());
+                        }
+                        if started.elapsed() >= Duration::from_secs(self.config.commit_give_up_s.max(1)) {
+                            // Not confirmed either: the phones re-send to the restarted role.
+                            return Err(IngestError::CommitsFailing {
+                                seconds: started.elapsed().as_secs(),
+                                last: e.to_string(),
+                            });
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        for p in std::mem::take(&mut self.unacked) {
-            if let Err(e) = self.client.ack(&p).await {
+        let held = batch.unacked.len();
+        for p in &batch.unacked {
+            if let Err(e) = self.client.ack(p).await {
                 warn!(error = %e, "ack failed");
             }
         }
-        let batch = std::mem::take(&mut self.batch);
+        // Only now may the receiver ack on receipt again: these acks are queued before its next.
+        self.shared.state.lock().expect("ingest batch lock").held -= held;
         let mut newest: HashMap<&str, &PositionRow> = HashMap::new();
-        for row in &batch {
+        for (row, seq) in batch.rows.iter().zip(&batch.seqs) {
+            match seq {
+                Some(seq) => self.seq_due.entry(row.device_id.clone()).or_default().insert(*seq),
+                None => {
+                    let due = self.upto_due.entry(row.device_id.clone()).or_insert(row.ts);
+                    *due = (*due).max(row.ts);
+                }
+            }
             newest
                 .entry(&row.device_id)
                 .and_modify(|e| {
@@ -407,41 +580,68 @@ impl Ingest {
                 })
                 .or_insert(row);
         }
-        for (device, row) in newest {
-            let due = self.ack_due.entry(device.to_owned()).or_insert(row.ts);
-            *due = (*due).max(row.ts);
-            self.sample_position(row).await;
+        let newest: Vec<PositionRow> = newest.into_values().cloned().collect();
+        for row in &newest {
+            self.sample_position(row);
         }
-        self.send_due_acks(false).await;
+        self.send_due_acks(false);
         Ok(())
     }
 
-    /// Sends `inbox/ack {"hb_upto"}` to devices whose last ack is older than the interval (all
-    /// of them when `all`).
-    async fn send_due_acks(&mut self, all: bool) {
+    /// Sends `inbox/ack` to devices whose last ack is older than the interval (all of them when
+    /// `all`): `hb_seq` with the committed ranges and/or `hb_upto`. An ack that cannot be queued
+    /// now stays due for the next tick.
+    fn send_due_acks(&mut self, all: bool) {
         let interval = Duration::from_millis(self.config.ack_interval_ms);
         let due: Vec<String> = self
-            .ack_due
+            .seq_due
             .keys()
+            .chain(self.upto_due.keys())
             .filter(|d| all || self.last_ack.get(*d).is_none_or(|t| t.elapsed() >= interval))
             .cloned()
+            .collect::<HashSet<String>>()
+            .into_iter()
             .collect();
         for device in due {
-            let Some(upto) = self.ack_due.remove(&device) else { continue };
-            self.last_ack.insert(device.clone(), Instant::now());
-            let body = json!({ "hb_upto": upto }).to_string();
-            // QoS 0: an ack is superseded by the next one; a lost one only costs a re-send.
-            if let Err(e) =
-                self.client.publish(topic::inbox(&device, InboxKind::Ack), QoS::AtMostOnce, false, body).await
-            {
-                warn!(device = %device, error = %e, "could not send inbox/ack");
+            let topic = topic::inbox(&device, InboxKind::Ack);
+            let mut sent = false;
+            if let Some(ranges) = self.seq_due.get_mut(&device) {
+                while !ranges.is_empty() {
+                    let chunk = ranges.take(MAX_ACK_RANGES);
+                    let body = json!({ "hb_seq": chunk }).to_string();
+                    // QoS 0: a lost ack only costs a re-send, which is stored once.
+                    if let Err(e) = self.client.try_publish(&topic, QoS::AtMostOnce, false, body) {
+                        debug!(device = %device, error = %e, "inbox/ack not queued; retrying later");
+                        for [from, to] in chunk {
+                            ranges.insert_range(from, to);
+                        }
+                        break;
+                    }
+                    sent = true;
+                }
+                if ranges.is_empty() {
+                    self.seq_due.remove(&device);
+                }
+            }
+            if let Some(upto) = self.upto_due.remove(&device) {
+                let body = json!({ "hb_upto": upto }).to_string();
+                match self.client.try_publish(&topic, QoS::AtMostOnce, false, body) {
+                    Ok(()) => sent = true,
+                    Err(e) => {
+                        debug!(device = %device, error = %e, "inbox/ack not queued; retrying later");
+                        self.upto_due.insert(device.clone(), upto);
+                    }
+                }
+            }
+            if sent {
+                self.last_ack.insert(device, Instant::now());
             }
         }
     }
 
     /// Publishes `jd/v1/events/position` for a device at most every `position_event_interval_s`
     /// (best effort, QoS 0: the durable record is the history table).
-    async fn sample_position(&mut self, row: &PositionRow) {
+    fn sample_position(&mut self, row: &PositionRow) {
         let interval = Duration::from_secs(self.config.position_event_interval_s);
         if self.last_position_event.get(&row.device_id).is_some_and(|t| t.elapsed() < interval) {
             return;
@@ -455,8 +655,7 @@ impl Ingest {
                      "hdg": row.hdg, "duty": row.duty},
         });
         self.client
-            .publish(topic::event(topic::EventKind::Position), QoS::AtMostOnce, false, event.to_string())
-            .await
+            .try_publish(topic::event(topic::EventKind::Position), QoS::AtMostOnce, false, event.to_string())
             .ok();
     }
 }

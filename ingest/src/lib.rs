@@ -7,3 +7,4 @@ mod error;
 pub use error::IngestError;
 pub mod evidence;
 pub mod heartbeat;
+mod seq_ranges;

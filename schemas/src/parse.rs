@@ -16,7 +16,7 @@ use serde_path_to_error::Segment;
 use crate::PayloadError;
 use crate::payload::{
     AssignmentStatus, EVIDENCE_MIME_TYPES, EvidenceMeta, Heartbeat, IntegrationReport, LookupRequest, MAX_BACKLOG,
-    MAX_CHUNK_BYTES, MAX_LABEL_CHARS, MAX_MIME_CHARS, MAX_PLATE_CHARS, MAX_QUERY_CHARS, MAX_TEXT_CHARS,
+    MAX_CHUNK_BYTES, MAX_LABEL_CHARS, MAX_MIME_CHARS, MAX_PLATE_CHARS, MAX_QUERY_CHARS, MAX_SEQ, MAX_TEXT_CHARS,
     OwnTracksLocation, Presence, Report, TS_MAX, TS_MIN,
 };
 use crate::topic::{MAX_ID_LEN, valid_id};
@@ -42,6 +42,14 @@ pub fn parse_heartbeats(bytes: &[u8]) -> Result<Vec<Heartbeat>, PayloadError> {
     }
     for (i, hb) in hbs.iter().enumerate() {
         check_heartbeat(&format!("hb[{i}]"), hb)?;
+    }
+    let with_seq = hbs[0].seq.is_some();
+    if let Some(i) = hbs.iter().position(|h| h.seq.is_some() != with_seq) {
+        let (field, state) = if with_seq { ("missing", "hb[0] has") } else { ("present", "hb[0] has none") };
+        return Err(PayloadError::new(
+            format!("hb[{i}].seq"),
+            format!("{field}, but {state}; in one message every heartbeat carries seq or none does"),
+        ));
     }
     Ok(hbs)
 }
@@ -249,6 +257,11 @@ pub fn parse_owntracks(bytes: &[u8]) -> Result<Option<Heartbeat>, PayloadError> 
 
 /// Range and unit checks of one heartbeat whose fields are named under `prefix`.
 fn check_heartbeat(prefix: &str, hb: &Heartbeat) -> Result<(), PayloadError> {
+    if let Some(seq) = hb.seq
+        && !(1..=MAX_SEQ).contains(&seq)
+    {
+        return Err(PayloadError::new(format!("{prefix}.seq"), format!("must be within 1..={MAX_SEQ}, got {seq}")));
+    }
     epoch_ms(prefix, "ts", hb.ts)?;
     lat(prefix, "lat", hb.lat)?;
     lon(prefix, "lon", hb.lon)?;

@@ -15,6 +15,10 @@ pub const TS_MIN: i64 = 946_684_800_000;
 pub const TS_MAX: i64 = 4_102_444_800_000;
 /// Most heartbeats accepted in one backlog message.
 pub const MAX_BACKLOG: usize = 1000;
+/// Largest heartbeat `seq`: 2^53 − 1, the largest integer every JSON parser keeps exactly.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+/// Most `[from, to]` ranges in one `inbox/ack`; more are sent as several acks.
+pub const MAX_ACK_RANGES: usize = 1000;
 /// Largest evidence chunk, in bytes (256 KiB).
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// Longest report text, in characters.
@@ -83,6 +87,12 @@ impl Duty {
 /// One position fix from a phone (`jd/v1/dev/{dev}/hb`); a backlog is an array of these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Heartbeat {
+    /// The phone's number for this point: per device, strictly increasing, kept across app
+    /// restarts. With it, ingest confirms exactly the stored points (`hb_seq` in `inbox/ack`);
+    /// without it, with the `hb_upto` watermark. In one message, every point has it or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_SEQ))]
+    pub seq: Option<u64>,
     /// Time of the fix, Unix epoch milliseconds.
     #[schemars(range(min = TS_MIN, max = TS_MAX))]
     pub ts: i64,
@@ -320,9 +330,14 @@ impl EvidenceMeta {
 /// Confirmation on `inbox/ack` that upstream messages were committed; the phone may drop them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Ack {
-    /// Every heartbeat with `ts` at or below this is stored.
+    /// Every heartbeat without `seq` with `ts` at or below this is stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hb_upto: Option<i64>,
+    /// Exactly these heartbeat `seq`s are stored: ascending, disjoint `[from, to]` ranges
+    /// (inclusive); the phone deletes those points and nothing else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_ACK_RANGES))]
+    pub hb_seq: Option<Vec<[u64; 2]>>,
     /// This report id is stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
@@ -496,6 +511,7 @@ impl OwnTracksLocation {
     /// velocity or course become absent.
     pub fn to_heartbeat(&self) -> Heartbeat {
         Heartbeat {
+            seq: None,
             ts: self.tst.saturating_mul(1000),
             lat: self.lat,
             lon: self.lon,

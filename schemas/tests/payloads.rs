@@ -17,6 +17,7 @@ fn heartbeat_object() {
     assert_eq!(
         hbs,
         [Heartbeat {
+            seq: None,
             ts: T,
             lat: 36.6512,
             lon: 117.1201,
@@ -66,6 +67,7 @@ fn heartbeat_backlog_of_exactly_max() {
 #[test]
 fn heartbeat_serialises_without_absent_fields() {
     let hb = Heartbeat {
+        seq: None,
         ts: T,
         lat: 1.0,
         lon: 2.0,
@@ -623,4 +625,31 @@ fn error_display_and_conversion() {
     let wrapped: SchemaError = e.clone().into();
     assert_eq!(wrapped.to_string(), e.to_string());
     assert_eq!(wrapped, SchemaError::Payload(e));
+}
+
+#[test]
+fn heartbeat_seq_is_kept_bounded_and_all_or_none_per_message() {
+    let one = parse_heartbeats(json!({"seq": 7, "ts": T, "lat": 1.0, "lon": 2.0}).to_string().as_bytes()).unwrap();
+    assert_eq!(one[0].seq, Some(7));
+    let zero = parse_heartbeats(json!({"seq": 0, "ts": T, "lat": 1.0, "lon": 2.0}).to_string().as_bytes());
+    assert_eq!(zero.unwrap_err().to_string(), "hb.seq: must be within 1..=9007199254740991, got 0");
+    let big = parse_heartbeats(json!([{"seq": 1u64 << 53, "ts": T, "lat": 1.0, "lon": 2.0}]).to_string().as_bytes());
+    assert_eq!(big.unwrap_err().to_string(), "hb[0].seq: must be within 1..=9007199254740991, got 9007199254740992");
+    let negative = parse_heartbeats(json!({"seq": -1, "ts": T, "lat": 1.0, "lon": 2.0}).to_string().as_bytes());
+    assert!(negative.unwrap_err().to_string().starts_with("hb.seq: "));
+    let mixed = json!([
+        {"seq": 1, "ts": T, "lat": 1.0, "lon": 2.0},
+        {"ts": T + 1, "lat": 1.0, "lon": 2.0},
+    ]);
+    assert_eq!(
+        parse_heartbeats(mixed.to_string().as_bytes()).unwrap_err().to_string(),
+        "hb[1].seq: missing, but hb[0] has; in one message every heartbeat carries seq or none does"
+    );
+    let mixed = json!([{"ts": T, "lat": 1.0, "lon": 2.0}, {"seq": 2, "ts": T + 1, "lat": 1.0, "lon": 2.0}]);
+    assert_eq!(
+        parse_heartbeats(mixed.to_string().as_bytes()).unwrap_err().to_string(),
+        "hb[1].seq: present, but hb[0] has none; in one message every heartbeat carries seq or none does"
+    );
+    let ack = Ack { hb_seq: Some(vec![[1, 5], [9, 9]]), ..Ack::default() };
+    assert_eq!(serde_json::to_value(ack).unwrap(), json!({"hb_seq": [[1, 5], [9, 9]]}));
 }

@@ -8,7 +8,7 @@
 //!
 //! Each phone ([`phone`]) logs in with its own device credentials and speaks only the v1 wire
 //! contract (`jiandu_schemas` types and topic builders), so what it exercises is exactly what a
-//! real phone would: the broker's authentication and ACL, heartbeat ingest and its `hb_upto`
+//! real phone would: the broker's authentication and ACL, heartbeat ingest and its `hb_seq`
 //! acknowledgements, dispatch offers, assignment statuses, chunked evidence with receipts, and
 //! registry look-ups. It is equally a load generator (`--devices`, `--rate`) against a remote
 //! deployment. Time can be fast-forwarded (`speed`): inspectors move and work that many times
@@ -123,7 +123,7 @@ pub struct SimStats {
     pub connects: AtomicU64,
     /// Live heartbeats published.
     pub heartbeats: AtomicU64,
-    /// Heartbeats confirmed by `hb_upto`.
+    /// Heartbeats confirmed by `hb_seq`.
     pub heartbeats_acked: AtomicU64,
     /// Points re-sent in backlog arrays.
     pub backlog_points: AtomicU64,

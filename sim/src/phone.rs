@@ -1,8 +1,9 @@
 //! One simulated work phone: a real MQTT client (rumqttc) that logs in as its device, keeps its
 //! presence (with a last will), moves, sends heartbeats, reports what it sees, answers
 //! assignment offers, uploads a photo as evidence and completes the job, following the v1
-//! contract's end-to-end delivery rules (DESIGN §3): every heartbeat is kept until `inbox/ack`
-//! `hb_upto` covers it and is re-sent as a backlog array after an outage; reports and assignment
+//! contract's end-to-end delivery rules (DESIGN §3): every heartbeat carries `seq` and is kept
+//! until an `inbox/ack` `hb_seq` range names it, and is re-sent as a backlog array after an
+//! outage or when unconfirmed for a few seconds; reports and assignment
 //! statuses are re-sent until acknowledged; an upload is resumed from its `partial` receipts.
 //!
 //! Everything runs in one task per phone: the event loop is polled in the same `select!` as the
@@ -142,9 +143,12 @@ struct Phone {
     /// When the current coverage gap ends (None: in coverage).
     outage_until: Option<Instant>,
     next_outage: Instant,
-    /// Points not yet covered by an `hb_upto`, oldest first.
+    /// Points not yet confirmed by `hb_seq`, in `seq` order.
     backlog: VecDeque<Heartbeat>,
     last_ts: i64,
+    /// The `seq` of the last point; starts at the start time × 1000, so it keeps increasing
+    /// across runs of the simulator as a real app keeps it across restarts.
+    last_seq: u64,
     last_backlog_send: Instant,
     on_duty: bool,
     next_shift_change: Instant,
@@ -178,6 +182,7 @@ impl Phone {
             next_outage,
             backlog: VecDeque::new(),
             last_ts: 0,
+            last_seq: (now_ms().max(0) as u64).saturating_mul(1000),
             last_backlog_send: now,
             on_duty,
             next_shift_change,
@@ -353,7 +358,8 @@ impl Phone {
         self.advance_job(now);
         self.heartbeat();
         if now.duration_since(self.last_backlog_send) >= RESEND_AFTER {
-            // Points older than a few seconds that no `hb_upto` covered: the ack was lost.
+            // Points older than a few seconds that no `hb_seq` named: lost on the way (or the
+            // ack was).
             let cutoff = now_ms() - 5_000;
             if self.backlog.front().is_some_and(|h| h.ts < cutoff) {
                 self.send_backlog();
@@ -377,7 +383,9 @@ impl Phone {
     fn heartbeat(&mut self) {
         let ts = now_ms().max(self.last_ts + 1);
         self.last_ts = ts;
+        self.last_seq += 1;
         let hb = Heartbeat {
+            seq: Some(self.last_seq),
             ts,
             lat: self.walker.lat,
             lon: self.walker.lon,
@@ -424,11 +432,14 @@ impl Phone {
         match kind {
             InboxKind::Ack => {
                 let Ok(ack) = serde_json::from_slice::<Ack>(payload) else { return };
-                if let Some(upto) = ack.hb_upto {
+                if let Some(ranges) = ack.hb_seq {
+                    // Exactly the named points are stored; ranges are ascending and disjoint.
                     let before = self.backlog.len();
-                    while self.backlog.front().is_some_and(|h| h.ts <= upto) {
-                        self.backlog.pop_front();
-                    }
+                    let confirmed = |seq: u64| {
+                        let i = ranges.partition_point(|[_, to]| *to < seq);
+                        ranges.get(i).is_some_and(|[from, _]| *from <= seq)
+                    };
+                    self.backlog.retain(|h| !h.seq.is_some_and(confirmed));
                     self.stats.heartbeats_acked.fetch_add((before - self.backlog.len()) as u64, Ordering::Relaxed);
                 }
                 if let Some(id) = ack.report

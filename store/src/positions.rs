@@ -2,18 +2,17 @@
 //! (every point once). Written in batches by ingest, read by the dispatcher on start and by the
 //! web view.
 //!
-//! A batch is one transaction: multi-row inserts into history (`ON CONFLICT DO NOTHING`, so a
-//! point re-sent after a lost ack is stored once) and one upsert per device whose position
+//! A batch is one transaction of two statements whatever its size, each binding the batch as
+//! one JSON parameter: an insert into history (`ON CONFLICT DO NOTHING`, so a point re-sent
+//! after a lost ack is stored once) and an upsert of each device's newest point whose position
 //! columns change only when the new point is newer than the stored one.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use sqlx::any::AnyArguments;
 use sqlx::any::AnyRow;
-use sqlx::query::Query;
 
 use crate::events::NewEvent;
-use crate::{Store, StoreError};
+use crate::{Backend, Store, StoreError};
 
 /// One stored point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,46 +66,36 @@ pub struct PresenceChange {
 }
 
 const HISTORY_COLUMNS: &str = "device_id, ts, lat, lon, acc, spd, hdg, alt, bat, duty";
-/// Rows per INSERT statement. Small on purpose: sqlx's argument binding grows faster than
-/// linearly with the parameter count (measured: 20 rows × 11 parameters ≈ 150k rows/s on SQLite,
-/// 500 rows ≈ 16k rows/s), while per-statement overhead is already small at 20.
-const ROWS_PER_STATEMENT: usize = 20;
 
-/// `($1,…,$k),($k+1,…)…` for `rows` rows of `cols` parameters (both databases accept `$N`).
-fn placeholders(rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 6);
-    for r in 0..rows {
-        if r > 0 {
-            out.push(',');
-        }
-        out.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                out.push(',');
-            }
-            out.push('$');
-            out.push_str(&(r * cols + c + 1).to_string());
-        }
-        out.push(')');
-    }
-    out
+/// One point as the JSON array a batch is bound as, in `HISTORY_COLUMNS` order.
+type PointJson<'a> =
+    (&'a str, i64, f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<&'a str>);
+
+/// A batch as one JSON parameter: `[[device_id, ts, lat, …, duty], …]`. One parameter per
+/// statement keeps binding constant-time whatever the batch size (sqlx's Any driver binds each
+/// value as its own `$N`, which SQLite resolves by a linear scan: quadratic in the batch).
+fn points_json<'a>(rows: impl Iterator<Item = &'a PositionRow>) -> Result<String, StoreError> {
+    let points: Vec<PointJson<'a>> = rows
+        .map(|r| (r.device_id.as_str(), r.ts, r.lat, r.lon, r.acc, r.spd, r.hdg, r.alt, r.bat, r.duty.as_deref()))
+        .collect();
+    serde_json::to_string(&points)
+        .map_err(|e| StoreError::InvalidInput { field: "heartbeat batch", reason: e.to_string() })
 }
 
-/// Binds the ten point columns in `HISTORY_COLUMNS` order.
-fn bind_point<'q>(
-    q: Query<'q, sqlx::Any, AnyArguments<'q>>,
-    r: &'q PositionRow,
-) -> Query<'q, sqlx::Any, AnyArguments<'q>> {
-    q.bind(r.device_id.as_str())
-        .bind(r.ts)
-        .bind(r.lat)
-        .bind(r.lon)
-        .bind(r.acc)
-        .bind(r.spd)
-        .bind(r.hdg)
-        .bind(r.alt)
-        .bind(r.bat)
-        .bind(r.duty.as_deref())
+/// `SELECT <the ten point columns> FROM <the rows of JSON parameter $1>`, for the backend:
+/// SQLite's `json_each` with `->>` (which yields SQL integers, reals, text or NULL), PostgreSQL's
+/// `json_array_elements` with casts; the eleventh column is the time parameter `$2`.
+fn select_points_json(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, \
+             value->>8, value->>9, $2 FROM json_each($1) WHERE true"
+        }
+        Backend::Postgres => {
+            "SELECT e->>0, (e->>1)::bigint, (e->>2)::float8, (e->>3)::float8, (e->>4)::float8, (e->>5)::float8, \
+             (e->>6)::float8, (e->>7)::float8, (e->>8)::float8, e->>9, $2::bigint FROM json_array_elements($1::json) e"
+        }
+    }
 }
 
 fn position_from_row(row: &AnyRow) -> Result<PositionRow, StoreError> {
@@ -149,15 +138,16 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
-        let mut inserted = 0;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) VALUES {} ON CONFLICT (device_id, ts) DO NOTHING",
-                placeholders(chunk.len(), 11)
-            );
-            let q = chunk.iter().fold(sqlx::query(&sql), |q, r| bind_point(q, r).bind(received_at));
-            inserted += q.execute(&mut *tx).await?.rows_affected();
-        }
+        let sql = format!(
+            "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) {} ON CONFLICT (device_id, ts) DO NOTHING",
+            select_points_json(self.backend)
+        );
+        let inserted = sqlx::query(&sql)
+            .bind(points_json(rows.iter())?)
+            .bind(received_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
 
         // Newest point per device in this batch.
         let mut newest: std::collections::HashMap<&str, &PositionRow> = std::collections::HashMap::new();
@@ -172,21 +162,19 @@ impl Store {
                 .or_insert(r);
         }
         let mut newest: Vec<&PositionRow> = newest.into_values().collect();
+        // A fixed order, so two writers lock the live rows in the same order.
         newest.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        for chunk in newest.chunks(ROWS_PER_STATEMENT) {
-            let newer = "(device_position.ts IS NULL OR excluded.ts > device_position.ts)";
-            let mut set = vec!["last_seen = excluded.last_seen".to_owned(), "stale = 0".to_owned()];
-            for c in ["ts", "lat", "lon", "acc", "spd", "hdg", "alt", "bat", "duty"] {
-                set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE device_position.{c} END"));
-            }
-            let sql = format!(
-                "INSERT INTO device_position ({HISTORY_COLUMNS}, last_seen) VALUES {} ON CONFLICT (device_id) DO UPDATE SET {}",
-                placeholders(chunk.len(), 11),
-                set.join(", ")
-            );
-            let q = chunk.iter().fold(sqlx::query(&sql), |q, r| bind_point(q, r).bind(received_at));
-            q.execute(&mut *tx).await?;
+        let newer = "(device_position.ts IS NULL OR excluded.ts > device_position.ts)";
+        let mut set = vec!["last_seen = excluded.last_seen".to_owned(), "stale = 0".to_owned()];
+        for c in ["ts", "lat", "lon", "acc", "spd", "hdg", "alt", "bat", "duty"] {
+            set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE device_position.{c} END"));
         }
+        let sql = format!(
+            "INSERT INTO device_position ({HISTORY_COLUMNS}, last_seen) {} ON CONFLICT (device_id) DO UPDATE SET {}",
+            select_points_json(self.backend),
+            set.join(", ")
+        );
+        sqlx::query(&sql).bind(points_json(newest.into_iter())?).bind(received_at).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(inserted)
     }

@@ -4,7 +4,8 @@
 //! memory per connected idle phone.
 //!
 //! Load: `--phones` MQTT connections (QoS 1), each publishing `--points` single-point heartbeats
-//! as fast as the broker takes them; the ingest figure counts rows in `position_history`.
+//! with `seq` as fast as the broker takes them; the ingest figure counts rows in
+//! `position_history`, once with one ingest process and once with a second one in the group.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -44,35 +45,11 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
     eprintln!("[bench] open-files limit: {fd_limit}");
     let mut rows = Vec::new();
     let reps = args.common.repetitions;
-    let total = (args.phones * args.points) as f64;
 
-    // Ours: broker + ingest, counted in the database.
-    let db = bench_database(&args.common.db).await?;
-    let sut = SystemUnderTest::start(&db, "broker,ingest", &[])?;
-    let store = Store::connect(&sut.db).await?;
-    let creds = register(&store, args.phones).await?;
-    let phones = connect_phones(&sut.mqtt, &creds).await?;
-    let ours = measure("ingest: persisted heartbeats/s", reps, |rep| {
-        let phones = phones.clone();
-        let store = store.clone();
-        let points = args.points;
-        async move {
-            let before = store.history_count(None).await? as f64;
-            let started = Instant::now();
-            publish_all(&phones, rep, points).await?;
-            wait_until(
-                || async { Ok(store.history_count(None).await? as f64 >= before + total) },
-                Duration::from_secs(600),
-            )
-            .await
-            .context("not every heartbeat was persisted")?;
-            Ok(total / started.elapsed().as_secs_f64())
-        }
-    })
-    .await?;
-    drop(phones);
-    store.close().await;
-    drop(sut);
+    // Ours: broker + ingest, counted in the database; then the same with a second ingest
+    // process sharing the heartbeat group.
+    let ours = persisted_rate(&args, false).await?;
+    let two = persisted_rate(&args, true).await?;
 
     // Reference 1: the embedded broker relaying the same load to a bare subscriber.
     let relay_sut = SystemUnderTest::start("sqlite", "broker", &[])?;
@@ -171,6 +148,13 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
         });
     }
     rows.push(Row {
+        metric: "heartbeats persisted/s, two ingest processes".into(),
+        unit: "points/s".into(),
+        ours: two,
+        reference: Some(("one ingest process".into(), ours.clone())),
+        goal: None,
+    });
+    rows.push(Row {
         metric: "heartbeats persisted/s vs raw inserts".into(),
         unit: "points/s".into(),
         ours: ours.clone(),
@@ -204,6 +188,85 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
         rows,
     }
     .print(args.common.json);
+    Ok(())
+}
+
+/// Heartbeats persisted per second through `broker,ingest` (and, with `second_ingest`, one more
+/// `serve --roles ingest` process in the same group, logged in as its own service account).
+async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<Stat> {
+    let total = (args.phones * args.points) as f64;
+    let db = bench_database(&args.common.db).await?;
+    let sut = SystemUnderTest::start(&db, "broker,ingest", &[])?;
+    let store = Store::connect(&sut.db).await?;
+    let mut second = None;
+    if second_ingest {
+        let token = store.ensure_service_account("bench-ingest-2").await?.into_inner();
+        let dir = tempfile::Builder::new().prefix("jiandu-bench-ingest-").tempdir()?;
+        let log = std::fs::File::create(dir.path().join("ingest.log"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--roles", "ingest", "--broker", &format!("mqtt://{}:{}", sut.mqtt.0, sut.mqtt.1)])
+            .env("JIANDU_DATA_DIR", dir.path())
+            .env("JIANDU_DB", &sut.db)
+            .env("JIANDU_BROKER_USERNAME", "bench-ingest-2")
+            .env("JIANDU_BROKER_PASSWORD", token)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting the second ingest process")?;
+        wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60)).await?;
+        second = Some(SecondIngest { child, _dir: dir });
+    }
+    let creds = register(&store, args.phones).await?;
+    let phones = connect_phones(&sut.mqtt, &creds).await?;
+    let label =
+        if second_ingest { "two ingest processes: persisted heartbeats/s" } else { "ingest: persisted heartbeats/s" };
+    let rate = measure(label, args.common.repetitions, |rep| {
+        let phones = phones.clone();
+        let store = store.clone();
+        let points = args.points;
+        async move {
+            let before = store.history_count(None).await? as f64;
+            let started = Instant::now();
+            publish_all(&phones, rep, points).await?;
+            wait_until(
+                || async { Ok(store.history_count(None).await? as f64 >= before + total) },
+                Duration::from_secs(600),
+            )
+            .await
+            .context("not every heartbeat was persisted")?;
+            Ok(total / started.elapsed().as_secs_f64())
+        }
+    })
+    .await?;
+    drop(phones);
+    store.close().await;
+    drop(second);
+    drop(sut);
+    Ok(rate)
+}
+
+/// The extra `serve --roles ingest` process of the two-process row; killed on drop.
+struct SecondIngest {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SecondIngest {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+async fn wait_for_file(path: &std::path::Path, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {limit:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 
@@ -294,8 +357,10 @@ async fn publish_all(phones: &Arc<Vec<Phone>>, rep: usize, points: usize) -> Res
         tasks.push(tokio::spawn(async move {
             for k in 0..points {
                 for p in &chunk {
-                    let ts = T0 + ((rep * points + k) as i64) * 1000;
-                    let body = json!({"ts": ts, "lat": 36.5, "lon": 118.5, "acc": 5.0, "spd": 1.0, "duty": "on"});
+                    let n = rep * points + k;
+                    let ts = T0 + (n as i64) * 1000;
+                    // With `seq`, as the phones of DESIGN §3: ingest acknowledges on receipt.
+                    let body = json!({"seq": n + 1, "ts": ts, "lat": 36.5, "lon": 118.5, "acc": 5.0, "spd": 1.0, "duty": "on"});
                     p.client
                         .publish(format!("jd/v1/dev/{}/hb", p.id), QoS::AtLeastOnce, false, body.to_string())
                         .await?;

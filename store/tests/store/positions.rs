@@ -11,6 +11,7 @@ on_both!(
     silent_online_devices_become_stale_until_they_report,
     history_is_pruned_per_device,
     devices_are_listed_with_their_live_state,
+    a_batch_is_stored_exactly_whatever_its_size_and_content,
 );
 
 fn point(dev: &str, ts: i64, lat: f64) -> PositionRow {
@@ -136,4 +137,34 @@ async fn devices_are_listed_with_their_live_state(db: &TestDb) {
     let page = s.devices_with_live(&ids[0], 10).await.unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].0.id, ids[1]);
+}
+
+/// A batch is bound as one JSON parameter: values must come back bit for bit (absent fields
+/// absent, awkward floats exact), duplicates inside one batch are stored once, and size is no
+/// limit.
+async fn a_batch_is_stored_exactly_whatever_its_size_and_content(db: &TestDb) {
+    let s = &db.store;
+    let t0 = 1_780_000_000_000;
+    let odd = PositionRow {
+        device_id: "dev.odd-name_1".into(),
+        ts: t0,
+        lat: -89.999_999_999_9,
+        lon: 179.123_456_789_012_3,
+        acc: Some(1e-7),
+        spd: Some(0.1 + 0.2),
+        hdg: None,
+        alt: Some(-999.5),
+        bat: None,
+        duty: None,
+    };
+    let mut batch = vec![odd.clone(), odd.clone()];
+    batch.extend((0..20_000).map(|i| point(&format!("bulk{}", i % 50), t0 + i, 36.0 + i as f64 * 1e-6)));
+    assert_eq!(s.store_heartbeats(&batch, t0 + 1).await.unwrap(), 20_001, "the duplicate is stored once");
+    assert_eq!(s.track("dev.odd-name_1", t0, t0, 10).await.unwrap(), vec![odd.clone()]);
+    let live = s.live_position("dev.odd-name_1").await.unwrap().unwrap();
+    assert_eq!(live.position, Some(odd));
+    assert_eq!(s.history_count(None).await.unwrap(), 20_001);
+    let last = s.track("bulk49", t0, t0 + 20_000, 1000).await.unwrap();
+    assert_eq!(last.len(), 400);
+    assert_eq!(last[399], point("bulk49", t0 + 19_999, 36.0 + 19_999.0 * 1e-6));
 }
