@@ -95,6 +95,7 @@ fn demo_log(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_runs_a_live_county_seen_through_rest() {
+    common::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
