@@ -80,6 +80,18 @@ fn invalid(field: &str, reason: impl Into<String>) -> OversightError {
     OversightError::Invalid { field: field.to_owned(), reason: reason.into() }
 }
 
+/// The leaders who are told of escalations (case alarms, red index units): enabled users with
+/// the leader role.
+pub async fn active_leaders(store: &Store) -> Result<Vec<String>, OversightError> {
+    Ok(store
+        .list_users()
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::Leader && u.disabled_at.is_none())
+        .map(|u| u.name)
+        .collect())
+}
+
 fn forbidden(who: &str, role: Role, what: &str, allowed: &[Role]) -> OversightError {
     let allowed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
     OversightError::Forbidden { reason: format!("{who} ({role}) may not {what}; needs one of: {}", allowed.join(", ")) }
@@ -339,13 +351,7 @@ pub async fn fire_due(store: &Store, now: i64) -> Result<usize, OversightError> 
     if due.is_empty() {
         return Ok(0);
     }
-    let leaders: Vec<String> = store
-        .list_users()
-        .await?
-        .into_iter()
-        .filter(|u| u.role == Role::Leader && u.disabled_at.is_none())
-        .map(|u| u.name)
-        .collect();
+    let leaders = active_leaders(store).await?;
     let mut fired = 0;
     for t in due {
         if store.fire_case_timer(t.id, now, |timer, case| timer_effects(timer, case, &leaders)).await?.is_some() {

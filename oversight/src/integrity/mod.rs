@@ -194,13 +194,7 @@ pub async fn compute(
         None => Period::containing(formula.period, now),
     };
     let inputs = gather(store, &formula, &period, now).await?;
-    let leaders: Vec<String> = store
-        .list_users()
-        .await?
-        .into_iter()
-        .filter(|u| u.role == Role::Leader && u.disabled_at.is_none())
-        .map(|u| u.name)
-        .collect();
+    let leaders = crate::cases::active_leaders(store).await?;
     let rows: Vec<NewIndexRow> = inputs
         .iter()
         .map(|u| {
