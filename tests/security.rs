@@ -508,6 +508,40 @@ async fn revocation_ends_sessions_and_refuses_queued_messages_postgres() {
 }
 
 #[tokio::test]
+async fn a_revoked_phone_is_never_offered_a_report() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let mut stolen = phone(&app, "stolen").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // On duty, fresh, right at the spot: the nearest inspector until it is revoked.
+    stolen.heartbeat_acked(now).await;
+    app.cli(&["device", "revoke", &stolen.id]);
+    disconnected_within(&mut stolen.events, Duration::from_secs(5)).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/reports", app.http))
+        .basic_auth(&app.admin.0, Some(&app.admin.1))
+        .json(&json!({"kind": "tip", "text": "公车停在校门口", "lat": 36.5, "lon": 118.54}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["report"]["id"].as_str().unwrap().to_owned();
+    // Nobody else is on duty, so the report is escalated at once instead of waiting on an offer
+    // to a phone that can no longer receive it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = app.get_json(&format!("/api/v1/reports/{id}")).await;
+        // `unassigned` is what escalation leaves: nobody left within the radius.
+        if report["report"]["status"] == "unassigned" {
+            assert_eq!(report["assignments"], json!([]), "{report}");
+            assert!(!report.to_string().contains(&stolen.id), "the revoked phone appears in {report}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not escalated: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_disabled_integration_is_disconnected_and_refused() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let mut victim = phone(&app, "victim").await;

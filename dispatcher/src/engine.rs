@@ -516,6 +516,12 @@ impl Engine {
             };
             let device = candidate.device.to_string();
             tried.insert(device.clone());
+            if self.revoked.is_revoked(&self.store, &device).await {
+                // The broker cuts a revoked phone off without its will, so its last position
+                // still looks available here: take it out instead of offering it the report.
+                self.index.set_online(&device, false);
+                continue;
+            }
             let respond_by = now_ms() + self.config.offer_timeout().as_millis() as i64;
             let offer = NewOffer {
                 report_id: report_id.to_owned(),
