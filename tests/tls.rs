@@ -287,42 +287,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     assert!(app.stop().success());
 }
 
-/// A simulated phone over MQTTS for the browser test: a heartbeat every 300 ms, walking up to
-/// 300 m north and back, and it accepts every assignment it is offered.
+/// A simulated phone for the browser test ([`common::walking_phone`]) over MQTTS.
 async fn tls_phone(app: &TestApp, name: &str, lat: f64, lon: f64) -> (String, tokio::task::JoinHandle<()>) {
     let (id, token) = app.add_device(name);
     let o = mqtts_options(app, (&id, &token), client_config(Some(&app.ca_pem()), None));
-    let (client, mut events) = connect(o).await.unwrap();
-    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
-    let dev = id.clone();
-    let task = tokio::spawn(async move {
-        let topic = |s: &str| format!("jd/v1/dev/{dev}/{s}");
-        let presence = json!({"online": true, "ts": now_ms()}).to_string();
-        client.publish(topic("presence"), QoS::AtLeastOnce, true, presence).await.ok();
-        let mut tick = tokio::time::interval(Duration::from_millis(300));
-        let mut step = 0.0;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    step += 1.0;
-                    let lat = lat + (step % 10.0) * 0.0003;
-                    let hb = json!({"ts": now_ms(), "lat": lat, "lon": lon, "duty": "on", "bat": 80});
-                    client.publish(topic("hb"), QoS::AtLeastOnce, false, hb.to_string()).await.ok();
-                }
-                e = events.poll() => match e {
-                    Ok(rumqttc::Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/inbox/assignment") => {
-                        let offer: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if let Some(a) = offer["assignment_id"].as_str() {
-                            let body = json!({"status": "accepted", "ts": now_ms()}).to_string();
-                            client.publish(topic(&format!("asg/{a}")), QoS::AtLeastOnce, false, body).await.ok();
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                },
-            }
-        }
-    });
+    let task = common::walking_phone(&id, o, lat, lon).await;
     (id, task)
 }
 

@@ -9,12 +9,7 @@ use std::time::Duration;
 
 use common::{Db, TestApp, connect};
 use reqwest::StatusCode;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::{Value, json};
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 /// A browser-like HTTP client: keeps the session cookie and the CSRF token by hand, so the test
 /// sees exactly what is sent.
@@ -410,42 +405,10 @@ async fn the_view_and_openapi_are_served() {
     app.stop();
 }
 
-/// A simulated phone for the browser test: a heartbeat every 300 ms, walking up to 300 m north
-/// and back, and it accepts every assignment it is offered.
+/// A simulated phone for the browser test ([`common::walking_phone`]) over plain MQTT.
 async fn run_phone(app: &TestApp, name: &str, lat: f64, lon: f64) -> (String, tokio::task::JoinHandle<()>) {
     let (id, token) = app.add_device(name);
-    let (client, mut events): (AsyncClient, _) = connect(app.options(&id, Some((&id, &token)))).await.unwrap();
-    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
-    let dev = id.clone();
-    let task = tokio::spawn(async move {
-        let topic = |s: &str| format!("jd/v1/dev/{dev}/{s}");
-        client
-            .publish(topic("presence"), QoS::AtLeastOnce, true, json!({"online": true, "ts": now()}).to_string())
-            .await
-            .ok();
-        let mut tick = tokio::time::interval(Duration::from_millis(300));
-        let mut step = 0.0;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    step += 1.0;
-                    let hb = json!({"ts": now(), "lat": lat + (step % 10.0) * 0.0003, "lon": lon, "duty": "on", "bat": 80});
-                    client.publish(topic("hb"), QoS::AtLeastOnce, false, hb.to_string()).await.ok();
-                }
-                e = events.poll() => match e {
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/inbox/assignment") => {
-                        let offer: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if let Some(a) = offer["assignment_id"].as_str() {
-                            let body = json!({"status": "accepted", "ts": now()}).to_string();
-                            client.publish(topic(&format!("asg/{a}")), QoS::AtLeastOnce, false, body).await.ok();
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                },
-            }
-        }
-    });
+    let task = common::walking_phone(&id, app.options(&id, Some((&id, &token))), lat, lon).await;
     (id, task)
 }
 

@@ -363,3 +363,44 @@ pub fn drive(mut events: EventLoop) -> tokio::task::JoinHandle<Vec<Packet>> {
         seen
     })
 }
+
+/// A simulated phone for the browser tests: subscribes to its inbox, announces presence, sends a
+/// heartbeat every 300 ms walking up to 300 m north and back, and accepts every assignment it is
+/// offered. `options` says how it connects (plain TCP or MQTTS).
+pub async fn walking_phone(id: &str, options: MqttOptions, lat: f64, lon: f64) -> tokio::task::JoinHandle<()> {
+    use rumqttc::QoS;
+    use serde_json::json;
+    fn now() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    }
+    let (client, mut events) = connect(options).await.unwrap();
+    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
+    let dev = id.to_owned();
+    tokio::spawn(async move {
+        let topic = |s: &str| format!("jd/v1/dev/{dev}/{s}");
+        let presence = json!({"online": true, "ts": now()}).to_string();
+        client.publish(topic("presence"), QoS::AtLeastOnce, true, presence).await.ok();
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let mut step = 0.0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    step += 1.0;
+                    let hb = json!({"ts": now(), "lat": lat + (step % 10.0) * 0.0003, "lon": lon, "duty": "on", "bat": 80});
+                    client.publish(topic("hb"), QoS::AtLeastOnce, false, hb.to_string()).await.ok();
+                }
+                e = events.poll() => match e {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/inbox/assignment") => {
+                        let offer: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        if let Some(a) = offer["assignment_id"].as_str() {
+                            let body = json!({"status": "accepted", "ts": now()}).to_string();
+                            client.publish(topic(&format!("asg/{a}")), QoS::AtLeastOnce, false, body).await.ok();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                },
+            }
+        }
+    })
+}
