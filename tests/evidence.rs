@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Db, TestApp, connect, until};
-use rumqttc::{AsyncClient, EventLoop, Packet, QoS};
+use rumqttc::{EventLoop, Packet, QoS};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -49,21 +49,13 @@ fn shuffled_with_duplicates(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-struct Phone {
-    id: String,
-    token: String,
-    client: AsyncClient,
-    events: EventLoop,
-}
+type Phone = common::InboxPhone;
 
 async fn phone(app: &TestApp, name: &str) -> Phone {
-    let (id, token) = app.add_device(name);
-    let mut o = app.options(&id, Some((&id, &token)));
-    o.set_inflight(64);
-    let (client, mut events) = connect(o).await.unwrap();
-    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
-    until(&mut events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
-    Phone { id, token, client, events }
+    Phone::start(app, name, |o| {
+        o.set_inflight(64);
+    })
+    .await
 }
 
 fn meta(data: &[u8], mime: &str, chunk_size: usize) -> Value {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Db, TestApp, connect, drive, until};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
+use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, Packet, QoS};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,19 +20,10 @@ fn hb(ts: i64) -> String {
 }
 
 /// A phone connected and subscribed to its inbox.
-struct Phone {
-    id: String,
-    token: String,
-    client: AsyncClient,
-    events: EventLoop,
-}
+type Phone = common::InboxPhone;
 
 async fn phone(app: &TestApp, name: &str) -> Phone {
-    let (id, token) = app.add_device(name);
-    let (client, mut events) = connect(app.options(&id, Some((&id, &token)))).await.unwrap();
-    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
-    until(&mut events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
-    Phone { id, token, client, events }
+    Phone::start(app, name, |_| {}).await
 }
 
 impl Phone {

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use common::{Db, TestApp, cli_err, connect, until};
 use reqwest::StatusCode;
-use rumqttc::{AsyncClient, EventLoop, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{Packet, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Row};
@@ -132,18 +132,10 @@ async fn every_answer_carries_the_security_headers() {
 }
 
 /// A phone subscribed to its inbox.
-struct Phone {
-    id: String,
-    client: AsyncClient,
-    events: EventLoop,
-}
+type Phone = common::InboxPhone;
 
 async fn phone(app: &TestApp, name: &str) -> Phone {
-    let (id, token) = app.add_device(name);
-    let (client, mut events) = connect(app.options(&id, Some((&id, &token)))).await.unwrap();
-    client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
-    until(&mut events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
-    Phone { id, client, events }
+    Phone::start(app, name, |_| {}).await
 }
 
 const CHUNK: usize = 64 * 1024;

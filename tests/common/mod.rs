@@ -404,3 +404,25 @@ pub async fn walking_phone(id: &str, options: MqttOptions, lat: f64, lon: f64) -
         }
     })
 }
+
+/// A phone connected and subscribed to its own inbox; each test file adds the exchanges it needs.
+pub struct InboxPhone {
+    pub id: String,
+    pub token: String,
+    pub client: AsyncClient,
+    pub events: EventLoop,
+}
+
+impl InboxPhone {
+    /// Adds a device, connects it (`tune` adjusts its options first) and waits for the SUBACK
+    /// of its `inbox/#`.
+    pub async fn start(app: &TestApp, name: &str, tune: impl FnOnce(&mut MqttOptions)) -> InboxPhone {
+        let (id, token) = app.add_device(name);
+        let mut o = app.options(&id, Some((&id, &token)));
+        tune(&mut o);
+        let (client, mut events) = connect(o).await.unwrap();
+        client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), rumqttc::QoS::AtLeastOnce).await.unwrap();
+        until(&mut events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+        InboxPhone { id, token, client, events }
+    }
+}
