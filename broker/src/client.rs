@@ -66,8 +66,6 @@ pub struct RoleSession {
     pub incoming: mpsc::Receiver<Publish>,
     /// `true` while connected.
     pub connected: watch::Receiver<bool>,
-    /// `true` once the broker has granted the role's subscriptions (after the first SUBACK).
-    pub subscribed: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -96,7 +94,6 @@ impl RoleSession {
         events.set_network_options(network);
         let (tx, incoming) = mpsc::channel(capacity.max(16));
         let (up_tx, connected) = watch::channel(false);
-        let (sub_tx, subscribed) = watch::channel(false);
         let sub_client = client.clone();
         let role = role.to_owned();
         let task = tokio::spawn(async move {
@@ -121,8 +118,6 @@ impl RoleSession {
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                             warn!(role = %role, codes = ?ack.return_codes, "broker refused a subscription");
-                        } else {
-                            sub_tx.send_replace(true);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -154,7 +149,7 @@ impl RoleSession {
             })
             .await;
         });
-        RoleSession { client, incoming, connected, subscribed, task }
+        RoleSession { client, incoming, connected, task }
     }
 
     /// Waits for the session task to end (after shutdown).
