@@ -247,16 +247,18 @@ pub fn rate_limited(wait: u64) -> Response {
     resp
 }
 
-/// The client's address as the server sees it (none when the listener does not record it).
-fn peer_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+/// The client's address (through trusted proxies, see [`crate::client_ip`]); none when the
+/// listener does not record it.
+fn peer_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())?;
+    Some(crate::client_ip(&state.ui.trusted_proxies, &parts.headers, peer))
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Response> {
-        let ip = peer_ip(parts);
+        let ip = peer_ip(parts, state);
         if let Some((name, password)) = basic_credentials(&parts.headers) {
             // Refused before the password is looked at, right or wrong, like the login form.
             if let Some(wait) = state.lockout.retry_after(Some(&name), ip) {
