@@ -54,108 +54,52 @@ impl ReportSource {
     }
 }
 
-/// Where a report stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReportStatus {
-    /// Stored; waiting for the dispatcher to offer it (again).
-    New,
-    /// Offers are out and not every slot is accepted yet.
-    Dispatching,
-    /// Every slot is accepted.
-    Assigned,
-    /// Escalated: nobody was left within the radius; staff must act.
-    Unassigned,
-    /// Every slot completed.
-    Completed,
-    /// Cancelled by staff.
-    Cancelled,
+stored_enum! {
+    /// Where a report stands.
+    pub enum ReportStatus {
+        /// Stored; waiting for the dispatcher to offer it (again).
+        New => "new",
+        /// Offers are out and not every slot is accepted yet.
+        Dispatching => "dispatching",
+        /// Every slot is accepted.
+        Assigned => "assigned",
+        /// Escalated: nobody was left within the radius; staff must act.
+        Unassigned => "unassigned",
+        /// Every slot completed.
+        Completed => "completed",
+        /// Cancelled by staff.
+        Cancelled => "cancelled",
+    }
 }
 
 impl ReportStatus {
-    /// Every status, for validating filters.
-    pub const ALL: [ReportStatus; 6] = [
-        ReportStatus::New,
-        ReportStatus::Dispatching,
-        ReportStatus::Assigned,
-        ReportStatus::Unassigned,
-        ReportStatus::Completed,
-        ReportStatus::Cancelled,
-    ];
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReportStatus::New => "new",
-            ReportStatus::Dispatching => "dispatching",
-            ReportStatus::Assigned => "assigned",
-            ReportStatus::Unassigned => "unassigned",
-            ReportStatus::Completed => "completed",
-            ReportStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the stored spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<ReportStatus> {
-        ReportStatus::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// True once nothing more will happen to the report.
     pub fn is_final(self) -> bool {
         matches!(self, ReportStatus::Completed | ReportStatus::Cancelled)
     }
 }
 
-/// Where an assignment stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AssignmentState {
-    /// Offered to the device, waiting for an answer until `respond_by`.
-    Offered,
-    /// The inspector took it.
-    Accepted,
-    /// The inspector is on site.
-    Arrived,
-    /// Done.
-    Completed,
-    /// The inspector refused.
-    Declined,
-    /// No answer in time.
-    Expired,
-    /// Withdrawn by staff (cancel or reassign).
-    Cancelled,
+stored_enum! {
+    /// Where an assignment stands.
+    pub enum AssignmentState {
+        /// Offered to the device, waiting for an answer until `respond_by`.
+        Offered => "offered",
+        /// The inspector took it.
+        Accepted => "accepted",
+        /// The inspector is on site.
+        Arrived => "arrived",
+        /// Done.
+        Completed => "completed",
+        /// The inspector refused.
+        Declined => "declined",
+        /// No answer in time.
+        Expired => "expired",
+        /// Withdrawn by staff (cancel or reassign).
+        Cancelled => "cancelled",
+    }
 }
 
 impl AssignmentState {
-    /// Every state.
-    pub const ALL: [AssignmentState; 7] = [
-        AssignmentState::Offered,
-        AssignmentState::Accepted,
-        AssignmentState::Arrived,
-        AssignmentState::Completed,
-        AssignmentState::Declined,
-        AssignmentState::Expired,
-        AssignmentState::Cancelled,
-    ];
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AssignmentState::Offered => "offered",
-            AssignmentState::Accepted => "accepted",
-            AssignmentState::Arrived => "arrived",
-            AssignmentState::Completed => "completed",
-            AssignmentState::Declined => "declined",
-            AssignmentState::Expired => "expired",
-            AssignmentState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the stored spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<AssignmentState> {
-        AssignmentState::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
     /// True while the assignment keeps its device busy (offered, accepted, arrived).
     pub fn is_open(self) -> bool {
         matches!(self, AssignmentState::Offered | AssignmentState::Accepted | AssignmentState::Arrived)

@@ -11,6 +11,56 @@
 //! Secrets (device tokens, account tokens, passwords) are stored only as hashes and handed out
 //! once, wrapped in [`Secret`].
 
+/// A closed set of states stored as lowercase words: the enum with its serde spelling, `ALL`,
+/// `as_str` (the stored and JSON spelling) and `parse` (`None` for anything else). One
+/// definition, so the database, JSON and the code cannot disagree on a spelling.
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stored and JSON spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses the stored spelling; `None` for anything else.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// Reads the stored spelling of a column, naming the column when it is unknown.
+            #[allow(dead_code)]
+            pub(crate) fn from_column(row: &sqlx::any::AnyRow, col: &str) -> Result<$name, crate::StoreError> {
+                use sqlx::Row;
+                let text: String = row.try_get(col)?;
+                $name::parse(&text).ok_or_else(|| crate::StoreError::Corrupt {
+                    what: stringify!($name),
+                    reason: format!("unknown {col} {text:?}"),
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 mod accounts;
 mod blobs;
 mod cases;
@@ -37,8 +87,8 @@ use tracing::{debug, info};
 pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
 pub use blobs::{Blobs, Committed, S3Settings, blob_key};
 pub use cases::{
-    Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,
-    NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects,
+    Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseStatus, CaseTimer, FiredTimer,
+    NegativeRecord, NewCase, NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects, TimerKind, TimerState,
 };
 pub use checkpoint::{CHECKPOINT_TYPE, Checkpoint};
 pub use devices::Device;
@@ -53,7 +103,7 @@ pub use evidence::{
     verify_receipt,
 };
 pub use integrity::{
-    AlertLevel, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
+    AlertLevel, Colour, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
     NewIndexRun, NewIndicator, NewNotice, Notice, UnitRecord,
 };
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
