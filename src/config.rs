@@ -28,6 +28,10 @@ pub struct CommonArgs {
     /// HTTPS for the web view and REST API, or "off" [default with a TLS certificate: 127.0.0.1:8443]
     #[arg(long, env = "JIANDU_HTTPS_LISTEN", global = true, value_name = "ADDR|off")]
     pub https_listen: Option<Listen>,
+    /// MQTT over plain WebSocket on its own port (path /mqtt), or "off"; the web ports always
+    /// offer /mqtt too [default: off]
+    #[arg(long, env = "JIANDU_WS_LISTEN", global = true, value_name = "ADDR|off")]
+    pub ws_listen: Option<Listen>,
     /// Server certificate chain, PEM ([tls] cert)
     #[arg(long, env = "JIANDU_TLS_CERT", global = true, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -176,6 +180,7 @@ struct FileConfig {
     http_listen: Option<Listen>,
     mqtts_listen: Option<Listen>,
     https_listen: Option<Listen>,
+    ws_listen: Option<Listen>,
     db: Option<String>,
     object_store: Option<String>,
     broker: Option<String>,
@@ -342,6 +347,9 @@ pub struct Config {
     /// HTTPS (`None`: off; needs `tls`).
     #[serde(serialize_with = "listen_json")]
     pub https_listen: Option<SocketAddr>,
+    /// MQTT over plain WebSocket on its own port (`None`: off; the web ports offer `/mqtt`).
+    #[serde(serialize_with = "listen_json")]
+    pub ws_listen: Option<SocketAddr>,
     /// Certificates of the TLS listeners (`[tls]`).
     pub tls: Option<TlsConfig>,
     /// Database URL.
@@ -467,6 +475,7 @@ impl Config {
             http_listen: args.http_listen.or(file.http_listen).map_or(Some(([127, 0, 0, 1], 8080).into()), |l| l.0),
             mqtts_listen,
             https_listen,
+            ws_listen: args.ws_listen.or(file.ws_listen).and_then(|l| l.0),
             tls,
             db,
             object_store,
@@ -597,6 +606,7 @@ http_listen = "127.0.0.1:8080"
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
 # mqtts_listen = "0.0.0.0:8883"               # MQTT over TLS (needs [tls]); "off" turns a listener off
 # https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
+# ws_listen = "0.0.0.0:8083"                  # MQTT over WebSocket on its own port (/mqtt; the web ports have it too)
 #
 # [tls]                                       # `jiandu tls init` makes a private CA and fills this in
 # cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed

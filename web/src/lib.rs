@@ -1,6 +1,8 @@
 //! The HTTP face of jiandu (axum): health, Prometheus metrics, the REST API under `/api/v1`
 //! (see [`api`]), Server-Sent Events of the event outbox, and the browser view for the 24-hour
-//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]).
+//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]),
+//! including the inspectors' field app at `/app/`, and `/mqtt`, where MQTT over WebSocket is
+//! handed to the embedded broker's front (so a phone needs only the HTTPS port).
 //!
 //! Like every role, `web` reaches the rest of the platform only through the broker, as an MQTT
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database
@@ -85,6 +87,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The view's Content-Security-Policy (allows the configured tile server).
     pub view_csp: HeaderValue,
+    /// The embedded broker's door for MQTT over WebSocket (`/mqtt`); none with an external broker.
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -109,6 +113,8 @@ pub struct Listeners {
     pub http: Option<SocketAddr>,
     /// HTTPS address and certificates.
     pub https: Option<(SocketAddr, jiandu_tls::ServerTls)>,
+    /// MQTT over WebSocket at `/mqtt` on both, into the embedded broker (none: `/mqtt` is 404).
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
 }
 
 /// A running web role.
@@ -139,7 +145,7 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    let listeners = Listeners { http: Some(listen), https: None };
+    let listeners = Listeners { http: Some(listen), https: None, mqtt_ws: None };
     start_with(listeners, store, broker, metrics, ViewSettings::default(), shutdown).await
 }
 
@@ -194,6 +200,7 @@ pub async fn start_with(
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
         view_csp,
+        mqtt_ws: listeners.mqtt_ws.clone(),
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
@@ -214,6 +221,7 @@ pub async fn start_with(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/mqtt", get(mqtt_over_websocket))
         .nest("/api/v1", api::router())
         .fallback(assets::serve)
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
@@ -240,7 +248,7 @@ pub async fn start_with(
         let addr = axum::serve::Listener::local_addr(&listener)?;
         info!(%addr, "HTTPS listening");
         running.tls_addr = Some(addr);
-        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies));
+        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies)).layer(axum::Extension(tls::OverTls));
         let stop = shutdown.clone();
         running.servers.push(tokio::spawn(async move {
             // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> (the client address).
@@ -306,6 +314,20 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     });
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))
+}
+
+/// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the embedded broker's front
+/// with the same login, ACL and limits as its TCP port; 404 when this process has no broker.
+async fn mqtt_over_websocket(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    over_tls: Option<axum::Extension<tls::OverTls>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    match &s.mqtt_ws {
+        Some(entry) => entry.upgrade(ws, peer, over_tls.is_some()),
+        None => api::ApiError::not_found("endpoint", "/mqtt (this process runs no embedded broker)").into_response(),
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition.
