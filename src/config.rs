@@ -226,6 +226,19 @@ pub struct WebFile {
     /// The tiles are GCJ-02 (most Chinese tile sets): points are shifted for display only.
     #[serde(default)]
     pub gcj02: bool,
+    /// The address phones open the field app at (`https://jiandu.example:8443`), for the
+    /// `app_url` links of new devices; unset: the HTTPS (else HTTP) listener, or for links made
+    /// in the browser the address the admin's browser used.
+    pub public_url: Option<String>,
+    /// Seconds between the field app's heartbeats (carried in its provisioning link; default 10).
+    pub app_heartbeat_s: Option<u32>,
+}
+
+impl WebFile {
+    /// The field app's heartbeat interval, 1..=3600 s.
+    pub fn app_heartbeat_s(&self) -> u32 {
+        self.app_heartbeat_s.unwrap_or(10).clamp(1, 3600)
+    }
 }
 
 /// `[lookup]` in the TOML file; `JIANDU_LOOKUP_<KEY>` overrides each key.
@@ -503,6 +516,8 @@ impl Config {
                     Err(_) => file.web.gcj02,
                 },
                 tile_attribution: file.web.tile_attribution,
+                public_url: file.web.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                app_heartbeat_s: file.web.app_heartbeat_s,
             },
             supervise: file.supervise,
             data_dir,
@@ -530,6 +545,22 @@ impl Config {
             (None, Some(tls), _) => format!("mqtts://{tls}"),
             (None, None, Some(plain)) => format!("mqtt://{plain}"),
             (None, None, None) => String::new(),
+        }
+    }
+
+    /// The base URL of the field app's links (`[web] public_url`, else the HTTPS or HTTP
+    /// listener; an unspecified address becomes 127.0.0.1, so set `public_url` for phones).
+    pub fn public_web_url(&self) -> Option<String> {
+        if let Some(url) = &self.web.public_url {
+            return Some(url.clone());
+        }
+        let shown = |a: SocketAddr| {
+            if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }
+        };
+        match (self.https_listen, self.http_listen) {
+            (Some(a), _) => Some(format!("https://{}", shown(a))),
+            (None, Some(a)) => Some(format!("http://{}", shown(a))),
+            (None, None) => None,
         }
     }
 
@@ -607,6 +638,10 @@ http_listen = "127.0.0.1:8080"
 # mqtts_listen = "0.0.0.0:8883"               # MQTT over TLS (needs [tls]); "off" turns a listener off
 # https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
 # ws_listen = "0.0.0.0:8083"                  # MQTT over WebSocket on its own port (/mqtt; the web ports have it too)
+#
+# [web]
+# public_url = "https://jiandu.example:8443"  # where phones open the field app (device app_url links)
+# app_heartbeat_s = 10                        # the field app's heartbeat interval (set by its link)
 #
 # [tls]                                       # `jiandu tls init` makes a private CA and fills this in
 # cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed

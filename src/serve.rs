@@ -432,6 +432,8 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 Some((None, Some(a))) if !a.ip().is_unspecified() => format!("mqtt://{a}"),
                 _ => config.public_mqtt_url(),
             },
+            public_url: config.web.public_url.clone(),
+            app_heartbeat_s: config.web.app_heartbeat_s(),
             roles: board.clone(),
         };
         let listeners = jiandu_web::Listeners {

@@ -102,6 +102,11 @@ pub struct ViewSettings {
     pub gcj02: bool,
     /// The MQTT address phones are given when registered in the view (`mqtt://host:port`).
     pub mqtt_url: String,
+    /// Base URL of the field app's provisioning links (`[web] public_url`); none: the address
+    /// the admin's browser used.
+    pub public_url: Option<String>,
+    /// The field app's heartbeat interval in seconds (`[web] app_heartbeat_s`), set by its link.
+    pub app_heartbeat_s: u32,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
 }
@@ -314,6 +319,22 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     });
     let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body))
+}
+
+/// The field app's provisioning link for a device: `{base}/app/#d={device}&t={token}&i={s}`
+/// (`i`: the heartbeat interval in seconds). The credentials ride in the fragment, which browsers
+/// never send to a server (so they are in no access log); the app stores them on the phone and
+/// clears the fragment.
+pub fn app_url(base: &str, device: &str, token: &str, heartbeat_s: u32) -> String {
+    fn enc(v: &str) -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    format!("{}/app/#d={}&t={}&i={heartbeat_s}", base.trim_end_matches('/'), enc(device), enc(token))
 }
 
 /// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the embedded broker's front
