@@ -71,8 +71,9 @@ async fn the_field_app_works_in_headless_chromium() {
     // The photo is stored evidence with the size the app sent.
     let evid = summary["evid"].as_str().unwrap();
     let item = app.get_json(&format!("/api/v1/evidence/{evid}")).await;
-    assert_eq!(item["size"].as_u64(), summary["photo_bytes"].as_u64(), "{item}");
-    assert_eq!(item["device_id"], device, "{item}");
+    assert_eq!(item["evidence"]["size"].as_u64(), summary["photo_bytes"].as_u64(), "{item}");
+    assert_eq!(item["evidence"]["device"], device, "{item}");
+    assert_eq!(item["custody"][0]["kind"], "evidence.stored", "{item}");
 
     // The field report is stored, from this device.
     let report = summary["field_report"].as_str().unwrap();

@@ -92,6 +92,26 @@ async fn phone_round_trip(app: &TestApp, url: &str, tls: Option<Arc<rustls::Clie
     }
 }
 
+/// A WebSocket message beyond `max_packet_bytes` + 64 KiB ends the connection (here a 400 KiB
+/// PUBLISH, which the client library sends as one message).
+async fn oversized_message_ends_the_connection(app: &TestApp) {
+    let (id, token) = app.add_device("big sender");
+    let (client, mut events) =
+        connect(ws_options(&mqtt_url(&app.http), &id, (&id, &token), None)).await.expect("login over WebSocket");
+    let big = vec![b'x'; 400 * 1024];
+    client.publish(format!("jd/v1/dev/{id}/report"), QoS::AtLeastOnce, false, big).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Err(e) = events.poll().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the oversized message must end the connection");
+    assert!(!matches!(ended, ConnectionError::ConnectionRefused(_)), "{ended:?}");
+}
+
 /// Sends a WebSocket upgrade request for `/mqtt` without the `mqtt` subprotocol; the status line.
 async fn upgrade_without_subprotocol(http: &str) -> String {
     let addr = http.trim_start_matches("http://");
@@ -116,6 +136,27 @@ async fn mqtt_over_websocket_on_the_web_port_and_its_own_listener() {
     // Without the subprotocol MQTT over WebSocket is not spoken: 400, no upgrade.
     let status = upgrade_without_subprotocol(&app.http).await;
     assert!(status.contains(" 400 "), "expected 400 without Sec-WebSocket-Protocol: mqtt, got {status}");
+    oversized_message_ends_the_connection(&app).await;
+
+    // `device add` gives the field app's link: credentials in the fragment, on the web address.
+    let added = app.cli(&["device", "add", "app phone"]);
+    let (id, token) = (added["device"].as_str().unwrap(), added["password"].as_str().unwrap());
+    let link = added["app_url"].as_str().expect("device add prints app_url");
+    // (The CLI reads the configured HTTP address, not the port 0 this test's server bound.)
+    assert!(
+        link.starts_with("http://127.0.0.1:") && link.ends_with(&format!("/app/#d={id}&t={token}&i=10")),
+        "{added}"
+    );
+    // The app's page, manifest and service worker are served (the page under any /app/ path).
+    for (path, needle) in [
+        ("/app/", "manifest.webmanifest"),
+        ("/app/duty", "manifest.webmanifest"),
+        ("/app/manifest.webmanifest", "\"scope\": \"/app/\""),
+        ("/app/sw.js", "caches"),
+    ] {
+        let body = reqwest::get(format!("{}{path}", app.http)).await.unwrap().text().await.unwrap();
+        assert!(body.contains(needle), "{path} does not contain {needle}: {body:.200}");
+    }
     app.stop();
 }
 

@@ -355,3 +355,14 @@ async fn mqtt_over_websocket(
 async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_app_link_carries_the_credentials_in_the_fragment() {
+        assert_eq!(
+            super::app_url("https://j.example:8443/", "d0123456789ab", "a+b/c=", 5),
+            "https://j.example:8443/app/#d=d0123456789ab&t=a%2Bb%2Fc%3D&i=5"
+        );
+    }
+}
