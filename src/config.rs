@@ -232,6 +232,11 @@ pub struct WebFile {
     pub public_url: Option<String>,
     /// Seconds between the field app's heartbeats (carried in its provisioning link; default 10).
     pub app_heartbeat_s: Option<u32>,
+    /// Addresses of reverse proxies in front of the web port (e.g. `["127.0.0.1"]` for nginx on
+    /// the same host): for requests from these, the client is taken from `X-Forwarded-For`, so
+    /// failed-login counting and rate limits see the real client, not the proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl WebFile {
@@ -518,6 +523,7 @@ impl Config {
                 tile_attribution: file.web.tile_attribution,
                 public_url: file.web.public_url.map(|u| u.trim_end_matches('/').to_owned()),
                 app_heartbeat_s: file.web.app_heartbeat_s,
+                trusted_proxies: file.web.trusted_proxies,
             },
             supervise: file.supervise,
             data_dir,
@@ -639,10 +645,6 @@ http_listen = "127.0.0.1:8080"
 # https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
 # ws_listen = "0.0.0.0:8083"                  # MQTT over WebSocket on its own port (/mqtt; the web ports have it too)
 #
-# [web]
-# public_url = "https://jiandu.example:8443"  # where phones open the field app (device app_url links)
-# app_heartbeat_s = 10                        # the field app's heartbeat interval (set by its link)
-#
 # [tls]                                       # `jiandu tls init` makes a private CA and fills this in
 # cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed
 # key = "/var/lib/jiandu/tls/server.key"      # its private key (PEM, mode 0600)
@@ -680,6 +682,14 @@ http_listen = "127.0.0.1:8080"
 # [index]
 # interval_s = 3600                           # how often the integrity index of the current period is recomputed
 # formula_file = "/etc/jiandu/index.toml"     # index formula; default {{data_dir}}/index.toml if present
+#
+# [web]
+# tile_url = "http://tiles.intranet/{{z}}/{{x}}/{{y}}.png"   # raster map tiles; default: plain background
+# tile_attribution = "© county survey office"
+# gcj02 = true                                # the tiles are GCJ-02 (most Chinese tile sets)
+# trusted_proxies = ["127.0.0.1"]             # reverse proxies whose X-Forwarded-For names the client
+# public_url = "https://jiandu.example:8443"  # where phones open the field app (device app_url links)
+# app_heartbeat_s = 10                        # the field app's heartbeat interval (set by its link)
 "#,
         dir = data_dir.display()
     )

@@ -107,6 +107,8 @@ pub struct ViewSettings {
     pub public_url: Option<String>,
     /// The field app's heartbeat interval in seconds (`[web] app_heartbeat_s`), set by its link.
     pub app_heartbeat_s: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
 }
@@ -339,14 +341,17 @@ pub fn app_url(base: &str, device: &str, token: &str, heartbeat_s: u32) -> Strin
 
 /// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the embedded broker's front
 /// with the same login, ACL and limits as its TCP port; 404 when this process has no broker.
+/// Behind a trusted reverse proxy the front logs the forwarded client (see [`client_ip`]).
 async fn mqtt_over_websocket(
     State(s): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     over_tls: Option<axum::Extension<tls::OverTls>>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> axum::response::Response {
+    let client = SocketAddr::new(client_ip(&s.ui.trusted_proxies, &headers, peer.ip()), peer.port());
     match &s.mqtt_ws {
-        Some(entry) => entry.upgrade(ws, peer, over_tls.is_some()),
+        Some(entry) => entry.upgrade(ws, client, over_tls.is_some()),
         None => api::ApiError::not_found("endpoint", "/mqtt (this process runs no embedded broker)").into_response(),
     }
 }
@@ -364,5 +369,55 @@ mod tests {
             super::app_url("https://j.example:8443/", "d0123456789ab", "a+b/c=", 5),
             "https://j.example:8443/app/#d=d0123456789ab&t=a%2Bb%2Fc%3D&i=5"
         );
+    }
+}
+
+/// The client's address for login counting and rate limits: the connection's peer, unless that
+/// is a configured reverse proxy, in which case the right-most address in `X-Forwarded-For` that
+/// is not itself a trusted proxy (addresses further left were written by the client and can be
+/// forged). A missing or unreadable header leaves the peer.
+pub fn client_ip(
+    trusted: &[std::net::IpAddr],
+    headers: &axum::http::HeaderMap,
+    peer: std::net::IpAddr,
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().flat_map(|v| v.split(',')).rev().take(16) {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::client_ip;
+    use axum::http::HeaderMap;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [ip("127.0.0.1"), ip("10.0.0.2")];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2".parse().unwrap());
+        // From a stranger the header is ignored.
+        assert_eq!(client_ip(&trusted, &h, ip("9.9.9.9")), ip("9.9.9.9"));
+        // Through the proxies: the first untrusted hop from the right, not the forged left one.
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("1.2.3.4"));
+        assert_eq!(client_ip(&trusted, &HeaderMap::new(), ip("127.0.0.1")), ip("127.0.0.1"));
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(client_ip(&[], &h, ip("127.0.0.1")), ip("127.0.0.1"));
     }
 }
