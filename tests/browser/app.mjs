@@ -134,8 +134,10 @@ try {
   await page.screenshot({ path: path.join(OUT, 'offer-en.png') });
   await page.goto(`${URL_}/app/?lang=zh#/duty`);
   await page.waitForSelector('#offer', WAIT);
+  for (const name of ['接受', '拒绝']) await page.getByRole('button', { name }).waitFor(WAIT);
   await page.screenshot({ path: path.join(OUT, 'offer-zh.png') });
   await page.goto(`${URL_}/app/?lang=en#/duty`);
+  await page.getByRole('button', { name: 'Decline' }).waitFor(WAIT);
   await page.getByRole('button', { name: 'Accept' }).click();
   await page.waitForSelector('#job[data-stage="accepted"]', WAIT);
   await page.waitForSelector('#duty-state.busy', WAIT);
@@ -144,6 +146,7 @@ try {
   await page.waitForSelector('#job[data-stage="arrived"]', WAIT);
   await page.goto(`${URL_}/app/?lang=zh#/duty`);
   await page.waitForSelector('#job[data-stage="arrived"]', WAIT);
+  await page.getByRole('button', { name: '完成' }).waitFor(WAIT);
   await page.screenshot({ path: path.join(OUT, 'job-zh.png') });
   await page.goto(`${URL_}/app/?lang=en#/duty`);
   await page.fill('#complete-note', 'Checked on site; photos taken');
@@ -223,10 +226,12 @@ try {
     await page.getByRole('button', { name }).waitFor(WAIT);
   }
 
-  // 8. Every screen in Chinese.
+  // 8. Every screen in Chinese, each with its main control named in Chinese.
+  const zhNames = { report: '上报', lookup: '查询', evidence: '拍照', settings: '退出并清除本机数据' };
   for (const s of ['report', 'lookup', 'evidence', 'settings']) {
     await page.goto(`${URL_}/app/?lang=zh#/${s}`);
     await page.waitForSelector(`#screen-${s}`, WAIT);
+    await page.getByRole('button', { name: zhNames[s], exact: true }).waitFor(WAIT);
     await page.screenshot({ path: path.join(OUT, `${s}-zh.png`), fullPage: true });
   }
 
