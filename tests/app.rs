@@ -14,6 +14,13 @@ use serde_json::Value;
 /// heartbeat interval is 1 s here (`[web] app_heartbeat_s`), so a minute is ~60 queued points.
 const OFFLINE_S: u64 = 60;
 
+const VEHICLES: &str =
+    "车牌号,使用单位,车辆类型,使用性质,驾驶员,状态\n鲁G12340,县公安局,越野车,执法执勤用车,李娜,在用\n";
+const MEMBERS: &str =
+    "党员编号,姓名,身份证号,所在单位,职务,职级\nM0000001,张三丰,11010519491231002X,县财政局,科长,正科级\n";
+const DEPARTMENTS: &str =
+    "部门代码,部门名称,权力清单,责任清单\nD001,县财政局,预算编制；资金拨付；政府采购监管,财政监督\n";
+
 #[tokio::test]
 async fn the_field_app_works_in_headless_chromium() {
     let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
@@ -25,8 +32,14 @@ async fn the_field_app_works_in_headless_chromium() {
             "{package} is not installed in tests/browser: run scripts/services.sh"
         );
     }
-    let config = "[web]\napp_heartbeat_s = 1\n[dispatch]\noffer_timeout_s = 300";
+    let config = "[web]\napp_heartbeat_s = 1\n[dispatch]\noffer_timeout_s = 300\n[lookup]\nrefresh_ms = 50";
     let app = TestApp::spawn_with_config(Db::Sqlite, config).await;
+    // Registries for the look-ups: a plate to misread, a party member, a department's powers.
+    for (registry, csv) in [("vehicles", VEHICLES), ("members", MEMBERS), ("departments", DEPARTMENTS)] {
+        let path = app.dir.path().join(format!("{registry}.csv"));
+        std::fs::write(&path, csv).unwrap();
+        app.cli(&["import", registry, path.to_str().unwrap()]);
+    }
     let (tip_user, tip_pw) = app.add_integration("hotline", &[], &["jd/v1/reports"]);
     let artifacts = root.join("target/test-artifacts/app");
     std::fs::create_dir_all(&artifacts).unwrap();

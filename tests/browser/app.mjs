@@ -202,11 +202,27 @@ try {
   await page.waitForSelector('#reports li[data-acked="true"]', WAIT);
   summary.field_report = await page.getAttribute('#reports li', 'data-id');
   await page.screenshot({ path: path.join(OUT, 'report-en.png'), fullPage: true });
+  // Look-ups as the platform answers them: a misread plate (O for 0) gets candidates, a person
+  // comes back masked (never the identity number), a department with its list of powers.
   await page.goto(`${URL_}/app/?lang=en#/lookup`);
-  await page.selectOption('#lookup-kind', 'vehicle');
-  await page.fill('#lookup-q', PLATE);
-  await page.getByRole('button', { name: 'Look up' }).click();
-  await page.waitForSelector('#lookup-answer', WAIT);
+  const ask = async (kind, q) => {
+    await page.selectOption('#lookup-kind', kind);
+    await page.fill('#lookup-q', q);
+    await page.getByRole('button', { name: 'Look up' }).click();
+    await page.waitForFunction((k) => document.querySelector('#lookup-answer')?.dataset.q === k, `${kind}:${q}`, WAIT);
+    return page.textContent('#lookup-answer');
+  };
+  let answer = '';
+  for (let i = 0; i < 50 && !/鲁G12340/.test(answer); i++) {
+    answer = await ask('vehicle', '鲁G1234O');
+    if (!/鲁G12340/.test(answer)) await sleep(300);
+  }
+  check(/Did you mean/.test(answer) && /鲁G12340/.test(answer), `a misread plate gets candidates: ${answer}`);
+  await page.screenshot({ path: path.join(OUT, 'lookup-plate-en.png'), fullPage: true });
+  answer = await ask('person', '张三丰');
+  check(/张三丰/.test(answer) && /县财政局/.test(answer) && !/1949123/.test(answer), `a person, masked: ${answer}`);
+  answer = await ask('department', '县财政局');
+  check(/Powers/.test(answer) && /政府采购监管/.test(answer), `a department with its powers: ${answer}`);
   summary.lookup_found = await page.getAttribute('#lookup-answer', 'data-found');
   await page.screenshot({ path: path.join(OUT, 'lookup-en.png'), fullPage: true });
   await page.goto(`${URL_}/app/?lang=en#/settings`);
@@ -232,6 +248,13 @@ try {
     await page.goto(`${URL_}/app/?lang=zh#/${s}`);
     await page.waitForSelector(`#screen-${s}`, WAIT);
     await page.getByRole('button', { name: zhNames[s], exact: true }).waitFor(WAIT);
+    if (s === 'lookup') {
+      await page.selectOption('#lookup-kind', 'department');
+      await page.fill('#lookup-q', '县财政局');
+      await page.getByRole('button', { name: '查询', exact: true }).click();
+      await page.waitForSelector('#lookup-answer', WAIT);
+      check(/权力清单/.test(await page.textContent('#lookup-answer')), 'powers named in Chinese');
+    }
     await page.screenshot({ path: path.join(OUT, `${s}-zh.png`), fullPage: true });
   }
 

@@ -175,13 +175,13 @@ function reportScreen() {
   return { static: form, live: list };
 }
 
-function lookupResult(answer) {
+function lookupResult(answer, query) {
   if (!answer) return null;
   if (answer.error) return h('p', { class: 'notice' }, answer.error);
   const kv = (obj) => h('dl', {}, Object.entries(obj ?? {}).flatMap(([k, v]) => [h('dt', {}, k === 'powers' ? t('powers') : k),
     h('dd', {}, Array.isArray(v) ? h('ul', {}, v.map((x) => h('li', {}, typeof x === 'object' ? JSON.stringify(x) : String(x))))
       : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v))]));
-  return h('section', { id: 'lookup-answer', class: 'card', 'data-found': String(Boolean(answer.found)) },
+  return h('section', { id: 'lookup-answer', class: 'card', 'data-found': String(Boolean(answer.found)), 'data-q': query },
     h('h3', {}, answer.found ? t('found') : t('not_found')),
     answer.result ? kv(answer.result) : null,
     answer.candidates?.length ? [h('h4', {}, t('candidates')), h('ul', { id: 'lookup-candidates' },
@@ -189,6 +189,7 @@ function lookupResult(answer) {
 }
 
 let lastCorr = null;
+let lastQuery = '';
 function lookupScreen() {
   const out = h('p', { id: 'lookup-status', role: 'status' });
   const form = h('form', { id: 'lookup-form', class: 'card' },
@@ -201,12 +202,18 @@ function lookupScreen() {
     const d = Object.fromEntries(new FormData(form));
     try {
       lastCorr = phone.lookup(d.kind, d.q.trim());
+      lastQuery = `${d.kind}:${d.q.trim()}`;
       out.textContent = '…';
     } catch {
       out.textContent = t('offline');
     }
   });
-  return { static: form, live: () => lookupResult(lastCorr && state.lookups.get(lastCorr)) };
+  const live = () => {
+    const answer = lastCorr && state.lookups.get(lastCorr);
+    if (answer) out.textContent = '';
+    return lookupResult(answer, lastQuery);
+  };
+  return { static: form, live };
 }
 
 function evidenceScreen() {
