@@ -179,6 +179,39 @@ async fn mqtt_over_websocket_works_over_https() {
     app.stop();
 }
 
+/// WebSocket connections take their permits from the same `max_connections` as TCP: once it is
+/// reached an upgrade is answered 503 instead of being served.
+#[tokio::test]
+async fn websocket_connections_share_the_connection_limit() {
+    let app = TestApp::spawn_with_config(Db::Sqlite, "max_connections = 16").await;
+    let addr = app.http.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        let status = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+        if status.contains(" 101 ") {
+            held.push(s);
+        } else {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (i, status) = refused.expect("40 WebSocket connections on a limit of 16 (the roles hold some)");
+    assert!(status.contains(" 503 "), "beyond the limit: {status}");
+    assert!((1..16).contains(&i), "the limit counted the WebSockets ({i} were served)");
+    drop(held);
+    app.stop();
+}
+
 /// The npm `mqtt` package (what the field app uses) against `/mqtt`: MQTT 3.1.1 and 5 logins,
 /// heartbeats acknowledged exactly, a wrong token and a foreign topic refused.
 #[tokio::test]
