@@ -73,9 +73,13 @@ pub async fn device_add(config: &Config, name: &str, staff: Option<&str>) -> Res
     let store = open_store(config).await?;
     let (device, token) = store.create_device(name, staff).await?;
     store.close().await;
+    let app_url = config
+        .public_web_url()
+        .map(|base| jiandu_web::app_url(&base, &device.id, token.expose(), config.web.app_heartbeat_s()));
     println!(
         "{}",
-        json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": config.public_mqtt_url()})
+        json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": config.public_mqtt_url(),
+               "app_url": app_url})
     );
     Ok(())
 }

@@ -28,6 +28,10 @@ pub struct CommonArgs {
     /// HTTPS for the web view and REST API, or "off" [default with a TLS certificate: 127.0.0.1:8443]
     #[arg(long, env = "JIANDU_HTTPS_LISTEN", global = true, value_name = "ADDR|off")]
     pub https_listen: Option<Listen>,
+    /// MQTT over plain WebSocket on its own port (path /mqtt), or "off"; the web ports always
+    /// offer /mqtt too [default: off]
+    #[arg(long, env = "JIANDU_WS_LISTEN", global = true, value_name = "ADDR|off")]
+    pub ws_listen: Option<Listen>,
     /// Server certificate chain, PEM ([tls] cert)
     #[arg(long, env = "JIANDU_TLS_CERT", global = true, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -176,6 +180,7 @@ struct FileConfig {
     http_listen: Option<Listen>,
     mqtts_listen: Option<Listen>,
     https_listen: Option<Listen>,
+    ws_listen: Option<Listen>,
     db: Option<String>,
     object_store: Option<String>,
     broker: Option<String>,
@@ -221,11 +226,24 @@ pub struct WebFile {
     /// The tiles are GCJ-02 (most Chinese tile sets): points are shifted for display only.
     #[serde(default)]
     pub gcj02: bool,
+    /// The address phones open the field app at (`https://jiandu.example:8443`), for the
+    /// `app_url` links of new devices; unset: the HTTPS (else HTTP) listener, or for links made
+    /// in the browser the address the admin's browser used.
+    pub public_url: Option<String>,
+    /// Seconds between the field app's heartbeats (carried in its provisioning link; default 10).
+    pub app_heartbeat_s: Option<u32>,
     /// Addresses of reverse proxies in front of the web port (e.g. `["127.0.0.1"]` for nginx on
     /// the same host): for requests from these, the client is taken from `X-Forwarded-For`, so
     /// failed-login counting and rate limits see the real client, not the proxy.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl WebFile {
+    /// The field app's heartbeat interval, 1..=3600 s.
+    pub fn app_heartbeat_s(&self) -> u32 {
+        self.app_heartbeat_s.unwrap_or(10).clamp(1, 3600)
+    }
 }
 
 /// `[lookup]` in the TOML file; `JIANDU_LOOKUP_<KEY>` overrides each key.
@@ -347,6 +365,9 @@ pub struct Config {
     /// HTTPS (`None`: off; needs `tls`).
     #[serde(serialize_with = "listen_json")]
     pub https_listen: Option<SocketAddr>,
+    /// MQTT over plain WebSocket on its own port (`None`: off; the web ports offer `/mqtt`).
+    #[serde(serialize_with = "listen_json")]
+    pub ws_listen: Option<SocketAddr>,
     /// Certificates of the TLS listeners (`[tls]`).
     pub tls: Option<TlsConfig>,
     /// Database URL.
@@ -472,6 +493,7 @@ impl Config {
             http_listen: args.http_listen.or(file.http_listen).map_or(Some(([127, 0, 0, 1], 8080).into()), |l| l.0),
             mqtts_listen,
             https_listen,
+            ws_listen: args.ws_listen.or(file.ws_listen).and_then(|l| l.0),
             tls,
             db,
             object_store,
@@ -499,6 +521,8 @@ impl Config {
                     Err(_) => file.web.gcj02,
                 },
                 tile_attribution: file.web.tile_attribution,
+                public_url: file.web.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                app_heartbeat_s: file.web.app_heartbeat_s,
                 trusted_proxies: file.web.trusted_proxies,
             },
             supervise: file.supervise,
@@ -527,6 +551,22 @@ impl Config {
             (None, Some(tls), _) => format!("mqtts://{tls}"),
             (None, None, Some(plain)) => format!("mqtt://{plain}"),
             (None, None, None) => String::new(),
+        }
+    }
+
+    /// The base URL of the field app's links (`[web] public_url`, else the HTTPS or HTTP
+    /// listener; an unspecified address becomes 127.0.0.1, so set `public_url` for phones).
+    pub fn public_web_url(&self) -> Option<String> {
+        if let Some(url) = &self.web.public_url {
+            return Some(url.clone());
+        }
+        let shown = |a: SocketAddr| {
+            if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }
+        };
+        match (self.https_listen, self.http_listen) {
+            (Some(a), _) => Some(format!("https://{}", shown(a))),
+            (None, Some(a)) => Some(format!("http://{}", shown(a))),
+            (None, None) => None,
         }
     }
 
@@ -603,6 +643,7 @@ http_listen = "127.0.0.1:8080"
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
 # mqtts_listen = "0.0.0.0:8883"               # MQTT over TLS (needs [tls]); "off" turns a listener off
 # https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
+# ws_listen = "0.0.0.0:8083"                  # MQTT over WebSocket on its own port (/mqtt; the web ports have it too)
 #
 # [tls]                                       # `jiandu tls init` makes a private CA and fills this in
 # cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed
@@ -647,6 +688,8 @@ http_listen = "127.0.0.1:8080"
 # tile_attribution = "© county survey office"
 # gcj02 = true                                # the tiles are GCJ-02 (most Chinese tile sets)
 # trusted_proxies = ["127.0.0.1"]             # reverse proxies whose X-Forwarded-For names the client
+# public_url = "https://jiandu.example:8443"  # where phones open the field app (device app_url links)
+# app_heartbeat_s = 10                        # the field app's heartbeat interval (set by its link)
 "#,
         dir = data_dir.display()
     )

@@ -56,6 +56,8 @@ pub struct Bound {
     pub mqtts: Option<SocketAddr>,
     /// HTTPS address, when the web role runs with TLS.
     pub https: Option<SocketAddr>,
+    /// MQTT-over-WebSocket listener of the embedded broker (`--ws-listen`), when on.
+    pub ws: Option<SocketAddr>,
 }
 
 /// How `serve` restarts failing roles (`[supervise]` in the TOML file).
@@ -276,6 +278,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             BrokerConfig {
                 listen: config.mqtt_listen,
                 tls: config.mqtts_listen.zip(tls.clone()),
+                ws_listen: config.ws_listen,
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
                 heartbeat_log_bytes: config.heartbeat_log_bytes,
@@ -430,9 +433,15 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 Some((None, Some(a))) if !a.ip().is_unspecified() => format!("mqtt://{a}"),
                 _ => config.public_mqtt_url(),
             },
+            public_url: config.web.public_url.clone(),
+            app_heartbeat_s: config.web.app_heartbeat_s(),
             roles: board.clone(),
         };
-        let listeners = jiandu_web::Listeners { http: config.http_listen, https: config.https_listen.zip(tls.clone()) };
+        let listeners = jiandu_web::Listeners {
+            http: config.http_listen,
+            https: config.https_listen.zip(tls.clone()),
+            mqtt_ws: broker.as_ref().map(|b| b.websocket.clone()),
+        };
         Some(
             jiandu_web::start_with(listeners, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
                 .await
@@ -450,6 +459,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         http: web.as_ref().and_then(|w| w.local_addr),
         mqtts: broker.as_ref().and_then(|b| b.tls_addr),
         https: web.as_ref().and_then(|w| w.tls_addr),
+        ws: broker.as_ref().and_then(|b| b.ws_addr),
     };
     let state = json!({
         "pid": std::process::id(),
@@ -457,6 +467,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         "http": bound.http.map(|a| format!("http://{a}")),
         "mqtts": bound.mqtts.map(|a| format!("mqtts://{a}")),
         "https": bound.https.map(|a| format!("https://{a}")),
+        "ws": bound.ws.map(|a| format!("ws://{a}/mqtt")),
     });
     let path = config.data_dir.join("serve.json");
     std::fs::create_dir_all(&config.data_dir)?;

@@ -61,6 +61,8 @@ pub struct TestApp {
     pub mqtts: Option<String>,
     /// HTTPS base URL, when started with TLS.
     pub https: Option<String>,
+    /// MQTT-over-WebSocket URL of `--ws-listen` (`ws://127.0.0.1:port/mqtt`), when on.
+    pub ws: Option<String>,
     child: Child,
 }
 
@@ -100,6 +102,29 @@ impl TestApp {
             out["password"].as_str().expect("init prints the admin password").to_owned(),
         );
         let child = serve(dir.path(), &db, "127.0.0.1:0", "127.0.0.1:0");
+        TestApp::started(dir, db, admin, child)
+    }
+
+    /// Like [`TestApp::spawn_with_config`], with extra `serve` flags (e.g. `--ws-listen`).
+    pub async fn spawn_with_args(db: Db, toml: &str, args: &[&str]) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
+            Db::Postgres => fresh_postgres_db().await,
+        };
+        let out = cli(dir.path(), &db, &["init"]);
+        if !toml.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml")).unwrap();
+            writeln!(f, "\n{toml}").unwrap();
+        }
+        let admin = (
+            out["username"].as_str().expect("init prints the admin credentials").to_owned(),
+            out["password"].as_str().expect("init prints the admin password").to_owned(),
+        );
+        let mut all = vec!["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let child = serve_args(dir.path(), &db, &all);
         TestApp::started(dir, db, admin, child)
     }
 
@@ -156,6 +181,7 @@ impl TestApp {
             http: state["http"].as_str().unwrap_or_default().to_owned(),
             mqtts: state["mqtts"].as_str().map(|a| a.trim_start_matches("mqtts://").to_owned()),
             https: state["https"].as_str().map(str::to_owned),
+            ws: state["ws"].as_str().map(str::to_owned),
             admin,
             db,
             dir,

@@ -1,6 +1,8 @@
 //! The HTTP face of jiandu (axum): health, Prometheus metrics, the REST API under `/api/v1`
 //! (see [`api`]), Server-Sent Events of the event outbox, and the browser view for the 24-hour
-//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]).
+//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]),
+//! including the inspectors' field app at `/app/`, and `/mqtt`, where MQTT over WebSocket is
+//! handed to the embedded broker's front (so a phone needs only the HTTPS port).
 //!
 //! Like every role, `web` reaches the rest of the platform only through the broker, as an MQTT
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database
@@ -85,6 +87,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The view's Content-Security-Policy (allows the configured tile server).
     pub view_csp: HeaderValue,
+    /// The embedded broker's door for MQTT over WebSocket (`/mqtt`); none with an external broker.
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -98,6 +102,11 @@ pub struct ViewSettings {
     pub gcj02: bool,
     /// The MQTT address phones are given when registered in the view (`mqtt://host:port`).
     pub mqtt_url: String,
+    /// Base URL of the field app's provisioning links (`[web] public_url`); none: the address
+    /// the admin's browser used.
+    pub public_url: Option<String>,
+    /// The field app's heartbeat interval in seconds (`[web] app_heartbeat_s`), set by its link.
+    pub app_heartbeat_s: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
@@ -111,6 +120,8 @@ pub struct Listeners {
     pub http: Option<SocketAddr>,
     /// HTTPS address and certificates.
     pub https: Option<(SocketAddr, jiandu_tls::ServerTls)>,
+    /// MQTT over WebSocket at `/mqtt` on both, into the embedded broker (none: `/mqtt` is 404).
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
 }
 
 /// A running web role.
@@ -141,7 +152,7 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    let listeners = Listeners { http: Some(listen), https: None };
+    let listeners = Listeners { http: Some(listen), https: None, mqtt_ws: None };
     start_with(listeners, store, broker, metrics, ViewSettings::default(), shutdown).await
 }
 
@@ -196,6 +207,7 @@ pub async fn start_with(
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
         view_csp,
+        mqtt_ws: listeners.mqtt_ws.clone(),
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
@@ -216,6 +228,7 @@ pub async fn start_with(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/mqtt", get(mqtt_over_websocket))
         .nest("/api/v1", api::router())
         .fallback(assets::serve)
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
@@ -242,7 +255,7 @@ pub async fn start_with(
         let addr = axum::serve::Listener::local_addr(&listener)?;
         info!(%addr, "HTTPS listening");
         running.tls_addr = Some(addr);
-        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies));
+        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies)).layer(axum::Extension(tls::OverTls));
         let stop = shutdown.clone();
         running.servers.push(tokio::spawn(async move {
             // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> (the client address).
@@ -310,9 +323,53 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
+/// The field app's provisioning link for a device: `{base}/app/#d={device}&t={token}&i={s}`
+/// (`i`: the heartbeat interval in seconds). The credentials ride in the fragment, which browsers
+/// never send to a server (so they are in no access log); the app stores them on the phone and
+/// clears the fragment.
+pub fn app_url(base: &str, device: &str, token: &str, heartbeat_s: u32) -> String {
+    fn enc(v: &str) -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    format!("{}/app/#d={}&t={}&i={heartbeat_s}", base.trim_end_matches('/'), enc(device), enc(token))
+}
+
+/// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the embedded broker's front
+/// with the same login, ACL and limits as its TCP port; 404 when this process has no broker.
+/// Behind a trusted reverse proxy the front logs the forwarded client (see [`client_ip`]).
+async fn mqtt_over_websocket(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    over_tls: Option<axum::Extension<tls::OverTls>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    let client = SocketAddr::new(client_ip(&s.ui.trusted_proxies, &headers, peer.ip()), peer.port());
+    match &s.mqtt_ws {
+        Some(entry) => entry.upgrade(ws, client, over_tls.is_some()),
+        None => api::ApiError::not_found("endpoint", "/mqtt (this process runs no embedded broker)").into_response(),
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_app_link_carries_the_credentials_in_the_fragment() {
+        assert_eq!(
+            super::app_url("https://j.example:8443/", "d0123456789ab", "a+b/c=", 5),
+            "https://j.example:8443/app/#d=d0123456789ab&t=a%2Bb%2Fc%3D&i=5"
+        );
+    }
 }
 
 /// The client's address for login counting and rate limits: the connection's peer, unless that

@@ -160,15 +160,31 @@ struct NewDevice {
     staff: Option<String>,
 }
 
-/// `POST /api/v1/devices` `{name,staff?}` → 201 `{device,username,password,mqtt}`, the same shape
-/// as `jiandu device add`; the token is shown this once.
-async fn add_device(caller: Caller, State(s): State<AppState>, bytes: axum::body::Bytes) -> Result<Response, ApiError> {
+/// `POST /api/v1/devices` `{name,staff?}` → 201 `{device,username,password,mqtt,app_url}`, the
+/// same shape as `jiandu device add`; the token is shown this once. `app_url` opens the field app
+/// provisioned (`[web] public_url`, else the address this request was sent to).
+async fn add_device(
+    caller: Caller,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    over_tls: Option<axum::Extension<crate::tls::OverTls>>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin], false)?;
     let b: NewDevice = body(&bytes)?;
     let staff = b.staff.as_deref().map(str::trim).filter(|v| !v.is_empty());
     let (device, token) = s.store.create_device(&b.name, staff).await?;
     info!(device = %device.id, name = %device.name, by = caller.name(), "device added in the web view");
-    let out = json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": s.ui.mqtt_url});
+    let base = s.ui.public_url.clone().or_else(|| {
+        // The Host the admin's browser used (a host name or address with an optional port).
+        let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+        let plain = !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+        plain.then(|| format!("{}://{host}", if over_tls.is_some() { "https" } else { "http" }))
+    });
+    let app_url = base.map(|b| crate::app_url(&b, &device.id, token.expose(), s.ui.app_heartbeat_s.max(1)));
+    let out = json!({"device": device.id, "username": device.id, "password": token.expose(), "mqtt": s.ui.mqtt_url,
+                     "app_url": app_url});
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 

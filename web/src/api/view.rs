@@ -80,7 +80,7 @@ pub fn openapi_document() -> Value {
             "/devices": {
                 "get": op("Devices with live position, presence and state", READ,
                           &[("limit", "query", "1..=5000"), ("after", "query", "last device id")], None),
-                "post": op("Register a phone; the token is shown once", "admin", &[], Some("{name,staff?}")),
+                "post": op("Register a phone; the token and the field app's link (app_url) are shown once", "admin", &[], Some("{name,staff?}")),
             },
             "/devices/{id}/track": {"get": op("A device's track as a GeoJSON LineString", READ,
                 &[id, ("from", "query", "epoch ms"), ("to", "query", "epoch ms")], None)},

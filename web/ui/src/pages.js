@@ -357,8 +357,10 @@ export async function adminPage(root) {
     try {
       const r = await api('POST', '/devices', { name: d.name, staff: d.staff || undefined });
       const canvas = h('canvas', { id: 'device-qr' });
-      await QRCode.toCanvas(canvas, JSON.stringify(r), { width: 240, errorCorrectionLevel: 'M' });
+      // The QR code opens the field app provisioned (credentials in the link's fragment).
+      await QRCode.toCanvas(canvas, r.app_url || JSON.stringify(r), { width: 240, errorCorrectionLevel: 'M' });
       shown.replaceChildren(h('div', { class: 'card once' }, h('p', {}, t('credentials_once')), canvas,
+        r.app_url ? h('p', {}, h('a', { id: 'device-app-link', href: r.app_url, target: '_blank', rel: 'noopener' }, t('open_field_app'))) : null,
         h('pre', { id: 'device-credentials' }, JSON.stringify(r, null, 2))));
       devForm.reset();
       await loadDevices();
