@@ -430,6 +430,12 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 _ => config.public_mqtt_url(),
             },
             roles: board.clone(),
+            platform_key: Some(
+                jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
+                    .context("loading the platform signing key (signs receipts of public tips' photos)")?
+                    .0,
+            ),
+            tip_limits: config.public.limits(),
         };
         let listeners = jiandu_web::Listeners { http: config.http_listen, https: config.https_listen.zip(tls.clone()) };
         Some(

@@ -25,13 +25,14 @@ mod ledger;
 mod positions;
 mod registry;
 mod secret;
+mod tips;
 mod users;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use tracing::{debug, info};
 
 pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
@@ -63,6 +64,9 @@ pub use registry::{
     RegistryRecord, RegistrySnapshot, Vehicle, Versioned, lookup_rows_sha256,
 };
 pub use secret::{Secret, hash_token};
+pub use tips::{
+    Feedback, MAX_FEEDBACK_PER_REPORT, NewPublicTip, PublicReport, PublicTipRecord, PublicTipStatus, PublicTipStored,
+};
 pub use users::{Role, User};
 
 /// Migrations for SQLite, embedded in the binary.
@@ -144,7 +148,11 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&pool).await?;
+        // On a connection of their own, closed afterwards: a migration that edits the schema text
+        // (0012 on SQLite) leaves the parsed schema of the connection that ran it stale.
+        let mut conn = pool.acquire().await?.detach();
+        migrator.run(&mut conn).await?;
+        conn.close().await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
         Ok(Store { pool, backend, blobs: None })
     }

@@ -58,8 +58,14 @@ pub async fn serve(State(s): State<crate::AppState>, uri: Uri) -> Response {
     if path.starts_with("api/") {
         return crate::api::ApiError::not_found("endpoint", uri.path()).into_response();
     }
+    // A page of its own (`/tip` → `tip/index.html`), else the desk's view.
+    let page = format!("{}/index.html", path.trim_end_matches('/'));
     let (name, bytes) = match find(path).filter(|_| !path.is_empty()) {
         Some(b) => (path, b),
+        None if !path.is_empty() && find(&page).is_some() => match ASSETS.iter().find(|(p, _)| *p == page) {
+            Some((p, b)) => (*p, *b),
+            None => return (StatusCode::NOT_FOUND, "the web view was not built").into_response(),
+        },
         None => match find("index.html") {
             Some(b) => ("index.html", b),
             None => return (StatusCode::NOT_FOUND, "the web view was not built").into_response(),

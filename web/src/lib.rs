@@ -6,6 +6,7 @@
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database
 //! through `store`.
 
+pub mod abuse;
 pub mod api;
 pub mod assets;
 pub mod health;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The view's Content-Security-Policy (allows the configured tile server).
     pub view_csp: HeaderValue,
+    /// Rate limits and proof-of-work challenges of the public tip endpoints.
+    pub tips: Arc<abuse::TipLimiter>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -100,6 +103,10 @@ pub struct ViewSettings {
     pub mqtt_url: String,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
+    /// Signs the receipts of photos sent with public tips (none: tips with photos are refused).
+    pub platform_key: Option<jiandu_store::PlatformKey>,
+    /// Abuse limits of the public tip endpoints (`[public]`).
+    pub tip_limits: abuse::TipLimits,
 }
 
 /// Where the web role listens: plaintext HTTP and/or HTTPS.
@@ -181,6 +188,7 @@ pub async fn start_with(
     let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
     let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
         .unwrap_or(HeaderValue::from_static(API_CSP));
+    let tips = Arc::new(abuse::TipLimiter::new(ui.tip_limits.clone()));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -194,6 +202,7 @@ pub async fn start_with(
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
         view_csp,
+        tips,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
