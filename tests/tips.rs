@@ -486,3 +486,78 @@ trait Tap: Sized {
     }
 }
 impl<T> Tap for T {}
+
+/// The acceptance run in headless Chromium on a phone-sized screen (tests/browser/tip.mjs): the
+/// public page, dispatch to the nearest simulated phone, the desk's feedback, the leader's
+/// audited view of the contact, the citizen's follow-up. The page must solve a proof of work
+/// (`challenge_after = 1`).
+#[tokio::test]
+async fn a_citizen_reports_from_a_phone_browser_and_reads_the_answer() {
+    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
+        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed in tests/browser: run scripts/services.sh"
+    );
+    let app = TestApp::spawn_with_config(Db::Sqlite, "[public]\nchallenge_after = 1\ndifficulty = 12").await;
+    let desk = add_user(&app, "desk", "dispatcher");
+    let leader = add_user(&app, "leader", "leader");
+    let auditor = add_user(&app, "auditor", "auditor");
+    let mut phones = Vec::new();
+    let mut nearest = String::new();
+    for (i, lat) in [36.5010, 36.5200, 36.4700].into_iter().enumerate() {
+        let (id, token) = app.add_device(&format!("patrol {i}"));
+        phones.push(common::walking_phone(&id, app.options(&id, Some((&id, &token))), lat, 118.5).await);
+        if i == 0 {
+            nearest = id;
+        }
+    }
+    let artifacts = root.join("target/test-artifacts/tip");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/tip.mjs"))
+        .env("JD_URL", &app.http)
+        .env("JD_CHROMIUM", &chromium)
+        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
+        .env("JD_DESK", format!("{}:{}", desk.0, desk.1))
+        .env("JD_LEADER", format!("{}:{}", leader.0, leader.1))
+        .env("JD_NEAREST", &nearest)
+        .env("JD_ARTIFACTS", &artifacts)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .map(|j| serde_json::from_str(j).unwrap())
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
+    let report_id = result["report"].as_str().unwrap();
+
+    // What the browsers did is in the database: the photo as evidence, the feedback in the
+    // ledger, the leader's view of the contact in the audit.
+    let ev = app.get_json(&format!("/api/v1/evidence?report={report_id}")).await;
+    assert_eq!(ev["items"].as_array().unwrap().len(), 1, "{ev}");
+    let view = app.get_json(&format!("/api/v1/reports/{report_id}")).await;
+    assert_eq!(view["report"]["plate"], "鲁G12345");
+    assert_eq!(view["feedback"][0]["author"], "desk");
+    let (_, audit) = staff(&app, &auditor, "GET", "/lookups", None).await;
+    let row = audit["items"].as_array().unwrap().iter().find(|r| r["kind"] == "tip-contact").cloned();
+    assert_eq!(row.unwrap_or_else(|| panic!("{audit}"))["actor"], "leader");
+    let ledger = app.get_json("/api/v1/ledger?limit=100").await;
+    let kinds: Vec<&str> = ledger["items"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in ["tip.received", "report.received", "evidence.stored", "report.feedback", "lookup.batch"] {
+        assert!(kinds.contains(&kind), "{kind} not in the ledger: {kinds:?}");
+    }
+    assert!(!app.log().contains(CONTACT), "the contact is in the log");
+    for name in ["tip-form-390.png", "tip-receipt-390.png", "tip-desk-390.png", "tip-follow-390.png"] {
+        let len = std::fs::metadata(artifacts.join(name)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot {name} missing or empty ({len} bytes)");
+    }
+    for p in phones {
+        p.abort();
+    }
+    app.stop();
+}

@@ -215,7 +215,10 @@ async fn read_form(mut form: Multipart) -> Result<(Value, Vec<Photo>), ApiError>
             "lat" | "lon" => match value.trim().parse::<f64>() {
                 Ok(n) if n.is_finite() => json!(n),
                 _ => {
-                    return Err(ApiError::invalid(name, format!("must be a number of degrees, got {:?}", clip(&value))));
+                    return Err(ApiError::invalid(
+                        name,
+                        format!("must be a number of degrees, got {:?}", clip(&value)),
+                    ));
                 }
             },
             "anonymous" => json!(matches!(value.trim(), "1" | "true" | "on" | "yes")),
