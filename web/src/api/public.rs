@@ -360,7 +360,7 @@ async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> 
         "secret": secret,
         "status": "received",
         "photos": evidence.len(),
-        "follow_up": "/tip?follow",
+        "follow_up": "/tip#/follow",
     });
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
