@@ -95,8 +95,11 @@ fn fold_key(t: &PublicTip) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-fn client_ip(req: &Request) -> Option<IpAddr> {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+/// The submitter's address for the limiter: the peer, or through `[web] trusted_proxies` the
+/// client they forwarded for (the same rule as login counting).
+fn client_ip(s: &AppState, req: &Request) -> Option<IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())?;
+    Some(crate::client_ip(&s.ui.trusted_proxies, req.headers(), peer))
 }
 
 /// 429 with `Retry-After` for the public endpoints.
@@ -255,7 +258,7 @@ async fn submit(State(s): State<AppState>, req: Request) -> Response {
 }
 
 async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> {
-    let ip = client_ip(&req);
+    let ip = client_ip(s, &req);
     let proof = req.headers().get(PROOF_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     match s.tips.submission(ip, proof.as_deref()) {
         Verdict::Pass => {}
@@ -379,7 +382,7 @@ fn public_status(s: ReportStatus) -> &'static str {
 /// `GET /api/v1/public/tips/{code}` with `X-Tip-Secret`: `{code,status,submitted_at,feedback}`.
 /// An unknown code and a wrong secret get the same 404, and count against the address.
 async fn status(State(s): State<AppState>, Path(code): Path<String>, req: Request) -> Response {
-    let ip = client_ip(&req);
+    let ip = client_ip(&s, &req);
     match lookup(&s, ip, &code, req.headers()).await {
         Ok(r) | Err(r) => r,
     }
