@@ -376,6 +376,8 @@ async fn a_script_is_stopped_long_before_its_200th_tip() {
             other => panic!("tip {i}: unexpected {other}"),
         }
     }
+    let metrics = reqwest::get(format!("{}/metrics", app.http)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("jiandu_public_tips_total{result=\"rate_limited\"}"), "{metrics}");
     let first = first_429.expect("the script is refused");
     assert!(first < 20, "refused only at tip {first}");
     assert_eq!(passed, 4, "three, and one with a solved challenge");

@@ -3,7 +3,8 @@
 // the phone's location, a photo, a plate and a contact, the page solving the proof of work, the
 // code and secret shown once. Then the desk: the report shows "contact on file" and never the
 // contact; the desk writes feedback. A leader reveals the contact. The citizen reads the
-// feedback with code and secret; a wrong secret gets nothing. Prints `result {json}` last.
+// feedback with code and secret; a wrong secret gets nothing. The desk closes the report, asked
+// for feedback on the way; the citizen sees it closed. Prints `result {json}` last.
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 
@@ -148,6 +149,21 @@ try {
   const shown = await page.textContent('#tip-app');
   check(!shown.includes(NEAREST) && !shown.includes(deskName), `internal details shown: ${shown}`);
   await page.screenshot({ path: path.join(OUT, 'tip-follow-390.png'), fullPage: true });
+
+  // The desk closes the report; the page asks what to tell the reporter first.
+  const CLOSING = '此线索已办结。';
+  desk.once('dialog', (d) => d.accept(d.type() === 'prompt' ? CLOSING : undefined));
+  await desk.click('#cancel-report');
+  await desk.waitForSelector('#report-status[data-status="cancelled"]', WAIT);
+  await desk.waitForFunction((t) => document.querySelector('#feedback-list')?.textContent.includes(t), CLOSING, WAIT);
+  await page.goto(`${URL}/tip#/follow`);
+  await page.waitForSelector('#follow-form', WAIT);
+  await page.fill('#follow-code', code.toLowerCase());
+  await page.fill('#follow-secret', secret.replaceAll('-', ' '));
+  await page.click('#follow-submit');
+  await page.waitForSelector('#follow-status[data-status="closed"]', WAIT);
+  check((await page.textContent('#follow-feedback')).includes(CLOSING), 'the closing feedback is shown');
+  console.log('desk: closed with feedback; citizen sees it closed');
 
   // English.
   await page.goto(`${URL}/tip?lang=en`);

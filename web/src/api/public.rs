@@ -252,9 +252,18 @@ fn form_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// `POST /api/v1/public/tips`: JSON `{kind,text,lat,lon,place?,plate?,contact?,anonymous?}` or a
 /// multipart form of the same fields plus `photo` parts. 201 `{code,secret,status,photos}`.
 async fn submit(State(s): State<AppState>, req: Request) -> Response {
-    match submit_inner(&s, req).await {
+    let resp = match submit_inner(&s, req).await {
         Ok(r) | Err(r) => r,
-    }
+    };
+    let result = match resp.status() {
+        StatusCode::CREATED => "stored",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::PRECONDITION_REQUIRED => "challenged",
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => "invalid",
+        _ => "failed",
+    };
+    metrics::counter!("jiandu_public_tips_total", "result" => result).increment(1);
+    resp
 }
 
 async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> {
