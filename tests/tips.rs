@@ -396,6 +396,104 @@ async fn a_script_is_stopped_long_before_its_200th_tip() {
     app.stop();
 }
 
+/// Behind a trusted reverse proxy each citizen has a limit of their own (the forwarded client
+/// address), and a forged `X-Forwarded-For` from anyone else changes nothing.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_citizen_has_their_own_limit() {
+    let app = TestApp::spawn_with_config(
+        Db::Sqlite,
+        "[web]\ntrusted_proxies = [\"127.0.0.1\"]\n[public]\nper_address = 2\nchallenge_after = 100",
+    )
+    .await;
+    let send = |client: &'static str, i: usize| {
+        let url = format!("{}/api/v1/public/tips", app.http);
+        async move {
+            let body = json!({"kind": "other", "text": format!("tip {client} {i}"), "lat": 36.5, "lon": 118.5});
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", client)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for i in 0..2 {
+        assert_eq!(send("198.51.100.1", i).await, StatusCode::CREATED);
+    }
+    assert_eq!(send("198.51.100.1", 2).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send("198.51.100.2", 0).await, StatusCode::CREATED, "a neighbour behind the same proxy is not affected");
+    app.stop();
+
+    // Without the proxy setting, the header is the client's own word and ignored.
+    let app = TestApp::spawn_with_config(Db::Sqlite, "[public]\nper_address = 2\nchallenge_after = 100").await;
+    let send = |client: String, i: usize| {
+        let url = format!("{}/api/v1/public/tips", app.http);
+        async move {
+            let body = json!({"kind": "other", "text": format!("tip {client} {i}"), "lat": 36.5, "lon": 118.5});
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", client)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(send("203.0.113.1".into(), 0).await, StatusCode::CREATED);
+    assert_eq!(send("203.0.113.2".into(), 0).await, StatusCode::CREATED);
+    assert_eq!(
+        send("203.0.113.3".into(), 0).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "forged addresses share the real one"
+    );
+    app.stop();
+}
+
+/// Staff endpoints of public tips refuse callers without the right: no login, the wrong role, an
+/// integration.
+#[tokio::test]
+async fn feedback_and_contacts_refuse_callers_without_the_right() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let body = json!({"kind": "gift", "text": "单位发放购物卡", "lat": 36.5, "lon": 118.5, "contact": CONTACT});
+    assert_eq!(post_json(&app, &body).await.status(), StatusCode::CREATED);
+    let id = app.get_json("/api/v1/reports").await["items"][0]["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let feedback = format!("{}/api/v1/reports/{id}/feedback", app.http);
+    let contacts = format!("{}/api/v1/reports/{id}/contacts", app.http);
+    let r = http.post(&feedback).json(&json!({"text": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http.get(&contacts).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let (_, token) = app.add_integration("hotline", &["jd/v1/events/report"], &[]);
+    let r = http.get(&contacts).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "integrations never see contacts");
+    let r = http.post(&feedback).bearer_auth(&token).json(&json!({"text": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let auditor = add_user(&app, "auditor", "auditor");
+    let (s, _) = staff(&app, &auditor, "GET", &format!("/reports/{id}/contacts"), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "auditors read the audit, not the contacts");
+    // A report that did not come from the public has nobody to answer.
+    let desk = add_user(&app, "desk", "dispatcher");
+    let (s, r) = staff(
+        &app,
+        &desk,
+        "POST",
+        "/reports",
+        Some(json!({"kind": "banquet", "text": "t", "lat": 36.5, "lon": 118.5})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let web_id = r["report"]["id"].as_str().unwrap();
+    let (s, _) = staff(&app, &desk, "POST", &format!("/reports/{web_id}/feedback"), Some(json!({"text": "x"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = staff(&app, &desk, "POST", "/reports/nope/feedback", Some(json!({"text": "x"}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    app.stop();
+}
+
 /// Malformed tips: each is a 422 naming the field (limits raised so none is refused for rate).
 #[tokio::test]
 async fn malformed_tips_are_refused_naming_the_field() {
