@@ -209,6 +209,8 @@ struct FileConfig {
     #[serde(default)]
     web: WebFile,
     #[serde(default)]
+    public: PublicFile,
+    #[serde(default)]
     tls: TlsFile,
     #[serde(default)]
     supervise: crate::serve::SuperviseConfig,
@@ -243,6 +245,40 @@ impl WebFile {
     /// The field app's heartbeat interval, 1..=3600 s.
     pub fn app_heartbeat_s(&self) -> u32 {
         self.app_heartbeat_s.unwrap_or(10).clamp(1, 3600)
+    }
+}
+
+/// `[public]` in the TOML file: abuse limits of the public tip endpoints (issue 19); every key
+/// optional, defaults in `jiandu_web::abuse::TipLimits`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicFile {
+    /// Tips one address may send per window (10).
+    pub per_address: Option<usize>,
+    /// The per-address window, seconds (600).
+    pub window_s: Option<u64>,
+    /// Tips a minute from everyone together (120).
+    pub global_per_minute: Option<usize>,
+    /// From this attempt of an address within the window on, a proof of work is due (4).
+    pub challenge_after: Option<usize>,
+    /// Leading zero bits of the proof of work (15).
+    pub difficulty: Option<u32>,
+    /// Failed follow-ups (wrong code or secret) per address per window (10).
+    pub lookups_failed: Option<usize>,
+}
+
+impl PublicFile {
+    /// The limits these keys give, over the defaults.
+    pub fn limits(&self) -> jiandu_web::abuse::TipLimits {
+        let d = jiandu_web::abuse::TipLimits::default();
+        jiandu_web::abuse::TipLimits {
+            per_address: self.per_address.unwrap_or(d.per_address),
+            window: self.window_s.map(std::time::Duration::from_secs).unwrap_or(d.window),
+            global_per_minute: self.global_per_minute.unwrap_or(d.global_per_minute),
+            challenge_after: self.challenge_after.unwrap_or(d.challenge_after),
+            difficulty: self.difficulty.unwrap_or(d.difficulty).min(24),
+            lookups_failed: self.lookups_failed.unwrap_or(d.lookups_failed),
+        }
     }
 }
 
@@ -415,6 +451,8 @@ pub struct Config {
     pub index: jiandu_oversight::integrity::IndexConfig,
     /// The browser view (`[web]`).
     pub web: WebFile,
+    /// Abuse limits of the public tip endpoints (`[public]`).
+    pub public: PublicFile,
     /// How `serve` restarts failing roles (`[supervise]`).
     pub supervise: crate::serve::SuperviseConfig,
 }
@@ -525,6 +563,7 @@ impl Config {
                 app_heartbeat_s: file.web.app_heartbeat_s,
                 trusted_proxies: file.web.trusted_proxies,
             },
+            public: file.public,
             supervise: file.supervise,
             data_dir,
         })

@@ -436,6 +436,12 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             public_url: config.web.public_url.clone(),
             app_heartbeat_s: config.web.app_heartbeat_s(),
             roles: board.clone(),
+            platform_key: Some(
+                jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
+                    .context("loading the platform signing key (signs receipts of public tips' photos)")?
+                    .0,
+            ),
+            tip_limits: config.public.limits(),
         };
         let listeners = jiandu_web::Listeners {
             http: config.http_listen,

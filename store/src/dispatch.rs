@@ -32,6 +32,8 @@ pub enum ReportSource {
     Integration,
     /// The web view or REST API.
     Web,
+    /// A citizen, through the public tip page or `POST /api/v1/public/tips` (no account).
+    Public,
 }
 
 impl ReportSource {
@@ -41,6 +43,7 @@ impl ReportSource {
             ReportSource::Device => "device",
             ReportSource::Integration => "integration",
             ReportSource::Web => "web",
+            ReportSource::Public => "public",
         }
     }
 
@@ -49,6 +52,7 @@ impl ReportSource {
             "device" => Ok(ReportSource::Device),
             "integration" => Ok(ReportSource::Integration),
             "web" => Ok(ReportSource::Web),
+            "public" => Ok(ReportSource::Public),
             other => Err(StoreError::Corrupt { what: "report source", reason: format!("unknown value {other:?}") }),
         }
     }
@@ -352,6 +356,22 @@ impl Store {
     /// Stores a report, or finds the one already stored under its id (a re-send): returns it and
     /// whether it was new. A new report gets a `report.created` event and a ledger entry.
     pub async fn insert_report(&self, r: NewReport) -> Result<(StoredReport, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (report, created) = Store::insert_report_in(&mut tx, r).await?;
+        tx.commit().await?;
+        if created {
+            info!(report = %report.id, source = report.source.as_str(), kind = %report.kind, "report stored");
+        }
+        Ok((report, created))
+    }
+
+    /// [`Store::insert_report`] inside the caller's transaction (a public tip stores its report,
+    /// its submission and their ledger entries together). Starts with the write, so on SQLite it
+    /// takes the write lock at once.
+    pub(crate) async fn insert_report_in(
+        tx: &mut AnyConnection,
+        r: NewReport,
+    ) -> Result<(StoredReport, bool), StoreError> {
         if !(1..=2).contains(&r.needs) {
             return Err(StoreError::InvalidInput {
                 field: "needs",
@@ -359,7 +379,6 @@ impl Store {
             });
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'new', $11, $11) \
              ON CONFLICT (id) DO NOTHING"
@@ -378,14 +397,13 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let report = fetch_report(&mut tx, &r.id).await?;
+        let report = fetch_report(&mut *tx, &r.id).await?;
         if inserted == 0 {
-            tx.commit().await?;
             debug!(report = %r.id, "report re-sent; already stored");
             return Ok((report, false));
         }
         Store::append_event_in(
-            &mut tx,
+            &mut *tx,
             NewEvent {
                 kind: "report".into(),
                 r#type: "report.created".into(),
@@ -395,7 +413,7 @@ impl Store {
         )
         .await?;
         Store::ledger_append_in(
-            &mut tx,
+            &mut *tx,
             NewLedgerEntry {
                 kind: "report.received".into(),
                 actor: report.origin.clone(),
@@ -404,8 +422,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        info!(report = %report.id, source = report.source.as_str(), kind = %report.kind, "report stored");
         Ok((report, true))
     }
 

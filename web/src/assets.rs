@@ -61,8 +61,14 @@ pub async fn serve(State(s): State<crate::AppState>, uri: Uri) -> Response {
     if path.starts_with("api/") {
         return crate::api::ApiError::not_found("endpoint", uri.path()).into_response();
     }
-    // The field app's page for `/app`, `/app/` and anything under it that is not a file.
-    let page = if path == "app" || path.starts_with("app/") { "app/index.html" } else { "index.html" };
+    // A file; else the field app's page for `/app`, `/app/` and anything under it; else a page
+    // of its own (`/tip` → `tip/index.html`); else the desk's view.
+    let own_page = format!("{}/index.html", path.trim_end_matches('/'));
+    let page = if path == "app" || path.starts_with("app/") {
+        "app/index.html"
+    } else {
+        ASSETS.iter().find(|(p, _)| !path.is_empty() && *p == own_page).map_or("index.html", |(p, _)| *p)
+    };
     let (name, bytes) = match find(path).filter(|_| !path.is_empty() && !path.ends_with('/')) {
         Some(b) => (path, b),
         None => match find(page) {

@@ -8,6 +8,7 @@
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database
 //! through `store`.
 
+pub mod abuse;
 pub mod api;
 pub mod assets;
 pub mod health;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub view_csp: HeaderValue,
     /// The embedded broker's door for MQTT over WebSocket (`/mqtt`); none with an external broker.
     pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
+    /// Rate limits and proof-of-work challenges of the public tip endpoints.
+    pub tips: Arc<abuse::TipLimiter>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -111,6 +114,10 @@ pub struct ViewSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
+    /// Signs the receipts of photos sent with public tips (none: tips with photos are refused).
+    pub platform_key: Option<jiandu_store::PlatformKey>,
+    /// Abuse limits of the public tip endpoints (`[public]`).
+    pub tip_limits: abuse::TipLimits,
 }
 
 /// Where the web role listens: plaintext HTTP and/or HTTPS.
@@ -194,6 +201,7 @@ pub async fn start_with(
     let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
     let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
         .unwrap_or(HeaderValue::from_static(API_CSP));
+    let tips = Arc::new(abuse::TipLimiter::new(ui.tip_limits.clone()));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -208,6 +216,7 @@ pub async fn start_with(
         shutdown: shutdown.clone(),
         view_csp,
         mqtt_ws: listeners.mqtt_ws.clone(),
+        tips,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);

@@ -6,7 +6,13 @@ export default defineConfig({
   base: '/',
   build: {
     outDir: 'dist', emptyOutDir: true, chunkSizeWarningLimit: 2000, sourcemap: false,
-    // Pages: the desk view, and the field app at /app/ (issue 18).
-    rollupOptions: { input: { main: resolve(import.meta.dirname, 'index.html'), app: resolve(import.meta.dirname, 'app/index.html') } },
+    // Pages: the desk view, the field app at /app/ (issue 18), the public tip page at /tip (issue 19).
+    rollupOptions: {
+      input: {
+        main: resolve(import.meta.dirname, 'index.html'),
+        app: resolve(import.meta.dirname, 'app/index.html'),
+        tip: resolve(import.meta.dirname, 'tip/index.html'),
+      },
+    },
   },
 });

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod evidence;
 pub mod index;
 pub mod lookups;
+pub mod public;
 pub mod reports;
 pub mod session;
 pub mod stream;
@@ -53,6 +54,7 @@ pub fn router() -> Router<AppState> {
         .merge(stream::routes())
         .merge(users::routes())
         .merge(view::routes())
+        .merge(public::routes())
 }
 
 /// An API error rendered as `{"error":{"code","message","field"}}` (DESIGN §6).

@@ -121,7 +121,7 @@ export async function reportPage(root, id) {
     const actions = canDispatch && !final ? h('div', { class: 'actions' },
       h('button', { id: 'dispatch-nearest', onclick: () => act(open ? 'reassign' : 'dispatch', {}) },
         open ? `${t('reassign')} → ${t('dispatch_nearest')}` : t('dispatch_nearest')),
-      h('button', { class: 'danger', id: 'cancel-report', onclick: () => confirm(t('confirm')) && act('cancel', {}) }, t('cancel_report'))) : null;
+      h('button', { class: 'danger', id: 'cancel-report', onclick: () => closeReport(v) }, t('cancel_report'))) : null;
     const nearest = h('div', { id: 'nearest' });
     box.replaceChildren(
       h('h2', {}, `${t('report')} ${r.id}`),
@@ -138,6 +138,7 @@ export async function reportPage(root, id) {
             h('dt', {}, t('needs')), h('dd', {}, String(r.needs))),
           actions, msg),
         mapBox),
+      v.public ? publicSection(id, v) : null,
       canDispatch && !final ? h('section', {}, h('h3', {}, t('nearest_available')), nearest) : null,
       h('section', {}, h('h3', {}, t('assignments')), table([
         [t('device'), (a) => a.device_id],
@@ -181,6 +182,23 @@ export async function reportPage(root, id) {
     });
   }
 
+  // Closing a citizen's tip asks what to tell the reporter first (they follow it with their code).
+  async function closeReport(v) {
+    if (!v.public) {
+      if (confirm(t('confirm'))) await act('cancel', {});
+      return;
+    }
+    const text = prompt(t('feedback_on_close'));
+    if (text === null) return;
+    try {
+      if (text.trim()) await api('POST', `/reports/${encodeURIComponent(id)}/feedback`, { text });
+    } catch (e) {
+      msg.replaceChildren(errorBox(e));
+      return;
+    }
+    await act('cancel', {});
+  }
+
   async function showNearest(el, r) {
     devices ??= await allDevices().catch(() => []);
     const near = devices.filter((d) => d.position && d.state === 'available')
@@ -219,6 +237,53 @@ export async function reportPage(root, id) {
     box.replaceChildren(errorBox(e));
   }
   return () => { off(); clearTimeout(pending); miniMap?.remove(); };
+}
+
+/** A citizen's tip: where, how many reporters, whether a contact is on file (the contact itself
+ * only for leaders and admins, on request, audited), and the feedback the reporters see. */
+function publicSection(id, v) {
+  const p = v.public;
+  const role = session.user.role;
+  const onFile = p.tips.filter((x) => x.contact_on_file).length;
+  const contacts = h('div', { id: 'public-contacts' });
+  const reveal = ['leader', 'admin'].includes(role) && onFile ? h('button', {
+    id: 'show-contact',
+    onclick: async () => {
+      try {
+        const c = await api('GET', `/reports/${encodeURIComponent(id)}/contacts`);
+        contacts.replaceChildren(h('ul', {}, c.public.tips.filter((x) => x.contact).map((x) =>
+          h('li', { class: 'contact' }, `${x.code} · `, h('b', {}, x.contact)))),
+        h('p', { class: 'muted' }, `${t('audit')} #${c.audit.id} · ${t('ledger')} #${c.audit.ledger_seq}`));
+      } catch (e) {
+        contacts.replaceChildren(errorBox(e));
+      }
+    },
+  }, t('show_contact')) : null;
+  const err = h('div', {});
+  const form = ['dispatcher', 'leader', 'admin'].includes(role) ? h('form', { id: 'feedback-form', class: 'form-grid' },
+    h('label', {}, t('feedback_new'), h('textarea', { id: 'feedback-text', name: 'text', rows: 3, maxlength: 1000, required: true })),
+    h('button', { type: 'submit', id: 'feedback-submit' }, t('submit')), err) : null;
+  form?.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api('POST', `/reports/${encodeURIComponent(id)}/feedback`, { text: form.querySelector('#feedback-text').value });
+      form.reset(); // the report.feedback event re-renders the page
+    } catch (ex) {
+      err.replaceChildren(errorBox(ex));
+    }
+  });
+  return h('section', { id: 'public-tip', class: 'card' },
+    h('h3', {}, t('public_tip')),
+    h('dl', {},
+      h('dt', {}, t('place')), h('dd', {}, p.place || '—'),
+      h('dt', {}, t('tip_count')), h('dd', { id: 'tip-count' }, String(p.count)),
+      h('dt', {}, t('contact')), h('dd', { id: 'contact-on-file' },
+        onFile ? t('contact_on_file') : t('no_contact'))),
+    reveal, contacts,
+    h('h4', {}, t('feedback')),
+    h('ol', { id: 'feedback-list' }, (v.feedback || []).map((f) =>
+      h('li', {}, h('time', {}, fmtTime(f.ts)), ' ', h('span', { class: 'feedback-text' }, f.text), ` · ${f.author}`))),
+    form);
 }
 
 /** An evidence item: the photo or the seekable video (Range requests), hash, receipt, custody. */
