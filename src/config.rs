@@ -181,6 +181,7 @@ struct FileConfig {
     broker: Option<String>,
     broker_username: Option<String>,
     broker_password: Option<String>,
+    mqtt_hook_secret: Option<String>,
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -355,6 +356,10 @@ pub struct Config {
     /// Password the roles use on an external broker (never printed).
     #[serde(serialize_with = "redact")]
     pub broker_password: Option<String>,
+    /// Secret an external broker (EMQX, rmqtt) presents to the web role's `/api/v1/mqtt/auth`
+    /// and `/acl` hooks (never printed); unset: the hooks answer 503.
+    #[serde(serialize_with = "redact")]
+    pub mqtt_hook_secret: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Largest MQTT packet accepted from a client.
@@ -473,6 +478,7 @@ impl Config {
             broker,
             broker_username: std::env::var("JIANDU_BROKER_USERNAME").ok().or(file.broker_username),
             broker_password: std::env::var("JIANDU_BROKER_PASSWORD").ok().or(file.broker_password),
+            mqtt_hook_secret: std::env::var("JIANDU_MQTT_HOOK_SECRET").ok().or(file.mqtt_hook_secret),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
@@ -588,6 +594,7 @@ http_listen = "127.0.0.1:8080"
 # broker = "mqtt://broker.example:1883"       # use an external broker instead of the embedded one
 # broker_username = "jiandu"                  # service account on the external broker
 # broker_password = "…"                       # prefer JIANDU_BROKER_PASSWORD in the environment
+# mqtt_hook_secret = "…"                      # EMQX/rmqtt HTTP auth hooks (/api/v1/mqtt/auth, /acl); or JIANDU_MQTT_HOOK_SECRET
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000

@@ -430,6 +430,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 _ => config.public_mqtt_url(),
             },
             roles: board.clone(),
+            mqtt_hook_secret: config.mqtt_hook_secret.clone().map(jiandu_store::Secret::new),
         };
         let listeners = jiandu_web::Listeners { http: config.http_listen, https: config.https_listen.zip(tls.clone()) };
         Some(

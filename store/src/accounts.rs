@@ -291,6 +291,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Who `username` is, without a password: what an external broker's authorisation hook
+    /// needs for its topic decision (the login itself was checked by
+    /// [`Store::authenticate_mqtt`]). `None` for an unknown name or a revoked device or account.
+    pub async fn mqtt_principal(&self, username: &str) -> Result<Option<Principal>, StoreError> {
+        let device = sqlx::query("SELECT revoked_at FROM devices WHERE id = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = device {
+            let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+            return Ok(revoked_at.is_none().then(|| Principal::Device { id: username.to_owned() }));
+        }
+        let Some(account) = self.account(username).await? else { return Ok(None) };
+        if account.revoked_at.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(match account.kind {
+            AccountKind::Integration => {
+                Principal::Integration { name: account.name, subscribe: account.subscribe, publish: account.publish }
+            }
+            AccountKind::Service => Principal::Service { name: account.name },
+        }))
+    }
+}
+
 /// Devices and accounts revoked since some moment (see [`Store::revoked_since`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revoked {

@@ -85,6 +85,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The view's Content-Security-Policy (allows the configured tile server).
     pub view_csp: HeaderValue,
+    /// The external broker's authentication and ACL hooks (`/api/v1/mqtt/…`).
+    pub hooks: Arc<api::mqtt_hooks::Hooks>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -100,6 +102,8 @@ pub struct ViewSettings {
     pub mqtt_url: String,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
+    /// The secret an external broker presents to `/api/v1/mqtt/auth` and `/acl`; none: off.
+    pub mqtt_hook_secret: Option<jiandu_store::Secret>,
 }
 
 /// Where the web role listens: plaintext HTTP and/or HTTPS.
@@ -181,6 +185,7 @@ pub async fn start_with(
     let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
     let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
         .unwrap_or(HeaderValue::from_static(API_CSP));
+    let hooks = Arc::new(api::mqtt_hooks::Hooks::new(ui.mqtt_hook_secret.clone()));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -194,6 +199,7 @@ pub async fn start_with(
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
         view_csp,
+        hooks,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
