@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// An external broker: keep Mosquitto's dynamic security in step with the accounts
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+    },
     /// MQTT accounts of other systems, limited to the topic filters given
     Integration {
         #[command(subcommand)]
@@ -318,6 +323,13 @@ enum TlsAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum BrokerAction {
+    /// Make Mosquitto 2's dynamic-security clients, roles and ACLs match the devices,
+    /// integrations, the service account and revocations (needs --broker and mosquitto_dynsec)
+    Sync,
+}
+
+#[derive(Debug, Subcommand)]
 enum ReceiptAction {
     /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
     Verify {
@@ -427,6 +439,7 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
                 accounts::user_add(&config, &name, &role, password_file.as_deref()).await
             }
         },
+        Command::Broker { action: BrokerAction::Sync } => accounts::broker_sync(&config).await,
         Command::Integration { action } => match action {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await

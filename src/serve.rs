@@ -239,6 +239,10 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         bail!("--roles: name at least one role");
     }
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let dynsec = config.dynsec()?;
+    if dynsec.is_some() && crate::accounts::ensure_broker_key(config)? {
+        warn!(key = %config.broker_key_path().display(), "made the broker credential key; copy it to every host that registers phones");
+    }
     let store = open_store(config).await?;
     let blobs = jiandu_store::Blobs::open(&config.object_store, &config.s3_settings())
         .with_context(|| format!("opening the evidence store {} (--object-store)", config.object_store))?;
@@ -334,6 +338,18 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         supervise(role, body, config.supervise.clone(), board.clone(), fatal.clone(), shutdown.clone())
     };
     let mut tasks = Vec::new();
+    if let Some(dynsec) = dynsec {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tasks.push(sup(
+            "broker.sync",
+            Box::new(move || {
+                let (store, dynsec, stop) = (store.clone(), dynsec.clone(), stop.clone());
+                Box::pin(
+                    async move { jiandu_broker::dynsec::run(store, dynsec, stop).await.map_err(|e| e.to_string()) },
+                )
+            }),
+        ));
+    }
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());

@@ -13,7 +13,7 @@ use jiandu_schemas::topic::{Topic, filter_matches, filter_within, is_platform_sh
 use jiandu_store::Principal;
 
 /// The platform's public key topic, readable by everyone who is logged in.
-const PLATFORM_KEY: &str = "jd/v1/platform/key";
+pub const PLATFORM_KEY: &str = "jd/v1/platform/key";
 
 /// Largest evidence chunk payload: the contract's 256 KiB plus slack, so a chunk slightly too
 /// long still reaches ingest and gets its precise `rejected` receipt (`chunk[n]: is … bytes`).
