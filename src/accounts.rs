@@ -74,6 +74,14 @@ pub async fn broker_sync(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Who the ledger names for changes made on the command line: `cli:` and the operating-system
+/// user running it (the web view names the logged-in admin instead).
+fn cli_actor() -> String {
+    let who = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_default();
+    let who: String = who.chars().filter(|c| c.is_alphanumeric() || "._-".contains(*c)).take(64).collect();
+    if who.is_empty() { "cli".to_owned() } else { format!("cli:{who}") }
+}
+
 /// Hides a password in a database URL for messages.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -104,7 +112,7 @@ pub async fn init(config: &Config, admin: &str) -> Result<()> {
         eprintln!("an admin user exists already; none created");
         None
     } else {
-        let (user, password) = store.create_user(admin, Role::Admin, None).await?;
+        let (user, password) = store.create_user(admin, Role::Admin, None, &cli_actor()).await?;
         Some(json!({"username": user.name, "password": password.expose(), "role": "admin"}))
     };
     store.close().await;
@@ -143,7 +151,7 @@ pub async fn device_list(config: &Config) -> Result<()> {
 /// `jiandu device revoke`.
 pub async fn device_revoke(config: &Config, id: &str) -> Result<()> {
     let store = open_store(config).await?;
-    let d = store.revoke_device(id).await.with_context(|| format!("revoking device {id}"))?;
+    let d = store.revoke_device(id, &cli_actor()).await.with_context(|| format!("revoking device {id}"))?;
     store.close().await;
     eprintln!("device {} ({}) revoked; it can no longer log in", d.id, d.name);
     Ok(())
@@ -157,7 +165,7 @@ pub async fn integration_disable(config: &Config, name: &str) -> Result<()> {
     if account.kind != jiandu_store::AccountKind::Integration {
         bail!("{name:?} is not an integration account");
     }
-    let a = store.revoke_account(name).await.with_context(|| format!("disabling integration {name}"))?;
+    let a = store.revoke_account(name, &cli_actor()).await.with_context(|| format!("disabling integration {name}"))?;
     store.close().await;
     eprintln!("integration {} disabled; it can no longer log in", a.name);
     Ok(())
@@ -183,7 +191,7 @@ pub async fn user_add(config: &Config, name: &str, role: &str, password_file: Op
         }
     };
     let store = open_store(config).await?;
-    let (user, password) = store.create_user(name, role, given.as_deref()).await?;
+    let (user, password) = store.create_user(name, role, given.as_deref(), &cli_actor()).await?;
     store.close().await;
     let mut out = json!({"username": user.name, "role": user.role.to_string()});
     if given.is_none() {
@@ -218,6 +226,35 @@ pub async fn integration_add(config: &Config, name: &str, subscribe: &[String], 
                "subscribe": account.subscribe, "publish": account.publish})
     );
     Ok(())
+}
+
+/// `jiandu user disable|enable|role`: one change to a web user, written with its ledger entry.
+/// A running web role refuses the user's sessions and cached API logins from the next request.
+pub async fn user_change(config: &Config, name: &str, change: UserChange) -> Result<()> {
+    let store = open_store(config).await?;
+    let actor = cli_actor();
+    let user = match change {
+        UserChange::Disable => store.disable_user(name, &actor).await,
+        UserChange::Enable => store.enable_user(name, &actor).await,
+        UserChange::Role(role) => {
+            let role: Role = role.parse().map_err(|e| anyhow::anyhow!("role: {e}"))?;
+            store.set_user_role(name, role, &actor).await
+        }
+    }
+    .with_context(|| format!("changing user {name}"))?;
+    store.close().await;
+    println!("{}", json!({"username": user.name, "role": user.role.to_string(), "disabled_at": user.disabled_at}));
+    Ok(())
+}
+
+/// What `jiandu user …` changes.
+pub enum UserChange {
+    /// No more logins; live sessions end.
+    Disable,
+    /// Logins allowed again.
+    Enable,
+    /// A new role (its name).
+    Role(String),
 }
 
 #[cfg(test)]

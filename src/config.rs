@@ -225,6 +225,11 @@ pub struct WebFile {
     /// The tiles are GCJ-02 (most Chinese tile sets): points are shifted for display only.
     #[serde(default)]
     pub gcj02: bool,
+    /// Addresses of reverse proxies in front of the web port (e.g. `["127.0.0.1"]` for nginx on
+    /// the same host): for requests from these, the client is taken from `X-Forwarded-For`, so
+    /// failed-login counting and rate limits see the real client, not the proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// `[lookup]` in the TOML file; `JIANDU_LOOKUP_<KEY>` overrides each key.
@@ -522,6 +527,7 @@ impl Config {
                     Err(_) => file.web.gcj02,
                 },
                 tile_attribution: file.web.tile_attribution,
+                trusted_proxies: file.web.trusted_proxies,
             },
             supervise: file.supervise,
             data_dir,
@@ -689,6 +695,12 @@ http_listen = "127.0.0.1:8080"
 # [index]
 # interval_s = 3600                           # how often the integrity index of the current period is recomputed
 # formula_file = "/etc/jiandu/index.toml"     # index formula; default {{data_dir}}/index.toml if present
+#
+# [web]
+# tile_url = "http://tiles.intranet/{{z}}/{{x}}/{{y}}.png"   # raster map tiles; default: plain background
+# tile_attribution = "© county survey office"
+# gcj02 = true                                # the tiles are GCJ-02 (most Chinese tile sets)
+# trusted_proxies = ["127.0.0.1"]             # reverse proxies whose X-Forwarded-For names the client
 "#,
         dir = data_dir.display()
     )

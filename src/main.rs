@@ -385,6 +385,25 @@ enum UserAction {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Disable a web user: no more logins, and their open web sessions and API logins are
+    /// refused from their next request (a ledger entry); the last enabled admin cannot be disabled
+    Disable {
+        /// Login name
+        name: String,
+    },
+    /// Let a disabled web user log in again (a ledger entry)
+    Enable {
+        /// Login name
+        name: String,
+    },
+    /// Change a web user's role, effective from their next request (a ledger entry)
+    Role {
+        /// Login name
+        name: String,
+        /// New role
+        #[arg(value_parser = ["dispatcher", "leader", "admin", "auditor"])]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -437,6 +456,11 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
         Command::User { action } => match action {
             UserAction::Add { name, role, password_file } => {
                 accounts::user_add(&config, &name, &role, password_file.as_deref()).await
+            }
+            UserAction::Disable { name } => accounts::user_change(&config, &name, accounts::UserChange::Disable).await,
+            UserAction::Enable { name } => accounts::user_change(&config, &name, accounts::UserChange::Enable).await,
+            UserAction::Role { name, role } => {
+                accounts::user_change(&config, &name, accounts::UserChange::Role(role)).await
             }
         },
         Command::Broker { action: BrokerAction::Sync } => accounts::broker_sync(&config).await,

@@ -440,6 +440,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             tile_url: config.web.tile_url.clone(),
             tile_attribution: config.web.tile_attribution.clone(),
             gcj02: config.web.gcj02,
+            trusted_proxies: config.web.trusted_proxies.clone(),
             mqtt_url: match broker.as_ref().map(|b| (b.tls_addr, b.local_addr)) {
                 Some((Some(a), _)) if !a.ip().is_unspecified() => format!("mqtts://{a}"),
                 Some((None, Some(a))) if !a.ip().is_unspecified() => format!("mqtt://{a}"),

@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tracing::{debug, info};
 
+use crate::ledger::NewLedgerEntry;
 use crate::secret::{new_token, token_matches};
 use crate::{Secret, Store, StoreError, hash_token, now_ms};
 
@@ -232,17 +233,30 @@ impl Store {
         rows.iter().map(account_from_row).collect()
     }
 
-    /// Stops an account from logging in; revoking twice keeps the first revocation time.
-    pub async fn revoke_account(&self, name: &str) -> Result<Account, StoreError> {
+    /// Stops an account from logging in (MQTT and HTTP Bearer); revoking twice keeps the first
+    /// revocation time and writes one `account.revoked` ledger entry naming `actor`.
+    pub async fn revoke_account(&self, name: &str, actor: &str) -> Result<Account, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now_ms();
         let updated = sqlx::query("UPDATE accounts SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
+            .bind(at)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if updated.rows_affected() > 0 {
+            let entry = NewLedgerEntry {
+                kind: "account.revoked".into(),
+                actor: actor.into(),
+                subject: name.into(),
+                body: serde_json::json!({"revoked_at": at}),
+            };
+            Store::ledger_append_in(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
         let account =
             self.account(name).await?.ok_or_else(|| StoreError::NotFound { what: "account", id: name.to_owned() })?;
         if updated.rows_affected() > 0 {
-            info!(account = name, "MQTT account revoked");
+            info!(account = name, actor, "MQTT account revoked");
         }
         Ok(account)
     }

@@ -100,6 +100,8 @@ pub struct ViewSettings {
     pub gcj02: bool,
     /// The MQTT address phones are given when registered in the view (`mqtt://host:port`).
     pub mqtt_url: String,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
     /// The secret an external broker presents to `/api/v1/mqtt/auth` and `/acl`; none: off.
@@ -317,4 +319,54 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 /// `GET /metrics`: Prometheus text exposition.
 async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+/// The client's address for login counting and rate limits: the connection's peer, unless that
+/// is a configured reverse proxy, in which case the right-most address in `X-Forwarded-For` that
+/// is not itself a trusted proxy (addresses further left were written by the client and can be
+/// forged). A missing or unreadable header leaves the peer.
+pub fn client_ip(
+    trusted: &[std::net::IpAddr],
+    headers: &axum::http::HeaderMap,
+    peer: std::net::IpAddr,
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().flat_map(|v| v.split(',')).rev().take(16) {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::client_ip;
+    use axum::http::HeaderMap;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [ip("127.0.0.1"), ip("10.0.0.2")];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2".parse().unwrap());
+        // From a stranger the header is ignored.
+        assert_eq!(client_ip(&trusted, &h, ip("9.9.9.9")), ip("9.9.9.9"));
+        // Through the proxies: the first untrusted hop from the right, not the forged left one.
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("1.2.3.4"));
+        assert_eq!(client_ip(&trusted, &HeaderMap::new(), ip("127.0.0.1")), ip("127.0.0.1"));
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(client_ip(&[], &h, ip("127.0.0.1")), ip("127.0.0.1"));
+    }
 }

@@ -151,6 +151,15 @@ pub fn openapi_document() -> Value {
                 "get": op("Web users", "admin", &[], None),
                 "post": op("Add a web user; the password is shown once", "admin", &[], Some("{name,role,password?}")),
             },
+            "/users/{name}/disable": {"post": op("Disable a user: no logins, open sessions end (ledgered)", "admin",
+                &[("name", "path", "login name")], None)},
+            "/users/{name}/enable": {"post": op("Let a disabled user log in again (ledgered)", "admin",
+                &[("name", "path", "login name")], None)},
+            "/users/{name}/role": {"post": op("Change a user's role, effective at their next request (ledgered)",
+                "admin", &[("name", "path", "login name")], Some("{role}"))},
+            "/integrations": {"get": op("Integration accounts and their topic filters (never tokens)", "admin", &[], None)},
+            "/integrations/{name}/disable": {"post": op("Disable an integration: no logins, MQTT sessions end (ledgered)",
+                "admin", &[("name", "path", "account name")], None)},
     });
     if let (Some(p), Value::Object(m)) = (paths.as_object_mut(), more) {
         p.extend(m);

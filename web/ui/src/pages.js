@@ -315,6 +315,7 @@ export async function auditPage(root) {
 export async function adminPage(root) {
   const users = h('div', { id: 'users' });
   const devs = h('div', { id: 'devices' });
+  const integrations = h('div', { id: 'integrations' });
   const shown = h('div', { id: 'credentials' });
   const userForm = h('form', { class: 'card form-grid', id: 'add-user' },
     h('h3', {}, t('add_user')),
@@ -328,7 +329,14 @@ export async function adminPage(root) {
     h('label', {}, t('staff'), h('input', { name: 'staff' })),
     h('button', { type: 'submit' }, t('submit')));
   root.append(h('div', { class: 'page' }, h('h2', {}, t('admin')), h('div', { class: 'two' }, devForm, userForm), shown,
-    h('section', {}, h('h3', {}, t('users')), users), h('section', {}, h('h3', {}, t('devices')), devs)));
+    h('section', {}, h('h3', {}, t('users')), users), h('section', {}, h('h3', {}, t('devices')), devs),
+    h('section', {}, h('h3', {}, t('integrations')), integrations)));
+  /** Runs an admin action after confirmation, shows its error, then reloads the lists. */
+  const act = (path, body) => async () => {
+    if (!confirm(t('confirm'))) return;
+    await api('POST', path, body).catch((ex) => shown.replaceChildren(errorBox(ex)));
+    await Promise.all([loadUsers(), loadIntegrations()]).catch((ex) => shown.replaceChildren(errorBox(ex)));
+  };
 
   userForm.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -360,8 +368,28 @@ export async function adminPage(root) {
   });
   async function loadUsers() {
     const r = await api('GET', '/users');
-    users.replaceChildren(table([[t('name'), (u) => u.name], [t('role'), (u) => t(u.role)], [t('created'), (u) => fmtTime(u.created_at)]],
-      r.items, { class: 'list' }));
+    const who = (u) => `/users/${encodeURIComponent(u.name)}`;
+    const roleSelect = (u) => {
+      const sel = h('select', { 'aria-label': `${t('role')} ${u.name}` },
+        ['dispatcher', 'leader', 'admin', 'auditor'].map((r) => h('option', { value: r, selected: r === u.role }, t(r))));
+      sel.addEventListener('change', () => act(`${who(u)}/role`, { role: sel.value })().then(loadUsers));
+      return sel;
+    };
+    users.replaceChildren(table([[t('name'), (u) => u.name], [t('role'), roleSelect],
+      [t('state'), (u) => (u.disabled_at ? t('disabled') : t('active'))], [t('created'), (u) => fmtTime(u.created_at)],
+      ['', (u) => (u.disabled_at
+        ? h('button', { onclick: act(`${who(u)}/enable`) }, t('enable'))
+        : h('button', { class: 'danger', onclick: act(`${who(u)}/disable`) }, t('disable')))]],
+    r.items, { class: 'list' }));
+  }
+  async function loadIntegrations() {
+    const r = await api('GET', '/integrations');
+    integrations.replaceChildren(table([[t('name'), (a) => a.name],
+      [t('subscribe'), (a) => (a.subscribe || []).join(' ')], [t('publish'), (a) => (a.publish || []).join(' ')],
+      [t('state'), (a) => (a.revoked_at ? t('disabled') : t('active'))],
+      ['', (a) => (a.revoked_at ? '' : h('button', { class: 'danger',
+        onclick: act(`/integrations/${encodeURIComponent(a.name)}/disable`) }, t('disable')))]],
+    r.items, { class: 'list' }));
   }
   async function loadDevices() {
     const list = await allDevices();
@@ -374,7 +402,7 @@ export async function adminPage(root) {
       } }, t('revoke'))],
     ], list.slice(0, 2000), { class: 'list' }));
   }
-  await Promise.all([loadUsers(), loadDevices()]).catch((e) => shown.replaceChildren(errorBox(e)));
+  await Promise.all([loadUsers(), loadDevices(), loadIntegrations()]).catch((e) => shown.replaceChildren(errorBox(e)));
 }
 
 /** The OpenAPI document as a readable table. */
