@@ -47,6 +47,18 @@ pub fn ensure_broker_key(config: &Config) -> Result<bool> {
     }
 }
 
+/// `jiandu broker service-account NAME`: a service account (every topic) for the roles on an
+/// external broker that asks jiandu's HTTP hooks; its token is printed once.
+pub async fn service_account(config: &Config, name: &str) -> Result<()> {
+    if name == crate::serve::SERVICE_ACCOUNT {
+        bail!("'{name}' is the embedded broker's own account, whose token serve rotates; choose another name");
+    }
+    let store = open_store(config).await?;
+    let token = store.ensure_service_account(name).await.with_context(|| format!("service account {name}"))?;
+    println!("{}", json!({"username": name, "password": token.expose()}));
+    Ok(())
+}
+
 /// `jiandu broker sync`: makes Mosquitto's dynamic security hold every live device and account
 /// (and the roles' service account) and no revoked one; prints what it did as JSON.
 pub async fn broker_sync(config: &Config) -> Result<()> {

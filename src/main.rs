@@ -327,6 +327,13 @@ enum BrokerAction {
     /// Make Mosquitto 2's dynamic-security clients, roles and ACLs match the devices,
     /// integrations, the service account and revocations (needs --broker and mosquitto_dynsec)
     Sync,
+    /// Issue (or re-issue) the token of a service account the roles log in with on an external
+    /// broker whose HTTP hooks ask jiandu (EMQX, rmqtt); prints {"username","password"} once
+    ServiceAccount {
+        /// Account name (not `jiandu`, whose token an embedded-broker `serve` rotates)
+        #[arg(default_value = "jiandu-svc")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -464,6 +471,9 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
             }
         },
         Command::Broker { action: BrokerAction::Sync } => accounts::broker_sync(&config).await,
+        Command::Broker { action: BrokerAction::ServiceAccount { name } } => {
+            accounts::service_account(&config, &name).await
+        }
         Command::Integration { action } => match action {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await

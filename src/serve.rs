@@ -43,7 +43,7 @@ pub enum Role {
 }
 
 /// Internal service account the embedded roles log in with.
-const SERVICE_ACCOUNT: &str = "jiandu";
+pub(crate) const SERVICE_ACCOUNT: &str = "jiandu";
 
 /// Addresses the roles actually bound, written to `{data_dir}/serve.json` for scripts and tests.
 #[derive(Debug, Clone)]

@@ -88,6 +88,18 @@ async fn every_account_kind(db: Db) {
     assert_eq!(acl(&app, &city, &city, "publish", &hb, false).await, "deny");
 
     // The platform's service account: the platform's shared groups and every topic.
+    let svc = app.cli(&["broker", "service-account", "jiandu-svc"]);
+    let (svc_name, svc_pw) = (svc["username"].as_str().unwrap(), svc["password"].as_str().unwrap());
+    assert_eq!(login(&app, "jiandu-svc-ingest-1f", svc_name, svc_pw).await, "allow");
+    assert_eq!(login(&app, "jiandu-svc", svc_name, &pa).await, "deny");
+    assert_eq!(
+        acl(&app, "jiandu-svc-ingest-1f", svc_name, "subscribe", "$share/ingest-hb/jd/v1/dev/+/hb", false).await,
+        "allow"
+    );
+    assert!(
+        common::cli_err(app.dir.path(), &app.db, &["broker", "service-account", "jiandu"]).contains("rotates"),
+        "the embedded broker's own account must not be handed out"
+    );
     assert_eq!(
         acl(&app, "jiandu-ingest-1", "jiandu", "subscribe", "$share/ingest-hb/jd/v1/dev/+/hb", false).await,
         "allow"
