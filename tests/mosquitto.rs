@@ -194,3 +194,179 @@ async fn mosquitto_enforces_jiandu_accounts_through_dynamic_security() {
     }
     drop(p);
 }
+
+/// A phone on Mosquitto whose inbox messages arrive on a channel as (kind, body).
+struct InboxPhone {
+    client: rumqttc::AsyncClient,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+}
+
+impl InboxPhone {
+    /// Connects (once the sync made its client), subscribes to its inbox, announces itself
+    /// online and on duty `metres` north of the site, and waits for the heartbeat's exact ack.
+    async fn start(mq: &Mosquitto, id: &str, password: &str, metres: f64) -> InboxPhone {
+        let (client, mut events) = connect_when_synced(phone(mq, id, password)).await;
+        let (tx, inbox) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(e) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = e {
+                    let kind = p.topic.rsplit('/').next().unwrap_or_default().to_owned();
+                    tx.send((kind, serde_json::from_slice(&p.payload).unwrap_or(Value::Null))).ok();
+                }
+            }
+        });
+        client.subscribe(format!("jd/v1/dev/{id}/inbox/#"), QoS::AtLeastOnce).await.unwrap();
+        let mut me = InboxPhone { client, inbox };
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let presence = json!({"online": true, "ts": ts}).to_string();
+        me.client.publish(format!("jd/v1/dev/{id}/presence"), QoS::AtLeastOnce, true, presence).await.unwrap();
+        let hb =
+            json!({"seq": 1, "ts": ts, "lat": SITE.0 + metres / 111_195.0, "lon": SITE.1, "duty": "on"}).to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            me.client.publish(format!("jd/v1/dev/{id}/hb"), QoS::AtLeastOnce, false, hb.clone()).await.unwrap();
+            let acked = tokio::time::timeout(Duration::from_secs(3), me.next("ack", |v| v["hb_seq"].is_array())).await;
+            if acked.is_ok() {
+                return me;
+            }
+            assert!(Instant::now() < deadline, "heartbeat of {id} never acknowledged");
+        }
+    }
+
+    async fn next(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let (k, v) = self.inbox.recv().await.expect("phone connection ended");
+            if k == kind && pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+const SITE: (f64, f64) = (36.5, 118.5);
+
+fn log_of(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+}
+
+fn wait_for_log(dir: &std::path::Path, what: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while !log_of(dir).contains(what) {
+        assert!(start.elapsed() < limit, "no '{what}' within {limit:?}; log:\n{}", log_of(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// Two dispatchers as separate `jiandu serve --roles dispatcher` processes on PostgreSQL and
+/// Mosquitto: kill -9 of the active one while an offer is open; the standby takes over within
+/// seconds and the open offer's deadline fires exactly once (the next inspector is offered).
+#[tokio::test]
+async fn the_standby_dispatcher_takes_over_after_kill_9() {
+    common::install_crypto_provider();
+    let mq = Mosquitto::start_dynsec();
+    let db = common::fresh_postgres_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(dir.path(), &db, &["init"]);
+    let admin = (out["username"].as_str().unwrap().to_owned(), out["password"].as_str().unwrap().to_owned());
+    let broker =
+        format!("broker = \"{}\"\nbroker_username = \"jiandu-svc\"\nbroker_password = \"svc-5b2f0e71c3\"\n", mq.url());
+    let dispatch = "[dispatch]\noffer_timeout_s = 3\nradius_m = 5000\n";
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml")).unwrap();
+        writeln!(
+            f,
+            "\n{broker}mosquitto_dynsec = true\nmosquitto_admin_password = \"{}\"\n{dispatch}",
+            mq.admin_password
+        )
+        .unwrap();
+    }
+    cli(dir.path(), &db, &["broker", "sync"]);
+    let dev = |name: &str| {
+        let v = cli(dir.path(), &db, &["device", "add", name]);
+        (v["device"].as_str().unwrap().to_owned(), v["password"].as_str().unwrap().to_owned())
+    };
+    let (near, p_near) = dev("near");
+    let (far, p_far) = dev("far");
+    let hotline = cli(
+        dir.path(),
+        &db,
+        &["integration", "add", "hotline", "--subscribe", "jd/v1/events/#", "--publish", "jd/v1/reports"],
+    );
+
+    // Ingest, oversight and web (with the continuous dynsec sync) in one process, each
+    // dispatcher in its own, with its own data dir and the same database and broker.
+    let core = serve_args(dir.path(), &db, &["--roles", "ingest,oversight,web", "--http-listen", "127.0.0.1:0"]);
+    let state = wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60));
+    let p = Platform { http: state["http"].as_str().unwrap().to_owned(), dir, db, admin, serve: core };
+    let spawn_dispatcher = || {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("jiandu.toml"), format!("{broker}{dispatch}")).unwrap();
+        let child = serve_args(d.path(), &p.db, &["--roles", "dispatcher", "--http-listen", "off"]);
+        (d, child)
+    };
+    let (d1, mut c1) = spawn_dispatcher();
+    wait_for_log(d1.path(), "dispatcher active", Duration::from_secs(60));
+    let (d2, mut c2) = spawn_dispatcher();
+    wait_for_log(d2.path(), "standing by", Duration::from_secs(60));
+
+    let mut near_phone = InboxPhone::start(&mq, &near, &p_near, 100.0).await;
+    let mut far_phone = InboxPhone::start(&mq, &far, &p_far, 300.0).await;
+    let (h_client, mut h_events) =
+        connect_when_synced(phone(&mq, hotline["username"].as_str().unwrap(), hotline["password"].as_str().unwrap()))
+            .await;
+    tokio::spawn(async move { while h_events.poll().await.is_ok() {} });
+    let tip = json!({"id": "tip-fo", "kind": "official-car", "text": "公车停在饭店门口", "lat": SITE.0, "lon": SITE.1,
+        "ts": 1_700_000_000_000i64, "source": "12345-hotline"});
+    h_client.publish("jd/v1/reports", QoS::AtLeastOnce, false, tip.to_string()).await.unwrap();
+    let offer = tokio::time::timeout(Duration::from_secs(20), near_phone.next("assignment", |_| true))
+        .await
+        .unwrap_or_else(|_| panic!("no offer; dispatcher log:\n{}", log_of(d1.path())));
+    let first_asg = offer["assignment_id"].as_str().unwrap().to_owned();
+
+    // kill -9 the active dispatcher while the offer is open.
+    c1.kill().unwrap();
+    c1.wait().unwrap();
+    let took = wait_for_log(d2.path(), "dispatcher active", Duration::from_secs(30));
+    assert!(took < Duration::from_secs(15), "standby took {took:?} to take over");
+
+    // The open offer's deadline fires (once) on the new active dispatcher: `far` is offered.
+    let second = tokio::time::timeout(Duration::from_secs(30), far_phone.next("assignment", |_| true))
+        .await
+        .unwrap_or_else(|_| panic!("no re-offer after failover; standby log:\n{}", log_of(d2.path())));
+    assert_ne!(second["assignment_id"].as_str(), Some(first_asg.as_str()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/reports/tip-fo", p.http))
+        .basic_auth(&p.admin.0, Some(&p.admin.1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_asg: std::collections::HashMap<String, String> = v["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap().to_owned(), a["device_id"].as_str().unwrap().to_owned()))
+        .collect();
+    let timeline: Vec<(String, String)> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (by_asg[t["assignment_id"].as_str().unwrap()].clone(), t["status"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected: Vec<(String, String)> = [(&near, "offered"), (&near, "expired"), (&far, "offered")]
+        .iter()
+        .map(|(d, s)| ((*d).clone(), (*s).to_owned()))
+        .collect();
+    // `far` may expire too by now (3 s): only the first three lines are fixed, each exactly once.
+    assert_eq!(timeline[..3], expected[..], "timeline {timeline:?}");
+    assert_eq!(timeline.iter().filter(|(d, s)| d == &near && s == "expired").count(), 1, "{timeline:?}");
+    assert!(near_phone.inbox.try_recv().map(|(k, _)| k != "assignment").unwrap_or(true));
+    c2.kill().ok();
+    c2.wait().ok();
+    drop((p, d1, d2));
+}
