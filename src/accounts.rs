@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use jiandu_store::{AccountKind, Role, Store};
+use jiandu_store::{AccountKind, CredentialKey, Role, Store};
 use serde_json::json;
 
 use crate::config::{self, Config};
@@ -16,7 +16,74 @@ pub async fn open_store(config: &Config) -> Result<Store> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     }
-    Store::connect(&config.db).await.with_context(|| format!("opening database {}", redact_url(&config.db)))
+    let store =
+        Store::connect(&config.db).await.with_context(|| format!("opening database {}", redact_url(&config.db)))?;
+    let key_path = config.broker_key_path();
+    match std::fs::read_to_string(&key_path) {
+        Ok(text) => Ok(store.with_credential_key(
+            CredentialKey::from_hex(&text).with_context(|| format!("reading {}", key_path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(store),
+        Err(e) => Err(e).with_context(|| format!("reading {}", key_path.display())),
+    }
+}
+
+/// Makes the broker credential key (0600) unless it exists; true when it was made now.
+pub fn ensure_broker_key(config: &Config) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = config.broker_key_path();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+        Ok(mut f) => {
+            writeln!(f, "{}", CredentialKey::generate().to_hex().expose())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// `jiandu broker service-account NAME`: a service account (every topic) for the roles on an
+/// external broker that asks jiandu's HTTP hooks; its token is printed once.
+pub async fn service_account(config: &Config, name: &str) -> Result<()> {
+    if name == crate::serve::SERVICE_ACCOUNT {
+        bail!("'{name}' is the embedded broker's own account, whose token serve rotates; choose another name");
+    }
+    let store = open_store(config).await?;
+    let token = store.ensure_service_account(name).await.with_context(|| format!("service account {name}"))?;
+    println!("{}", json!({"username": name, "password": token.expose()}));
+    Ok(())
+}
+
+/// `jiandu broker sync`: makes Mosquitto's dynamic security hold every live device and account
+/// (and the roles' service account) and no revoked one; prints what it did as JSON.
+pub async fn broker_sync(config: &Config) -> Result<()> {
+    let Some(dynsec) = config.dynsec()? else {
+        bail!("broker sync needs --broker mqtt://HOST:PORT and mosquitto_dynsec = true (JIANDU_MOSQUITTO_DYNSEC=1)");
+    };
+    if ensure_broker_key(config)? {
+        eprintln!(
+            "made the broker credential key {}: phones registered from now on can be given to Mosquitto; \
+             copy it (mode 0600) to every host that registers phones or runs serve",
+            config.broker_key_path().display()
+        );
+    }
+    let store = open_store(config).await?;
+    let report = jiandu_broker::dynsec::sync(&store, &dynsec).await?;
+    if !report.not_derivable.is_empty() {
+        eprintln!(
+            "{} login(s) have tokens made before the broker credential key and cannot be given to Mosquitto; \
+             register them again: {}",
+            report.not_derivable.len(),
+            report.not_derivable.join(", ")
+        );
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }
 
 /// Who the ledger names for changes made on the command line: `cli:` and the operating-system

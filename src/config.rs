@@ -186,6 +186,10 @@ struct FileConfig {
     broker: Option<String>,
     broker_username: Option<String>,
     broker_password: Option<String>,
+    mqtt_hook_secret: Option<String>,
+    mosquitto_dynsec: Option<bool>,
+    mosquitto_admin_username: Option<String>,
+    mosquitto_admin_password: Option<String>,
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -417,6 +421,18 @@ pub struct Config {
     /// Password the roles use on an external broker (never printed).
     #[serde(serialize_with = "redact")]
     pub broker_password: Option<String>,
+    /// Secret an external broker (EMQX, rmqtt) presents to the web role's `/api/v1/mqtt/auth`
+    /// and `/acl` hooks (never printed); unset: the hooks answer 503.
+    #[serde(serialize_with = "redact")]
+    pub mqtt_hook_secret: Option<String>,
+    /// The external broker (`--broker`) is Mosquitto 2 with its dynamic-security plugin: `serve`
+    /// keeps its clients, roles and ACLs in step (`JIANDU_MOSQUITTO_DYNSEC`).
+    pub mosquitto_dynsec: bool,
+    /// The dynsec admin client (`mosquitto_ctrl dynsec init FILE USER`) [default: admin].
+    pub mosquitto_admin_username: String,
+    /// Its password (never printed; prefer `JIANDU_MOSQUITTO_ADMIN_PASSWORD`).
+    #[serde(serialize_with = "redact")]
+    pub mosquitto_admin_password: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Largest MQTT packet accepted from a client.
@@ -538,6 +554,18 @@ impl Config {
             broker,
             broker_username: std::env::var("JIANDU_BROKER_USERNAME").ok().or(file.broker_username),
             broker_password: std::env::var("JIANDU_BROKER_PASSWORD").ok().or(file.broker_password),
+            mqtt_hook_secret: std::env::var("JIANDU_MQTT_HOOK_SECRET").ok().or(file.mqtt_hook_secret),
+            mosquitto_dynsec: match std::env::var("JIANDU_MOSQUITTO_DYNSEC") {
+                Ok(v) => matches!(v.trim(), "1" | "true" | "yes"),
+                Err(_) => file.mosquitto_dynsec.unwrap_or(false),
+            },
+            mosquitto_admin_username: std::env::var("JIANDU_MOSQUITTO_ADMIN_USERNAME")
+                .ok()
+                .or(file.mosquitto_admin_username)
+                .unwrap_or_else(|| "admin".into()),
+            mosquitto_admin_password: std::env::var("JIANDU_MOSQUITTO_ADMIN_PASSWORD")
+                .ok()
+                .or(file.mosquitto_admin_password),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
@@ -576,6 +604,29 @@ impl Config {
             region: self.s3_region.clone(),
             ..Default::default()
         }
+    }
+
+    /// Where the broker credential key lives (tokens an external Mosquitto can be given are
+    /// derived from it; `jiandu broker sync` or `serve` with `mosquitto_dynsec` creates it).
+    pub fn broker_key_path(&self) -> PathBuf {
+        self.data_dir.join("broker.key")
+    }
+
+    /// The Mosquitto dynamic-security settings, when `--broker` and `mosquitto_dynsec` are set.
+    pub fn dynsec(&self) -> Result<Option<jiandu_broker::dynsec::DynsecConfig>> {
+        let Some(url) = self.broker.as_deref().filter(|_| self.mosquitto_dynsec) else { return Ok(None) };
+        let (host, port) = parse_mqtt_url(url)?;
+        let Some(admin_password) = self.mosquitto_admin_password.clone() else {
+            bail!("mosquitto_dynsec needs the dynsec admin's password: set JIANDU_MOSQUITTO_ADMIN_PASSWORD");
+        };
+        Ok(Some(jiandu_broker::dynsec::DynsecConfig {
+            host,
+            port,
+            admin_username: self.mosquitto_admin_username.clone(),
+            admin_password,
+            service: self.broker_username.clone().zip(self.broker_password.clone()),
+            interval: std::time::Duration::from_secs(2),
+        }))
     }
 
     /// Where the platform's receipt-signing key lives (`jiandu init` creates it, mode 0600).
@@ -673,6 +724,9 @@ http_listen = "127.0.0.1:8080"
 # broker = "mqtt://broker.example:1883"       # use an external broker instead of the embedded one
 # broker_username = "jiandu"                  # service account on the external broker
 # broker_password = "…"                       # prefer JIANDU_BROKER_PASSWORD in the environment
+# mosquitto_dynsec = true                    # --broker is Mosquitto 2 + dynamic security: serve keeps its clients in step
+# mosquitto_admin_username = "admin"          # the dynsec admin; password in JIANDU_MOSQUITTO_ADMIN_PASSWORD
+# mqtt_hook_secret = "…"                      # EMQX/rmqtt HTTP auth hooks (/api/v1/mqtt/auth, /acl); or JIANDU_MQTT_HOOK_SECRET
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000

@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// An external broker: keep Mosquitto's dynamic security in step with the accounts
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+    },
     /// MQTT accounts of other systems, limited to the topic filters given
     Integration {
         #[command(subcommand)]
@@ -318,6 +323,20 @@ enum TlsAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum BrokerAction {
+    /// Make Mosquitto 2's dynamic-security clients, roles and ACLs match the devices,
+    /// integrations, the service account and revocations (needs --broker and mosquitto_dynsec)
+    Sync,
+    /// Issue (or re-issue) the token of a service account the roles log in with on an external
+    /// broker whose HTTP hooks ask jiandu (EMQX, rmqtt); prints {"username","password"} once
+    ServiceAccount {
+        /// Account name (not `jiandu`, whose token an embedded-broker `serve` rotates)
+        #[arg(default_value = "jiandu-svc")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReceiptAction {
     /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
     Verify {
@@ -451,6 +470,10 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
                 accounts::user_change(&config, &name, accounts::UserChange::Role(role)).await
             }
         },
+        Command::Broker { action: BrokerAction::Sync } => accounts::broker_sync(&config).await,
+        Command::Broker { action: BrokerAction::ServiceAccount { name } } => {
+            accounts::service_account(&config, &name).await
+        }
         Command::Integration { action } => match action {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await

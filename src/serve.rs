@@ -43,7 +43,7 @@ pub enum Role {
 }
 
 /// Internal service account the embedded roles log in with.
-const SERVICE_ACCOUNT: &str = "jiandu";
+pub(crate) const SERVICE_ACCOUNT: &str = "jiandu";
 
 /// Addresses the roles actually bound, written to `{data_dir}/serve.json` for scripts and tests.
 #[derive(Debug, Clone)]
@@ -241,6 +241,10 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         bail!("--roles: name at least one role");
     }
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let dynsec = config.dynsec()?;
+    if dynsec.is_some() && crate::accounts::ensure_broker_key(config)? {
+        warn!(key = %config.broker_key_path().display(), "made the broker credential key; copy it to every host that registers phones");
+    }
     let store = open_store(config).await?;
     let blobs = jiandu_store::Blobs::open(&config.object_store, &config.s3_settings())
         .with_context(|| format!("opening the evidence store {} (--object-store)", config.object_store))?;
@@ -337,6 +341,18 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         supervise(role, body, config.supervise.clone(), board.clone(), fatal.clone(), shutdown.clone())
     };
     let mut tasks = Vec::new();
+    if let Some(dynsec) = dynsec {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tasks.push(sup(
+            "broker.sync",
+            Box::new(move || {
+                let (store, dynsec, stop) = (store.clone(), dynsec.clone(), stop.clone());
+                Box::pin(
+                    async move { jiandu_broker::dynsec::run(store, dynsec, stop).await.map_err(|e| e.to_string()) },
+                )
+            }),
+        ));
+    }
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
@@ -436,6 +452,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             public_url: config.web.public_url.clone(),
             app_heartbeat_s: config.web.app_heartbeat_s(),
             roles: board.clone(),
+            mqtt_hook_secret: config.mqtt_hook_secret.clone().map(jiandu_store::Secret::new),
             platform_key: Some(
                 jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
                     .context("loading the platform signing key (signs receipts of public tips' photos)")?

@@ -14,6 +14,7 @@
 pub mod acl;
 pub mod client;
 mod delivery;
+pub mod dynsec;
 mod front;
 mod saved;
 mod sessions;
@@ -68,6 +69,15 @@ pub enum BrokerError {
     /// Neither a plaintext nor a TLS listener is configured.
     #[error("no MQTT listener: set --mqtt-listen or --mqtts-listen (with a TLS certificate)")]
     NoListener,
+    /// Mosquitto's dynamic-security plugin refused or did not answer.
+    #[error("Mosquitto dynamic security: {reason} (check the broker's dynsec admin user and password)")]
+    Dynsec {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The database could not be read.
+    #[error(transparent)]
+    Store(#[from] jiandu_store::StoreError),
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use tracing::info;
 
 use crate::ledger::NewLedgerEntry;
-use crate::secret::{new_id, new_token};
+use crate::secret::new_id;
 use crate::{Secret, Store, StoreError, hash_token, now_ms};
 
 /// A registered field phone.
@@ -44,14 +44,14 @@ impl Store {
         if name.is_empty() {
             return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
         }
-        let token = new_token();
-        let token_hash = hash_token(token.expose());
         let created_at = now_ms();
         // 60 random bits make a clash practically impossible; retry anyway rather than fail.
         let mut attempts = 0;
-        let id = loop {
+        let (id, token) = loop {
             attempts += 1;
             let id = new_id('d');
+            let token = self.token_for("device", &id);
+            let token_hash = hash_token(token.expose());
             let inserted = sqlx::query(
                 "INSERT INTO devices (id, name, staff_id, token_hash, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -64,7 +64,7 @@ impl Store {
             .execute(&self.pool)
             .await;
             match inserted {
-                Ok(_) => break id,
+                Ok(_) => break (id, token),
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 5 => {
                     continue;
                 }
@@ -91,8 +91,8 @@ impl Store {
             if name.is_empty() {
                 return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
             }
-            let token = new_token();
             let id = new_id('d');
+            let token = self.token_for("device", &id);
             sqlx::query("INSERT INTO devices (id, name, staff_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&id)
                 .bind(name)

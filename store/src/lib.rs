@@ -85,7 +85,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Connection, Executor};
 use tracing::{debug, info};
 
-pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
+pub use accounts::{Account, AccountKind, MqttLogin, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
 pub use blobs::{Blobs, Committed, S3Settings, blob_key};
 pub use cases::{
     Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseStatus, CaseTimer, FiredTimer,
@@ -113,7 +113,7 @@ pub use registry::{
     Department, IdNumber, ImportPlan, ImportVersion, LookupAudit, LookupBatch, NewLookupAudit, Person, RegistryName,
     RegistryRecord, RegistrySnapshot, Vehicle, Versioned, lookup_rows_sha256,
 };
-pub use secret::{Secret, hash_token};
+pub use secret::{CredentialKey, Secret, hash_token};
 pub use tips::{
     Feedback, MAX_FEEDBACK_PER_REPORT, NewPublicTip, PublicReport, PublicTipRecord, PublicTipStatus, PublicTipStored,
 };
@@ -170,6 +170,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     blobs: Option<Blobs>,
+    credentials: Option<CredentialKey>,
 }
 
 impl Store {
@@ -204,7 +205,28 @@ impl Store {
         migrator.run(&mut conn).await?;
         conn.close().await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
-        Ok(Store { pool, backend, blobs: None })
+        Ok(Store { pool, backend, blobs: None, credentials: None })
+    }
+
+    /// The same store deriving new device and account tokens from `key` (see
+    /// [`CredentialKey`]), so an external broker can be given them.
+    pub fn with_credential_key(mut self, key: CredentialKey) -> Store {
+        self.credentials = Some(key);
+        self
+    }
+
+    /// The key tokens are derived from, when one is attached.
+    pub fn credential_key(&self) -> Option<&CredentialKey> {
+        self.credentials.as_ref()
+    }
+
+    /// A new token for a device (`kind` "device") or account ("account") called `name`:
+    /// derived from the credential key when one is attached, else random.
+    pub(crate) fn token_for(&self, kind: &str, name: &str) -> Secret {
+        match &self.credentials {
+            Some(key) => key.token_for(kind, name),
+            None => secret::new_token(),
+        }
     }
 
     /// The same store with the evidence object store attached (see [`Store::blobs`]).

@@ -92,6 +92,8 @@ pub struct AppState {
     pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
     /// Rate limits and proof-of-work challenges of the public tip endpoints.
     pub tips: Arc<abuse::TipLimiter>,
+    /// The external broker's authentication and ACL hooks (`/api/v1/mqtt/…`).
+    pub hooks: Arc<api::mqtt_hooks::Hooks>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -118,6 +120,8 @@ pub struct ViewSettings {
     pub platform_key: Option<jiandu_store::PlatformKey>,
     /// Abuse limits of the public tip endpoints (`[public]`).
     pub tip_limits: abuse::TipLimits,
+    /// The secret an external broker presents to `/api/v1/mqtt/auth` and `/acl`; none: off.
+    pub mqtt_hook_secret: Option<jiandu_store::Secret>,
 }
 
 /// Where the web role listens: plaintext HTTP and/or HTTPS.
@@ -202,6 +206,7 @@ pub async fn start_with(
     let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
         .unwrap_or(HeaderValue::from_static(API_CSP));
     let tips = Arc::new(abuse::TipLimiter::new(ui.tip_limits.clone()));
+    let hooks = Arc::new(api::mqtt_hooks::Hooks::new(ui.mqtt_hook_secret.clone()));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -217,6 +222,7 @@ pub async fn start_with(
         view_csp,
         mqtt_ws: listeners.mqtt_ws.clone(),
         tips,
+        hooks,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);

@@ -16,6 +16,7 @@ pub mod evidence;
 pub mod index;
 pub mod lookups;
 pub mod public;
+pub mod mqtt_hooks;
 pub mod reports;
 pub mod session;
 pub mod stream;
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .merge(reports::routes())
         .merge(evidence::routes())
         .merge(lookups::routes())
+        .merge(mqtt_hooks::routes())
         .merge(cases::routes())
         .merge(departments::routes())
         .merge(index::routes())
