@@ -464,6 +464,72 @@ impl Store {
         Ok(())
     }
 
+    /// Stores chunks with their bytes for shared staging (`[evidence] staging = "database"`), in
+    /// one transaction, so any ingest process can assemble the upload. Chunks recorded before,
+    /// and chunks of an upload no longer open (stored or discarded meanwhile), are ignored.
+    pub async fn evidence_chunks_put(&self, chunks: &[(String, i64, &[u8])]) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut last: Option<&str> = None;
+        for (evid, n, bytes) in chunks {
+            sqlx::query(
+                "INSERT INTO evidence_chunks (evid, n, bytes) SELECT $1, $2, $3 \
+                 WHERE EXISTS (SELECT 1 FROM evidence_uploads WHERE evid = $1) ON CONFLICT (evid, n) DO NOTHING",
+            )
+            .bind(evid)
+            .bind(*n)
+            .bind(*bytes)
+            .execute(&mut *tx)
+            .await?;
+            if last != Some(evid.as_str()) {
+                sqlx::query("UPDATE evidence_uploads SET touched_at = $1 WHERE evid = $2")
+                    .bind(now)
+                    .bind(evid)
+                    .execute(&mut *tx)
+                    .await?;
+                last = Some(evid);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The bytes of chunks `from..` of `evid` staged in the database, in index order, at most
+    /// `limit` (for assembling an upload page by page without holding it in memory).
+    pub async fn evidence_chunk_bytes(
+        &self,
+        evid: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT n, bytes FROM evidence_chunks WHERE evid = $1 AND n >= $2 AND bytes IS NOT NULL ORDER BY n LIMIT $3",
+        )
+        .bind(evid)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get::<i64, _>("n")?, r.try_get::<Vec<u8>, _>("bytes")?))).collect()
+    }
+
+    /// What the open uploads hold, across every ingest process: (uploads of `device`, bytes
+    /// they announce, bytes all open uploads announce), for the limits of shared staging.
+    pub async fn evidence_open_totals(&self, device: &str) -> Result<(i64, i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN device = $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS mine, \
+             CAST(COALESCE(SUM(CASE WHEN device = $1 THEN size ELSE 0 END), 0) AS BIGINT) AS mine_bytes, \
+             CAST(COALESCE(SUM(size), 0) AS BIGINT) AS all_bytes FROM evidence_uploads",
+        )
+        .bind(device)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get::<i64, _>("mine")?, row.try_get::<i64, _>("mine_bytes")?, row.try_get::<i64, _>("all_bytes")?))
+    }
+
     /// Forgets an open upload and its staged chunks (its staging file is the caller's to remove).
     pub async fn evidence_upload_discard(&self, evid: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -491,6 +557,18 @@ impl Store {
         if let Some(e) = self.evidence_find(&upload.evid).await? {
             return Ok(e);
         }
+        match self.evidence_record_once(upload, key).await {
+            Ok(e) => Ok(e),
+            // Two ingest processes raced to record it: the evidence row's key decided; the loser
+            // returns the winner's record (and re-sends its receipt).
+            Err(err) => match self.evidence_find(&upload.evid).await? {
+                Some(e) => Ok(e),
+                None => Err(err),
+            },
+        }
+    }
+
+    async fn evidence_record_once(&self, upload: &OpenUpload, key: &PlatformKey) -> Result<Evidence, StoreError> {
         let spec = &upload.spec;
         let mut body = json!({
             "sha256": spec.sha256, "size": spec.size, "mime": spec.mime, "captured_at": spec.captured_at,

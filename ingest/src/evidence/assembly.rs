@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{EvidenceConfig, MAX_CHUNKS, MAX_MISSING_LISTED};
+use super::{EvidenceConfig, MAX_CHUNKS, MAX_MISSING_LISTED, Staging};
 
 /// The window of `device_daily_bytes`.
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -64,7 +64,9 @@ impl ChunkSet {
 struct Upload {
     record: OpenUpload,
     meta: EvidenceMeta,
-    file: Arc<File>,
+    /// The staging file (local staging); `None` when the chunks are in the database.
+    file: Option<Arc<File>>,
+    /// The staging file, or (shared staging) where this process assembles the upload.
     path: PathBuf,
     received: ChunkSet,
     /// SHA-256 state over chunks `0..hashed`, fed as in-order chunks arrive.
@@ -106,6 +108,8 @@ struct Handover {
     path: PathBuf,
     hasher: Sha256,
     hashed_bytes: u64,
+    /// The chunks are in the database: assemble them into `path` first.
+    shared: bool,
 }
 
 fn spec_of(m: &EvidenceMeta) -> UploadSpec {
@@ -166,6 +170,11 @@ fn open_staging(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new().read(true).write(true).open(path).or_else(|_| File::open(path))
 }
 
+/// What `evidence_uploads.staging` says for an upload whose chunks are in the database.
+const SHARED: &str = "database";
+/// Chunks read from the database at a time while assembling.
+const ASSEMBLY_PAGE: i64 = 16;
+
 /// The state of one ingest process's uploads.
 pub(super) struct Assembly {
     store: Store,
@@ -174,6 +183,9 @@ pub(super) struct Assembly {
     config: EvidenceConfig,
     staging: PathBuf,
     client: AsyncClient,
+    /// Chunks are staged in the database (`[evidence] staging = "database"`); the uploads held
+    /// here are then only a cache of the database's state.
+    shared: bool,
     uploads: HashMap<String, Upload>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
@@ -193,6 +205,7 @@ impl Assembly {
     ) -> Result<Assembly, IngestError> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut a = Assembly {
+            shared: matches!(config.staging, Staging::Database),
             store,
             blobs,
             key,
@@ -222,13 +235,17 @@ impl Assembly {
     /// Takes an open upload from the database into memory; one whose staging file is gone is
     /// discarded (its phone will be told what is missing when it re-sends `meta`).
     async fn adopt(&mut self, record: OpenUpload, received: &[i64]) {
-        let path = PathBuf::from(&record.staging);
-        let file = match open_staging(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!(evid = %record.evid, path = %path.display(), error = %e, "staging file lost; upload discarded");
-                self.store.evidence_upload_discard(&record.evid).await.ok();
-                return;
+        let (path, file) = if record.staging == SHARED {
+            (self.assembly_path(&record.device, &record.evid), None)
+        } else {
+            let path = PathBuf::from(&record.staging);
+            match open_staging(&path) {
+                Ok(f) => (path, Some(Arc::new(f))),
+                Err(e) => {
+                    warn!(evid = %record.evid, path = %path.display(), error = %e, "staging file lost; upload discarded");
+                    self.store.evidence_upload_discard(&record.evid).await.ok();
+                    return;
+                }
             }
         };
         let meta = meta_of(&record.spec);
@@ -242,7 +259,7 @@ impl Assembly {
             Upload {
                 record,
                 meta,
-                file: Arc::new(file),
+                file,
                 path,
                 received: set,
                 hasher: Sha256::new(),
@@ -251,6 +268,35 @@ impl Assembly {
                 touched,
             },
         );
+    }
+
+    /// Where this process assembles a database-staged upload (unique per process, so two
+    /// processes sharing a directory never write the same file).
+    fn assembly_path(&self, device: &str, evid: &str) -> PathBuf {
+        self.staging.join(device).join(format!("{evid}.{}", std::process::id()))
+    }
+
+    /// Re-reads which chunks of a database-staged upload are in, from every ingest process.
+    async fn refresh(&mut self, evid: &str) {
+        match self.store.evidence_upload_state(evid).await {
+            Ok(UploadState::Open { received, .. }) => {
+                if let Some(up) = self.uploads.get_mut(evid) {
+                    let mut set = ChunkSet::new(up.meta.chunks);
+                    for n in received {
+                        set.insert(u32::try_from(n).unwrap_or(u32::MAX));
+                    }
+                    up.received = set;
+                    up.touched = now_ms();
+                }
+            }
+            // Stored or discarded by another process: forget the cached copy.
+            Ok(_) => {
+                if self.uploads.get(evid).is_some_and(|u| !u.finalizing) {
+                    self.uploads.remove(evid);
+                }
+            }
+            Err(e) => warn!(evid, error = %e, "reading a shared upload's chunks failed"),
+        }
     }
 
     /// Removes staging files that belong to no open upload (left by a crash mid-discard).
@@ -335,7 +381,9 @@ impl Assembly {
 
     /// Forgets an upload: memory, database and staging file.
     async fn discard(&mut self, evid: &str) {
-        if let Some(u) = self.uploads.remove(evid) {
+        if let Some(u) = self.uploads.remove(evid)
+            && u.file.is_some()
+        {
             std::fs::remove_file(&u.path).ok();
         }
         if let Err(e) = self.store.evidence_upload_discard(evid).await {
@@ -361,6 +409,10 @@ impl Assembly {
                 meta.chunks
             );
             return self.reject(device, evid, error).await;
+        }
+        if self.shared && self.uploads.get(evid).is_some_and(|u| !u.finalizing) {
+            // Another process may have staged chunks or stored it: ask the database.
+            self.uploads.remove(evid);
         }
         if !self.uploads.contains_key(evid) {
             match self.store.evidence_upload_state(evid).await {
@@ -399,14 +451,25 @@ impl Assembly {
 
     /// Opens a new upload within the limits.
     async fn open(&mut self, device: &str, evid: &str, meta: EvidenceMeta) {
-        let open = self.uploads.values().filter(|u| u.record.device == device).count();
+        let (open, mine, used) = if self.shared {
+            match self.store.evidence_open_totals(device).await {
+                Ok((n, mine, all)) => (n.max(0) as usize, mine.max(0).unsigned_abs(), all.max(0).unsigned_abs()),
+                Err(e) => return warn!(evid, error = %e, "reading the open uploads' totals failed"),
+            }
+        } else {
+            let mine = self.uploads.values().filter(|u| u.record.device == device);
+            (
+                mine.clone().count(),
+                mine.map(|u| u.meta.size).sum::<u64>(),
+                self.uploads.values().map(|u| u.meta.size).sum::<u64>(),
+            )
+        };
         if open >= self.config.max_open_per_device {
             let error = format!(
                 "meta: this device has {open} uploads open, the most allowed; finish (or re-send meta for) one of those first"
             );
             return self.reject(device, evid, error).await;
         }
-        let mine: u64 = self.uploads.values().filter(|u| u.record.device == device).map(|u| u.meta.size).sum();
         let limit = self.config.device_staging_bytes;
         if limit > 0 && mine.saturating_add(meta.size) > limit {
             let error = format!(
@@ -429,7 +492,6 @@ impl Assembly {
                 return self.reject(device, evid, error).await;
             }
         }
-        let used: u64 = self.uploads.values().map(|u| u.meta.size).sum();
         if used + meta.size > self.config.staging_quota_bytes {
             let error = format!(
                 "meta.size: the platform's staging area is full ({used} of {} bytes held by open uploads); send it again later",
@@ -437,19 +499,28 @@ impl Assembly {
             );
             return self.reject(device, evid, error).await;
         }
-        let dir = self.staging.join(device);
-        let path = dir.join(evid);
-        let file = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path));
-        let file = match file {
-            Ok(f) => f,
-            Err(e) => return self.reject(device, evid, storage_error(&e)).await,
+        let (path, file, staging) = if self.shared {
+            (self.assembly_path(device, evid), None, SHARED.to_owned())
+        } else {
+            let dir = self.staging.join(device);
+            let path = dir.join(evid);
+            let file = std::fs::create_dir_all(&dir).and_then(|()| {
+                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)
+            });
+            match file {
+                Ok(f) => {
+                    let staging = path.to_string_lossy().into_owned();
+                    (path, Some(Arc::new(f)), staging)
+                }
+                Err(e) => return self.reject(device, evid, storage_error(&e)).await,
+            }
         };
-        let record = match self.store.evidence_upload_open(evid, device, &spec_of(&meta), &path.to_string_lossy()).await
-        {
+        let record = match self.store.evidence_upload_open(evid, device, &spec_of(&meta), &staging).await {
             Ok(r) => r,
             Err(e) => {
-                std::fs::remove_file(&path).ok();
+                if file.is_some() {
+                    std::fs::remove_file(&path).ok();
+                }
                 return match e {
                     StoreError::Conflict { .. } => self.reject(device, evid, taken(evid)).await,
                     other => warn!(evid, error = %other, "opening an upload failed"),
@@ -462,7 +533,7 @@ impl Assembly {
             record,
             received: ChunkSet::new(meta.chunks),
             meta,
-            file: Arc::new(file),
+            file,
             path,
             hasher: Sha256::new(),
             hashed: 0,
@@ -476,6 +547,17 @@ impl Assembly {
     /// Writes a chunk into its staging file; true when it was new (and must be synced and
     /// recorded before it is acknowledged).
     async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &[u8]) -> bool {
+        if self.shared && !self.uploads.contains_key(evid) {
+            // Opened by another ingest process: take it from the database.
+            match self.store.evidence_upload_state(evid).await {
+                Ok(UploadState::Open { upload, received }) => self.adopt(upload, &received).await,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(evid, error = %e, "looking up an upload failed");
+                    return false;
+                }
+            }
+        }
         let Some(up) = self.uploads.get_mut(evid) else {
             match self.store.evidence_upload_state(evid).await {
                 // A late duplicate of a finished upload.
@@ -501,7 +583,9 @@ impl Assembly {
             return false;
         }
         let offset = u64::from(n) * u64::from(up.meta.chunk_size);
-        if let Err(e) = up.file.write_all_at(bytes, offset) {
+        if let Some(file) = &up.file
+            && let Err(e) = file.write_all_at(bytes, offset)
+        {
             let error = storage_error(&e);
             self.discard(evid).await;
             self.reject(device, evid, error).await;
@@ -509,7 +593,7 @@ impl Assembly {
         }
         up.received.insert(n);
         up.touched = now_ms();
-        if n == up.hashed {
+        if up.file.is_some() && n == up.hashed {
             up.hasher.update(bytes);
             up.hashed += 1;
         }
@@ -527,8 +611,8 @@ impl Assembly {
             messages.iter().filter_map(|(p, s)| s.as_ref().map(|(evid, n)| (p, evid, *n))).collect();
         let mut files: HashMap<String, Arc<File>> = HashMap::new();
         for &(_, evid, _) in &batch {
-            if let Some(u) = self.uploads.get(evid) {
-                files.entry(evid.clone()).or_insert_with(|| u.file.clone());
+            if let Some(file) = self.uploads.get(evid).and_then(|u| u.file.clone()) {
+                files.entry(evid.clone()).or_insert(file);
             }
         }
         let synced = tokio::task::spawn_blocking(move || {
@@ -545,11 +629,22 @@ impl Assembly {
         }
         let rows: Vec<(String, i64)> = batch
             .iter()
-            .filter(|(_, evid, _)| self.uploads.contains_key(*evid))
+            .filter(|(_, evid, _)| self.uploads.get(*evid).is_some_and(|u| u.file.is_some()))
             .map(|(_, evid, n)| ((*evid).clone(), i64::from(*n)))
             .collect();
+        let shared: Vec<(String, i64, &[u8])> = batch
+            .iter()
+            .filter(|(_, evid, _)| self.uploads.get(*evid).is_some_and(|u| u.file.is_none()))
+            .map(|(p, evid, n)| ((*evid).clone(), i64::from(*n), &p.payload[..]))
+            .collect();
         let bytes: usize = batch.iter().map(|(p, _, _)| p.payload.len()).sum();
-        if let Err(e) = self.store.evidence_chunks_staged(&rows).await {
+        let recorded = match self.store.evidence_chunks_staged(&rows).await {
+            Ok(()) => self.store.evidence_chunks_put(&shared).await,
+            Err(e) => Err(e),
+        };
+        let rows: Vec<(String, i64)> =
+            rows.into_iter().chain(shared.iter().map(|(evid, n, _)| (evid.clone(), *n))).collect();
+        if let Err(e) = recorded {
             // Not recorded, so not received: the phone learns they are missing from its next meta.
             warn!(chunks = rows.len(), error = %e, "recording staged chunks failed");
             for (evid, n) in &rows {
@@ -572,6 +667,11 @@ impl Assembly {
         for (p, _) in &messages {
             self.ack(p).await;
         }
+        for evid in &touched {
+            if self.shared && self.uploads.get(evid).is_some_and(|u| !u.finalizing) {
+                self.refresh(evid).await;
+            }
+        }
         for evid in touched {
             if self.uploads.get(&evid).is_some_and(|u| u.complete() && !u.finalizing) {
                 self.hand_over(&evid);
@@ -592,6 +692,7 @@ impl Assembly {
             path: up.path.clone(),
             hasher: up.hasher.clone(),
             hashed_bytes: (u64::from(up.hashed) * u64::from(up.meta.chunk_size)).min(up.meta.size),
+            shared: up.file.is_none(),
         };
         let done = self.done_tx.clone();
         let evid = evid.to_owned();
@@ -608,6 +709,23 @@ impl Assembly {
     /// Discards uploads nobody has touched for `idle_upload_hours`.
     pub(super) async fn expire_idle(&mut self) {
         let cutoff = now_ms() - (self.config.idle_upload_hours as i64).saturating_mul(3_600_000);
+        if self.shared {
+            // Other processes touch these uploads too: the database's time decides.
+            let open = match self.store.evidence_uploads().await {
+                Ok(open) => open,
+                Err(e) => return warn!(error = %e, "listing open uploads failed"),
+            };
+            let open_ids: std::collections::HashSet<&str> = open.iter().map(|u| u.evid.as_str()).collect();
+            self.uploads.retain(|evid, u| u.finalizing || open_ids.contains(evid.as_str()));
+            for u in open.iter().filter(|u| u.staging == SHARED && u.touched_at < cutoff) {
+                if self.uploads.get(&u.evid).is_some_and(|u| u.finalizing) {
+                    continue;
+                }
+                info!(evid = %u.evid, "idle upload discarded");
+                self.discard(&u.evid).await;
+            }
+            return;
+        }
         let idle: Vec<String> = self
             .uploads
             .iter()
@@ -668,6 +786,9 @@ impl Handover {
                 self.publish(&device, &Receipt::Rejected { evid, error: error.clone() }).await;
             }
             Outcome::Failed(error) => {
+                if self.shared {
+                    std::fs::remove_file(&self.path).ok();
+                }
                 warn!(error = %error, "storing evidence failed; it is retried when the phone re-sends meta");
             }
         }
@@ -678,7 +799,39 @@ impl Handover {
         PhoneInbox::new(self.client.clone()).send(device, InboxKind::Receipt, receipt).await;
     }
 
+    /// Writes the database-staged chunks of the upload into `path`, page by page.
+    async fn assemble(&self) -> Result<(), Outcome> {
+        let evid = &self.record.evid;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Outcome::Failed(e.to_string()))?;
+        }
+        // A file left read-only by an earlier attempt is replaced.
+        std::fs::remove_file(&self.path).ok();
+        let file = std::fs::File::create(&self.path).map_err(|e| Outcome::Failed(e.to_string()))?;
+        let chunk_size = u64::try_from(self.record.spec.chunk_size).unwrap_or(0);
+        let mut next = 0i64;
+        loop {
+            let page = self
+                .store
+                .evidence_chunk_bytes(evid, next, ASSEMBLY_PAGE)
+                .await
+                .map_err(|e| Outcome::Failed(e.to_string()))?;
+            let Some(&(last, _)) = page.last() else { break };
+            for (n, bytes) in &page {
+                file.write_all_at(bytes, n.max(&0).unsigned_abs() * chunk_size)
+                    .map_err(|e| Outcome::Rejected(storage_error(&e)))?;
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+
     async fn store_it(&self) -> Outcome {
+        if self.shared
+            && let Err(outcome) = self.assemble().await
+        {
+            return outcome;
+        }
         let spec = &self.record.spec;
         let (path, mut hasher, offset) = (self.path.clone(), self.hasher.clone(), self.hashed_bytes);
         let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {

@@ -59,6 +59,10 @@ pub struct EvidenceConfig {
     pub device_staging_bytes: u64,
     /// Most bytes one device may upload in any 24 hours, stored and open together (0: no limit).
     pub device_daily_bytes: u64,
+    /// Where staged chunks live: `local` (a file per upload in `staging_dir`; one ingest
+    /// process) or `database` (chunk bytes in the database, so any number of ingest processes
+    /// can take any chunk of an upload; DESIGN §4).
+    pub staging: Staging,
     /// Where uploads are assembled [default: `staging/` under a `file://` object store, so a
     /// finished file is hard-linked into place; `{data_dir}/staging` for S3].
     pub staging_dir: Option<PathBuf>,
@@ -78,11 +82,24 @@ impl Default for EvidenceConfig {
             staging_quota_bytes: 32 * 1024 * 1024 * 1024,
             device_staging_bytes: 4 * 1024 * 1024 * 1024,
             device_daily_bytes: 16 * 1024 * 1024 * 1024,
+            staging: Staging::Local,
             staging_dir: None,
             idle_upload_hours: 72,
             checkpoint_interval_s: 300,
         }
     }
+}
+
+/// Where an ingest process keeps the chunks of open uploads (`[evidence] staging`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Staging {
+    /// One file per upload in `staging_dir`, written at each chunk's offset: fastest, but only
+    /// for a single ingest process.
+    #[default]
+    Local,
+    /// Chunk bytes in the database (`evidence_chunks.bytes`): shared by every ingest process.
+    Database,
 }
 
 /// Signs the ledger head and publishes it retained on `jd/v1/platform/checkpoint`.
