@@ -525,7 +525,14 @@ impl Config {
         }
         // A file:// store stages under its own root (finished files are hard-linked into place).
         let staging_default = (!object_store.starts_with("file://")).then(|| absolute(&data_dir.join("staging")));
+        let staging = match std::env::var("JIANDU_EVIDENCE_STAGING").ok().as_deref() {
+            None => file.evidence.staging,
+            Some("local") => jiandu_ingest::evidence::Staging::Local,
+            Some("database") => jiandu_ingest::evidence::Staging::Database,
+            Some(other) => bail!("JIANDU_EVIDENCE_STAGING: expected \"local\" or \"database\", got {other:?}"),
+        };
         let evidence = jiandu_ingest::evidence::EvidenceConfig {
+            staging,
             staging_dir: file.evidence.staging_dir.clone().or(staging_default),
             ..file.evidence
         };
@@ -752,6 +759,7 @@ http_listen = "127.0.0.1:8080"
 # staging_quota_bytes = 34359738368           # bytes all open uploads may announce together
 # device_staging_bytes = 4294967296           # bytes one phone's open uploads may announce together
 # device_daily_bytes = 17179869184            # bytes one phone may upload in any 24 hours
+# staging = "local"                           # or "database": chunks in the database, for several ingest processes (JIANDU_EVIDENCE_STAGING)
 # staging_dir = "/var/lib/jiandu/staging"     # default: staging/ under a file:// object store
 # idle_upload_hours = 72                      # untouched uploads are discarded after this
 # checkpoint_interval_s = 300                 # sign the ledger head and publish it on jd/v1/platform/checkpoint (0: off)
