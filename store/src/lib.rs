@@ -72,6 +72,7 @@ mod events;
 mod evidence;
 mod integrity;
 mod ledger;
+mod phones;
 mod positions;
 mod registry;
 mod secret;
@@ -108,6 +109,7 @@ pub use integrity::{
     NewIndexRun, NewIndicator, NewNotice, Notice, UnitRecord,
 };
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
+pub use phones::{MAX_PHONE_MESSAGE_BYTES, OutboxPhoneMessage, PHONE_MESSAGE_RETENTION_MS, PhoneMessage};
 pub use positions::{LivePosition, PositionRow, PresenceChange};
 pub use registry::{
     Department, IdNumber, ImportPlan, ImportVersion, LookupAudit, LookupBatch, NewLookupAudit, Person, RegistryName,
@@ -171,6 +173,8 @@ pub struct Store {
     backend: Backend,
     blobs: Option<Blobs>,
     credentials: Option<CredentialKey>,
+    /// Wakes the outbox relay of this process after a commit (see [`Store::outbox_written`]).
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -205,7 +209,7 @@ impl Store {
         migrator.run(&mut conn).await?;
         conn.close().await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
-        Ok(Store { pool, backend, blobs: None, credentials: None })
+        Ok(Store { pool, backend, blobs: None, credentials: None, outbox: Default::default() })
     }
 
     /// The same store deriving new device and account tokens from `key` (see

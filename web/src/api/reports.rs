@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiandu_broker::client::PhoneInbox;
 use jiandu_dispatcher::{DispatchError, hand};
 use jiandu_store::{NewReport, ReportSource, ReportStatus, Role, new_id, now_ms};
 use serde::Deserialize;
@@ -230,10 +229,9 @@ async fn dispatch(
 /// Offers the report to the device the body names (201), or asks the dispatcher for the nearest
 /// available one not tried yet (202).
 async fn send(s: &AppState, caller: &Caller, id: &str, b: DispatchBody) -> Result<Response, ApiError> {
-    let phones = PhoneInbox::new(s.mqtt.clone());
     match b.device {
         Some(device) => {
-            let a = hand::offer(&s.store, &phones, id, &device, b.respond_within_s, caller.name()).await?;
+            let a = hand::offer(&s.store, id, &device, b.respond_within_s, caller.name()).await?;
             Ok((StatusCode::CREATED, Json(json!({"assignment": a, "view": report_view(s, id).await?}))).into_response())
         }
         None => {
@@ -253,8 +251,7 @@ async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DISPATCHERS, false)?;
     let b: DispatchBody = parse_body(&body)?;
-    let phones = PhoneInbox::new(s.mqtt.clone());
-    hand::cancel(&s.store, &phones, &id, caller.name(), b.note.as_deref()).await?;
+    hand::cancel(&s.store, &id, caller.name(), b.note.as_deref()).await?;
     Ok(Json(report_view(&s, &id).await?))
 }
 
@@ -269,8 +266,7 @@ async fn reassign(
     caller.require(DISPATCHERS, false)?;
     let b: DispatchBody = parse_body(&body)?;
     let note = b.note.clone().unwrap_or_else(|| "reassigned".to_owned());
-    let phones = PhoneInbox::new(s.mqtt.clone());
-    hand::withdraw(&s.store, &phones, &id, b.assignment.as_deref(), caller.name(), &note).await?;
+    hand::withdraw(&s.store, &id, b.assignment.as_deref(), caller.name(), &note).await?;
     send(&s, &caller, &id, b).await
 }
 
