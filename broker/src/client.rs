@@ -305,9 +305,9 @@ pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: 
 ///   the same transaction as the change: `assignment` (offers) and `notice` when it withdraws,
 ///   cancels or expires an assignment. These must not be lost, and nothing makes a phone ask
 ///   for them again.
-/// - direct, here: `ack`, `error`, `lookup` and `receipt`. Each answers a message the phone sent
-///   and the phone repeats that message (or resumes its upload) when no answer comes, so a lost
-///   send is retried by the phone itself.
+/// - direct, here: `ack`, `lookup` and `receipt` answer a message the phone repeats (or an
+///   upload it resumes) when no answer comes, so a lost send is retried by the phone itself;
+///   `error` says why a message was refused, when nothing was committed.
 ///
 /// The phone's persistent session (clean session off) keeps QoS 1 messages while it is away.
 #[derive(Clone)]
