@@ -89,6 +89,16 @@ impl TestApp {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
             Db::Postgres => fresh_postgres_db().await,
         };
+        TestApp::spawn_in(dir, db, toml)
+    }
+
+    /// Like [`TestApp::spawn_with_config`] on a database the test provides (an empty one), e.g.
+    /// on a [`PrivatePostgres`] the test stops and starts.
+    pub async fn spawn_on_url(db: &str, toml: &str) -> TestApp {
+        TestApp::spawn_in(tempfile::tempdir().unwrap(), db.to_owned(), toml)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, db: String, toml: &str) -> TestApp {
         let out = cli(dir.path(), &db, &["init"]);
         if !toml.is_empty() {
             use std::io::Write;
@@ -425,4 +435,116 @@ impl InboxPhone {
         until(&mut events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
         InboxPhone { id, token, client, events }
     }
+}
+
+/// A PostgreSQL cluster of the test's own (Debian's `initdb` and `pg_ctl`, data and socket dir in
+/// a tempdir, 127.0.0.1 on a free port), for tests that stop the database: the shared test
+/// server must stay up for the tests running beside them. Stopped (immediately) on drop.
+pub struct PrivatePostgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts the cluster. `None` (with a note on stderr) when the PostgreSQL server
+    /// binaries are not installed, except with `CI=true`, where that fails the test:
+    /// `scripts/services.sh` installs them.
+    pub fn start() -> Option<PrivatePostgres> {
+        let Some(bin) = postgres_bin_dir() else {
+            let msg = "initdb/pg_ctl not found under /usr/lib/postgresql/*/bin (scripts/services.sh installs them)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("skipped: {msg}");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("jiandu-pg-").tempdir().unwrap();
+        let data = dir.path().join("data");
+        // The server refuses to run as root: the cluster then belongs to `postgres`.
+        if is_root() {
+            let uid = owner_id("-u");
+            let gid = owner_id("-g");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let initdb = bin.join("initdb");
+        let out =
+            as_cluster_owner(&initdb, &["-D", &data.to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync"]);
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg =
+            PrivatePostgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), bin, data, port, dir };
+        pg.start_server();
+        Some(pg)
+    }
+
+    /// Starts the stopped server again (same data, same port) and waits until it accepts.
+    pub fn start_server(&self) {
+        let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -F", self.port, self.dir.path().display());
+        let log = self.dir.path().join("postgres.log");
+        let out = as_cluster_owner(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data.to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "60", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: open connections are cut, as in a
+    /// crash).
+    pub fn stop_immediately(&self) {
+        let out = as_cluster_owner(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data.to_string_lossy(), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        as_cluster_owner(&self.bin.join("pg_ctl"), &["-D", &self.data.to_string_lossy(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// The newest installed PostgreSQL server binaries (the directory holding `initdb` and `pg_ctl`).
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// `id -u postgres` / `id -g postgres`.
+fn owner_id(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a `postgres` system user (Debian's postgresql package)")
+}
+
+/// Runs a PostgreSQL tool as the cluster's owner: `postgres` when we are root.
+fn as_cluster_owner(program: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).stdin(Stdio::null()).output().unwrap()
 }
