@@ -321,11 +321,13 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         max_segment_count: 8,
         // The router drops the oldest log entries of a filter whose subscriber lags by more than
         // size × count, although their publishers were acknowledged: give the two bulk streams
-        // room (memory is only used while a subscriber lags).
+        // room. A log keeps what it holds until newer entries push it out (read or not), so its
+        // size is memory the server keeps after a burst: evidence chunks get 32 MiB (128 chunks
+        // of 256 KiB ahead of evidence ingest; a phone re-sends what a `partial` receipt lists).
         custom_segment: Some(std::collections::HashMap::from([
             (
                 "jd/v1/dev/+/ev/#".to_owned(),
-                rumqttd::SegmentConfig { max_segment_size: 16 * 1024 * 1024, max_segment_count: 16 },
+                rumqttd::SegmentConfig { max_segment_size: 8 * 1024 * 1024, max_segment_count: 4 },
             ),
             (
                 "jd/v1/dev/+/hb".to_owned(),

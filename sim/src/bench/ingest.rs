@@ -187,7 +187,7 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
                       "repetitions": reps, "idle_phones": idle, "open_files_limit": fd_limit}),
         rows,
     }
-    .print(args.common.json);
+    .print(&args.common);
     Ok(())
 }
 
