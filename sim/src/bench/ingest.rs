@@ -36,6 +36,10 @@ pub struct IngestBenchArgs {
     idle: usize,
 }
 
+/// Points per raw insert batch: heartbeat ingest's default `batch_points`, the most it commits
+/// at once under full load.
+const RAW_BATCH: usize = 16_000;
+
 /// A base time for generated points (2026-06-01).
 const T0: i64 = 1_780_272_000_000;
 
@@ -115,7 +119,7 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
                 })
                 .collect();
             let started = Instant::now();
-            for chunk in rows.chunks(4000) {
+            for chunk in rows.chunks(RAW_BATCH) {
                 raw_store.store_heartbeats(chunk, T0).await?;
             }
             Ok(n as f64 / started.elapsed().as_secs_f64())
