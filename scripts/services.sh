@@ -166,9 +166,11 @@ start_browser() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >&2
     fi
-    if [[ ! -f $root/tests/browser/node_modules/playwright-core/package.json ]]; then
-        log "installing playwright-core for the browser tests"
-        (cd "$root/tests/browser" && npm install --no-audit --no-fund >&2) || die "npm install in tests/browser failed"
+    # playwright-core, and the npm mqtt client of tests/websocket.rs (MQTT over WebSocket).
+    if [[ ! -f $root/tests/browser/node_modules/playwright-core/package.json ||
+          ! -f $root/tests/browser/node_modules/mqtt/package.json ]]; then
+        log "installing playwright-core and mqtt for the browser and WebSocket tests"
+        (cd "$root/tests/browser" && npm ci --no-audit --no-fund >&2) || die "npm ci in tests/browser failed"
     fi
 }
 start_browser

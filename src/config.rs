@@ -28,6 +28,10 @@ pub struct CommonArgs {
     /// HTTPS for the web view and REST API, or "off" [default with a TLS certificate: 127.0.0.1:8443]
     #[arg(long, env = "JIANDU_HTTPS_LISTEN", global = true, value_name = "ADDR|off")]
     pub https_listen: Option<Listen>,
+    /// MQTT over plain WebSocket on its own port (path /mqtt), or "off"; the web ports always
+    /// offer /mqtt too [default: off]
+    #[arg(long, env = "JIANDU_WS_LISTEN", global = true, value_name = "ADDR|off")]
+    pub ws_listen: Option<Listen>,
     /// Server certificate chain, PEM ([tls] cert)
     #[arg(long, env = "JIANDU_TLS_CERT", global = true, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -176,11 +180,16 @@ struct FileConfig {
     http_listen: Option<Listen>,
     mqtts_listen: Option<Listen>,
     https_listen: Option<Listen>,
+    ws_listen: Option<Listen>,
     db: Option<String>,
     object_store: Option<String>,
     broker: Option<String>,
     broker_username: Option<String>,
     broker_password: Option<String>,
+    mqtt_hook_secret: Option<String>,
+    mosquitto_dynsec: Option<bool>,
+    mosquitto_admin_username: Option<String>,
+    mosquitto_admin_password: Option<String>,
     log_format: Option<LogFormat>,
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -204,6 +213,8 @@ struct FileConfig {
     #[serde(default)]
     web: WebFile,
     #[serde(default)]
+    public: PublicFile,
+    #[serde(default)]
     tls: TlsFile,
     #[serde(default)]
     supervise: crate::serve::SuperviseConfig,
@@ -221,6 +232,58 @@ pub struct WebFile {
     /// The tiles are GCJ-02 (most Chinese tile sets): points are shifted for display only.
     #[serde(default)]
     pub gcj02: bool,
+    /// The address phones open the field app at (`https://jiandu.example:8443`), for the
+    /// `app_url` links of new devices; unset: the HTTPS (else HTTP) listener, or for links made
+    /// in the browser the address the admin's browser used.
+    pub public_url: Option<String>,
+    /// Seconds between the field app's heartbeats (carried in its provisioning link; default 10).
+    pub app_heartbeat_s: Option<u32>,
+    /// Addresses of reverse proxies in front of the web port (e.g. `["127.0.0.1"]` for nginx on
+    /// the same host): for requests from these, the client is taken from `X-Forwarded-For`, so
+    /// failed-login counting and rate limits see the real client, not the proxy.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl WebFile {
+    /// The field app's heartbeat interval, 1..=3600 s.
+    pub fn app_heartbeat_s(&self) -> u32 {
+        self.app_heartbeat_s.unwrap_or(10).clamp(1, 3600)
+    }
+}
+
+/// `[public]` in the TOML file: abuse limits of the public tip endpoints (issue 19); every key
+/// optional, defaults in `jiandu_web::abuse::TipLimits`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicFile {
+    /// Tips one address may send per window (10).
+    pub per_address: Option<usize>,
+    /// The per-address window, seconds (600).
+    pub window_s: Option<u64>,
+    /// Tips a minute from everyone together (120).
+    pub global_per_minute: Option<usize>,
+    /// From this attempt of an address within the window on, a proof of work is due (4).
+    pub challenge_after: Option<usize>,
+    /// Leading zero bits of the proof of work (15).
+    pub difficulty: Option<u32>,
+    /// Failed follow-ups (wrong code or secret) per address per window (10).
+    pub lookups_failed: Option<usize>,
+}
+
+impl PublicFile {
+    /// The limits these keys give, over the defaults.
+    pub fn limits(&self) -> jiandu_web::abuse::TipLimits {
+        let d = jiandu_web::abuse::TipLimits::default();
+        jiandu_web::abuse::TipLimits {
+            per_address: self.per_address.unwrap_or(d.per_address),
+            window: self.window_s.map(std::time::Duration::from_secs).unwrap_or(d.window),
+            global_per_minute: self.global_per_minute.unwrap_or(d.global_per_minute),
+            challenge_after: self.challenge_after.unwrap_or(d.challenge_after),
+            difficulty: self.difficulty.unwrap_or(d.difficulty).min(24),
+            lookups_failed: self.lookups_failed.unwrap_or(d.lookups_failed),
+        }
+    }
 }
 
 /// `[lookup]` in the TOML file; `JIANDU_LOOKUP_<KEY>` overrides each key.
@@ -342,6 +405,9 @@ pub struct Config {
     /// HTTPS (`None`: off; needs `tls`).
     #[serde(serialize_with = "listen_json")]
     pub https_listen: Option<SocketAddr>,
+    /// MQTT over plain WebSocket on its own port (`None`: off; the web ports offer `/mqtt`).
+    #[serde(serialize_with = "listen_json")]
+    pub ws_listen: Option<SocketAddr>,
     /// Certificates of the TLS listeners (`[tls]`).
     pub tls: Option<TlsConfig>,
     /// Database URL.
@@ -355,6 +421,18 @@ pub struct Config {
     /// Password the roles use on an external broker (never printed).
     #[serde(serialize_with = "redact")]
     pub broker_password: Option<String>,
+    /// Secret an external broker (EMQX, rmqtt) presents to the web role's `/api/v1/mqtt/auth`
+    /// and `/acl` hooks (never printed); unset: the hooks answer 503.
+    #[serde(serialize_with = "redact")]
+    pub mqtt_hook_secret: Option<String>,
+    /// The external broker (`--broker`) is Mosquitto 2 with its dynamic-security plugin: `serve`
+    /// keeps its clients, roles and ACLs in step (`JIANDU_MOSQUITTO_DYNSEC`).
+    pub mosquitto_dynsec: bool,
+    /// The dynsec admin client (`mosquitto_ctrl dynsec init FILE USER`) [default: admin].
+    pub mosquitto_admin_username: String,
+    /// Its password (never printed; prefer `JIANDU_MOSQUITTO_ADMIN_PASSWORD`).
+    #[serde(serialize_with = "redact")]
+    pub mosquitto_admin_password: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Largest MQTT packet accepted from a client.
@@ -389,6 +467,8 @@ pub struct Config {
     pub index: jiandu_oversight::integrity::IndexConfig,
     /// The browser view (`[web]`).
     pub web: WebFile,
+    /// Abuse limits of the public tip endpoints (`[public]`).
+    pub public: PublicFile,
     /// How `serve` restarts failing roles (`[supervise]`).
     pub supervise: crate::serve::SuperviseConfig,
 }
@@ -467,12 +547,25 @@ impl Config {
             http_listen: args.http_listen.or(file.http_listen).map_or(Some(([127, 0, 0, 1], 8080).into()), |l| l.0),
             mqtts_listen,
             https_listen,
+            ws_listen: args.ws_listen.or(file.ws_listen).and_then(|l| l.0),
             tls,
             db,
             object_store,
             broker,
             broker_username: std::env::var("JIANDU_BROKER_USERNAME").ok().or(file.broker_username),
             broker_password: std::env::var("JIANDU_BROKER_PASSWORD").ok().or(file.broker_password),
+            mqtt_hook_secret: std::env::var("JIANDU_MQTT_HOOK_SECRET").ok().or(file.mqtt_hook_secret),
+            mosquitto_dynsec: match std::env::var("JIANDU_MOSQUITTO_DYNSEC") {
+                Ok(v) => matches!(v.trim(), "1" | "true" | "yes"),
+                Err(_) => file.mosquitto_dynsec.unwrap_or(false),
+            },
+            mosquitto_admin_username: std::env::var("JIANDU_MOSQUITTO_ADMIN_USERNAME")
+                .ok()
+                .or(file.mosquitto_admin_username)
+                .unwrap_or_else(|| "admin".into()),
+            mosquitto_admin_password: std::env::var("JIANDU_MOSQUITTO_ADMIN_PASSWORD")
+                .ok()
+                .or(file.mosquitto_admin_password),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
             max_connections: file.max_connections.unwrap_or(100_000),
@@ -494,7 +587,11 @@ impl Config {
                     Err(_) => file.web.gcj02,
                 },
                 tile_attribution: file.web.tile_attribution,
+                public_url: file.web.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+                app_heartbeat_s: file.web.app_heartbeat_s,
+                trusted_proxies: file.web.trusted_proxies,
             },
+            public: file.public,
             supervise: file.supervise,
             data_dir,
         })
@@ -509,6 +606,29 @@ impl Config {
         }
     }
 
+    /// Where the broker credential key lives (tokens an external Mosquitto can be given are
+    /// derived from it; `jiandu broker sync` or `serve` with `mosquitto_dynsec` creates it).
+    pub fn broker_key_path(&self) -> PathBuf {
+        self.data_dir.join("broker.key")
+    }
+
+    /// The Mosquitto dynamic-security settings, when `--broker` and `mosquitto_dynsec` are set.
+    pub fn dynsec(&self) -> Result<Option<jiandu_broker::dynsec::DynsecConfig>> {
+        let Some(url) = self.broker.as_deref().filter(|_| self.mosquitto_dynsec) else { return Ok(None) };
+        let (host, port) = parse_mqtt_url(url)?;
+        let Some(admin_password) = self.mosquitto_admin_password.clone() else {
+            bail!("mosquitto_dynsec needs the dynsec admin's password: set JIANDU_MOSQUITTO_ADMIN_PASSWORD");
+        };
+        Ok(Some(jiandu_broker::dynsec::DynsecConfig {
+            host,
+            port,
+            admin_username: self.mosquitto_admin_username.clone(),
+            admin_password,
+            service: self.broker_username.clone().zip(self.broker_password.clone()),
+            interval: std::time::Duration::from_secs(2),
+        }))
+    }
+
     /// Where the platform's receipt-signing key lives (`jiandu init` creates it, mode 0600).
     pub fn platform_key_path(&self) -> PathBuf {
         self.data_dir.join("platform.key")
@@ -521,6 +641,22 @@ impl Config {
             (None, Some(tls), _) => format!("mqtts://{tls}"),
             (None, None, Some(plain)) => format!("mqtt://{plain}"),
             (None, None, None) => String::new(),
+        }
+    }
+
+    /// The base URL of the field app's links (`[web] public_url`, else the HTTPS or HTTP
+    /// listener; an unspecified address becomes 127.0.0.1, so set `public_url` for phones).
+    pub fn public_web_url(&self) -> Option<String> {
+        if let Some(url) = &self.web.public_url {
+            return Some(url.clone());
+        }
+        let shown = |a: SocketAddr| {
+            if a.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], a.port())) } else { a }
+        };
+        match (self.https_listen, self.http_listen) {
+            (Some(a), _) => Some(format!("https://{}", shown(a))),
+            (None, Some(a)) => Some(format!("http://{}", shown(a))),
+            (None, None) => None,
         }
     }
 
@@ -588,6 +724,9 @@ http_listen = "127.0.0.1:8080"
 # broker = "mqtt://broker.example:1883"       # use an external broker instead of the embedded one
 # broker_username = "jiandu"                  # service account on the external broker
 # broker_password = "…"                       # prefer JIANDU_BROKER_PASSWORD in the environment
+# mosquitto_dynsec = true                    # --broker is Mosquitto 2 + dynamic security: serve keeps its clients in step
+# mosquitto_admin_username = "admin"          # the dynsec admin; password in JIANDU_MOSQUITTO_ADMIN_PASSWORD
+# mqtt_hook_secret = "…"                      # EMQX/rmqtt HTTP auth hooks (/api/v1/mqtt/auth, /acl); or JIANDU_MQTT_HOOK_SECRET
 # log_format = "json"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
@@ -597,6 +736,7 @@ http_listen = "127.0.0.1:8080"
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys
 # mqtts_listen = "0.0.0.0:8883"               # MQTT over TLS (needs [tls]); "off" turns a listener off
 # https_listen = "0.0.0.0:8443"               # HTTPS (needs [tls]); mqtt_listen/http_listen = "off" too
+# ws_listen = "0.0.0.0:8083"                  # MQTT over WebSocket on its own port (/mqtt; the web ports have it too)
 #
 # [tls]                                       # `jiandu tls init` makes a private CA and fills this in
 # cert = "/var/lib/jiandu/tls/server.pem"     # server certificate chain (PEM), reloaded when renewed
@@ -635,6 +775,14 @@ http_listen = "127.0.0.1:8080"
 # [index]
 # interval_s = 3600                           # how often the integrity index of the current period is recomputed
 # formula_file = "/etc/jiandu/index.toml"     # index formula; default {{data_dir}}/index.toml if present
+#
+# [web]
+# tile_url = "http://tiles.intranet/{{z}}/{{x}}/{{y}}.png"   # raster map tiles; default: plain background
+# tile_attribution = "© county survey office"
+# gcj02 = true                                # the tiles are GCJ-02 (most Chinese tile sets)
+# trusted_proxies = ["127.0.0.1"]             # reverse proxies whose X-Forwarded-For names the client
+# public_url = "https://jiandu.example:8443"  # where phones open the field app (device app_url links)
+# app_heartbeat_s = 10                        # the field app's heartbeat interval (set by its link)
 "#,
         dir = data_dir.display()
     )

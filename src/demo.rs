@@ -172,10 +172,11 @@ async fn seed(store: &Store, data_dir: &Path, devices: usize) -> Result<Seeded> 
     let mut seeded = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<Seeded>(&bytes).with_context(|| format!("reading {}", path.display()))?,
         Err(_) => {
-            let (_, password) = store.create_user(USERS[0].0, USERS[0].1, None).await.context("creating demo users")?;
+            let (_, password) =
+                store.create_user(USERS[0].0, USERS[0].1, None, "demo").await.context("creating demo users")?;
             let password = password.expose().to_owned();
             for (name, role) in &USERS[1..] {
-                store.create_user(name, *role, Some(&password)).await.context("creating demo users")?;
+                store.create_user(name, *role, Some(&password), "demo").await.context("creating demo users")?;
             }
             let (_, hotline) = store
                 .create_account(

@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// An external broker: keep Mosquitto's dynamic security in step with the accounts
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+    },
     /// MQTT accounts of other systems, limited to the topic filters given
     Integration {
         #[command(subcommand)]
@@ -318,6 +323,20 @@ enum TlsAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum BrokerAction {
+    /// Make Mosquitto 2's dynamic-security clients, roles and ACLs match the devices,
+    /// integrations, the service account and revocations (needs --broker and mosquitto_dynsec)
+    Sync,
+    /// Issue (or re-issue) the token of a service account the roles log in with on an external
+    /// broker whose HTTP hooks ask jiandu (EMQX, rmqtt); prints {"username","password"} once
+    ServiceAccount {
+        /// Account name (not `jiandu`, whose token an embedded-broker `serve` rotates)
+        #[arg(default_value = "jiandu-svc")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ReceiptAction {
     /// Check a stored receipt (the JSON received on inbox/receipt); exits non-zero if invalid
     Verify {
@@ -373,6 +392,25 @@ enum UserAction {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Disable a web user: no more logins, and their open web sessions and API logins are
+    /// refused from their next request (a ledger entry); the last enabled admin cannot be disabled
+    Disable {
+        /// Login name
+        name: String,
+    },
+    /// Let a disabled web user log in again (a ledger entry)
+    Enable {
+        /// Login name
+        name: String,
+    },
+    /// Change a web user's role, effective from their next request (a ledger entry)
+    Role {
+        /// Login name
+        name: String,
+        /// New role
+        #[arg(value_parser = ["dispatcher", "leader", "admin", "auditor"])]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,7 +464,16 @@ async fn run(command: Command, config: Config, common: CommonArgs) -> Result<()>
             UserAction::Add { name, role, password_file } => {
                 accounts::user_add(&config, &name, &role, password_file.as_deref()).await
             }
+            UserAction::Disable { name } => accounts::user_change(&config, &name, accounts::UserChange::Disable).await,
+            UserAction::Enable { name } => accounts::user_change(&config, &name, accounts::UserChange::Enable).await,
+            UserAction::Role { name, role } => {
+                accounts::user_change(&config, &name, accounts::UserChange::Role(role)).await
+            }
         },
+        Command::Broker { action: BrokerAction::Sync } => accounts::broker_sync(&config).await,
+        Command::Broker { action: BrokerAction::ServiceAccount { name } } => {
+            accounts::service_account(&config, &name).await
+        }
         Command::Integration { action } => match action {
             IntegrationAction::Add { name, subscribe, publish } => {
                 accounts::integration_add(&config, &name, &subscribe, &publish).await

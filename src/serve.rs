@@ -43,7 +43,7 @@ pub enum Role {
 }
 
 /// Internal service account the embedded roles log in with.
-const SERVICE_ACCOUNT: &str = "jiandu";
+pub(crate) const SERVICE_ACCOUNT: &str = "jiandu";
 
 /// Addresses the roles actually bound, written to `{data_dir}/serve.json` for scripts and tests.
 #[derive(Debug, Clone)]
@@ -56,6 +56,8 @@ pub struct Bound {
     pub mqtts: Option<SocketAddr>,
     /// HTTPS address, when the web role runs with TLS.
     pub https: Option<SocketAddr>,
+    /// MQTT-over-WebSocket listener of the embedded broker (`--ws-listen`), when on.
+    pub ws: Option<SocketAddr>,
 }
 
 /// How `serve` restarts failing roles (`[supervise]` in the TOML file).
@@ -239,6 +241,10 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         bail!("--roles: name at least one role");
     }
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let dynsec = config.dynsec()?;
+    if dynsec.is_some() && crate::accounts::ensure_broker_key(config)? {
+        warn!(key = %config.broker_key_path().display(), "made the broker credential key; copy it to every host that registers phones");
+    }
     let store = open_store(config).await?;
     let blobs = jiandu_store::Blobs::open(&config.object_store, &config.s3_settings())
         .with_context(|| format!("opening the evidence store {} (--object-store)", config.object_store))?;
@@ -276,6 +282,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             BrokerConfig {
                 listen: config.mqtt_listen,
                 tls: config.mqtts_listen.zip(tls.clone()),
+                ws_listen: config.ws_listen,
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
                 heartbeat_log_bytes: config.heartbeat_log_bytes,
@@ -334,6 +341,18 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         supervise(role, body, config.supervise.clone(), board.clone(), fatal.clone(), shutdown.clone())
     };
     let mut tasks = Vec::new();
+    if let Some(dynsec) = dynsec {
+        let (store, stop) = (store.clone(), shutdown.clone());
+        tasks.push(sup(
+            "broker.sync",
+            Box::new(move || {
+                let (store, dynsec, stop) = (store.clone(), dynsec.clone(), stop.clone());
+                Box::pin(
+                    async move { jiandu_broker::dynsec::run(store, dynsec, stop).await.map_err(|e| e.to_string()) },
+                )
+            }),
+        ));
+    }
     if roles.contains(&Role::Ingest) {
         let (store, endpoint, config, stop) =
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
@@ -424,14 +443,28 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             tile_url: config.web.tile_url.clone(),
             tile_attribution: config.web.tile_attribution.clone(),
             gcj02: config.web.gcj02,
+            trusted_proxies: config.web.trusted_proxies.clone(),
             mqtt_url: match broker.as_ref().map(|b| (b.tls_addr, b.local_addr)) {
                 Some((Some(a), _)) if !a.ip().is_unspecified() => format!("mqtts://{a}"),
                 Some((None, Some(a))) if !a.ip().is_unspecified() => format!("mqtt://{a}"),
                 _ => config.public_mqtt_url(),
             },
+            public_url: config.web.public_url.clone(),
+            app_heartbeat_s: config.web.app_heartbeat_s(),
             roles: board.clone(),
+            mqtt_hook_secret: config.mqtt_hook_secret.clone().map(jiandu_store::Secret::new),
+            platform_key: Some(
+                jiandu_store::PlatformKey::load_or_create(&config.platform_key_path())
+                    .context("loading the platform signing key (signs receipts of public tips' photos)")?
+                    .0,
+            ),
+            tip_limits: config.public.limits(),
         };
-        let listeners = jiandu_web::Listeners { http: config.http_listen, https: config.https_listen.zip(tls.clone()) };
+        let listeners = jiandu_web::Listeners {
+            http: config.http_listen,
+            https: config.https_listen.zip(tls.clone()),
+            mqtt_ws: broker.as_ref().map(|b| b.websocket.clone()),
+        };
         Some(
             jiandu_web::start_with(listeners, store.clone(), endpoint.clone(), metrics, ui, shutdown.clone())
                 .await
@@ -449,6 +482,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         http: web.as_ref().and_then(|w| w.local_addr),
         mqtts: broker.as_ref().and_then(|b| b.tls_addr),
         https: web.as_ref().and_then(|w| w.tls_addr),
+        ws: broker.as_ref().and_then(|b| b.ws_addr),
     };
     let state = json!({
         "pid": std::process::id(),
@@ -456,6 +490,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         "http": bound.http.map(|a| format!("http://{a}")),
         "mqtts": bound.mqtts.map(|a| format!("mqtts://{a}")),
         "https": bound.https.map(|a| format!("https://{a}")),
+        "ws": bound.ws.map(|a| format!("ws://{a}/mqtt")),
     });
     let path = config.data_dir.join("serve.json");
     std::fs::create_dir_all(&config.data_dir)?;

@@ -441,3 +441,48 @@ async fn verify_holds_the_ledger_to_signed_checkpoints_and_its_records() {
     assert!(b.iter().any(|l| l.contains("which is not trusted")), "{b:?}");
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_per_forwarded_client_and_strangers_cannot_forge_it() {
+    let app = TestApp::spawn_with_config(Db::Sqlite, "[web]\ntrusted_proxies = [\"127.0.0.9\"]").await;
+    let pw = add_user(&app, "leader", "leader");
+    let proxy = client_from(9);
+    let via = |client: &'static str, password: String| {
+        let proxy = proxy.clone();
+        let url = format!("{}/api/v1/session", app.http);
+        async move {
+            proxy
+                .get(url)
+                .basic_auth("leader", Some(password))
+                .header("x-forwarded-for", format!("203.0.113.66, {client}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // A guesser behind the proxy is locked out by its own address...
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        statuses.push(via("198.51.100.7", format!("guess-{i}")).await.as_u16());
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // ...while the leader behind the same proxy, from another address, still logs in.
+    assert_eq!(via("198.51.100.8", pw.clone()).await, StatusCode::OK);
+    // A client that is not a trusted proxy cannot pick its address with the header: its own
+    // failures lock it, whatever it claims.
+    let stranger = client_from(4);
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let resp = stranger
+            .get(format!("{}/api/v1/session", app.http))
+            .basic_auth("nobody", Some(format!("guess-{i}")))
+            .header("x-forwarded-for", format!("192.0.2.{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses.contains(&429), "forged X-Forwarded-For escaped the limit: {statuses:?}");
+    assert_eq!(basic(&client_from(3), &app, "leader", &pw).await.status(), StatusCode::OK);
+}

@@ -37,10 +37,11 @@ fn main() {
     let web = manifest.join("ui").canonicalize().expect("the ui/ front-end project inside the web crate");
     let mut inputs = Vec::new();
     let mut sources = SystemTime::UNIX_EPOCH;
-    for name in ["index.html", "package.json", "package-lock.json", "vite.config.js", "src", "public"] {
+    for name in ["index.html", "package.json", "package-lock.json", "vite.config.js", "src", "public", "app", "tip"] {
         sources = sources.max(newest(&web.join(name), &mut inputs));
     }
     println!("cargo:rerun-if-changed={}", web.join("src").display());
+    println!("cargo:rerun-if-changed={}", web.join("app").display());
     println!("cargo:rerun-if-changed={}", web.join("dist").display());
     for f in &inputs {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -13,7 +13,7 @@ use jiandu_schemas::topic::{Topic, filter_matches, filter_within, is_platform_sh
 use jiandu_store::Principal;
 
 /// The platform's public key topic, readable by everyone who is logged in.
-const PLATFORM_KEY: &str = "jd/v1/platform/key";
+pub const PLATFORM_KEY: &str = "jd/v1/platform/key";
 
 /// Largest evidence chunk payload: the contract's 256 KiB plus slack, so a chunk slightly too
 /// long still reaches ingest and gets its precise `rejected` receipt (`chunk[n]: is … bytes`).
@@ -55,6 +55,33 @@ impl Denied {
             Denied::TooLarge { size, limit } => format!("payload of {size} bytes is larger than the {limit} bytes allowed on this topic"),
         }
     }
+}
+
+/// The account name a principal logs in under (device id, integration or service name).
+pub fn principal_name(p: &Principal) -> &str {
+    match p {
+        Principal::Device { id } => id,
+        Principal::Integration { name, .. } | Principal::Service { name } => name,
+    }
+}
+
+/// Whether an account may connect under `client_id`: its own name, or `{name}-{suffix}` (a
+/// second tool on the same account, or several processes of one role); never another account's
+/// name. The embedded front and the external brokers' hooks ask the same question.
+pub fn client_id_fits(name: &str, client_id: &str) -> bool {
+    client_id == name || client_id.strip_prefix(name).is_some_and(|r| r.len() > 1 && r.starts_with('-'))
+}
+
+/// What a client asks to do with a topic, as an external broker's authorisation hook reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// PUBLISH to a topic (the payload size is not known to the hook), retained or not.
+    Publish {
+        /// The message is retained.
+        retain: bool,
+    },
+    /// SUBSCRIBE to a filter (possibly `$share/{group}/…`).
+    Subscribe,
 }
 
 /// Topic permissions of one authenticated connection.
@@ -149,6 +176,15 @@ impl Acl {
                     && publish.iter().any(|f| filter_matches(f, topic));
                 if allowed { Ok(()) } else { Err(Denied::NotAuthorised) }
             }
+        }
+    }
+
+    /// The decision for an external broker's hook: the same rules as the embedded front, except
+    /// the payload size, which a hook is not told (the external broker's own limit applies).
+    pub fn allows(&self, action: Action, topic: &str) -> bool {
+        match action {
+            Action::Publish { retain } => self.check_publish(topic, 0, retain).is_ok(),
+            Action::Subscribe => self.may_subscribe(topic),
         }
     }
 

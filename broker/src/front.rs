@@ -37,7 +37,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::acl::{Acl, Denied};
+use crate::acl::{self, Acl, Denied};
 use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions};
 use crate::saved::{Ending, PendingWill, SavedSessions};
 use crate::sessions::{AccountKey, Registration, Sessions};
@@ -269,13 +269,7 @@ impl Front {
         };
         // The client id is the account's name, or the name plus "-suffix" (a second tool on the
         // same account, or several processes of one role); never another account's name.
-        let name = match &principal {
-            Principal::Device { id } => id,
-            Principal::Integration { name, .. } | Principal::Service { name } => name,
-        };
-        let client_id_ok = connect.client_id == *name
-            || connect.client_id.strip_prefix(name.as_str()).is_some_and(|r| r.len() > 1 && r.starts_with('-'));
-        if !client_id_ok {
+        if !acl::client_id_fits(acl::principal_name(&principal), &connect.client_id) {
             return refuse(&mut client, version, Refusal::BadClientId).await;
         }
         if let Err(why) = transport.admits(&principal) {

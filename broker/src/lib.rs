@@ -7,16 +7,19 @@
 //! roles connect as MQTT clients, `sessions` counts each account's live sessions (caps, and
 //! ending them on revocation), `delivery` and `saved` make delivery and session lifetimes behave
 //! as MQTT 5 requires over rumqttd's router, [`tls`] what the MQTTS listener adds (client
-//! certificates), and [`start`] wires it together, including the watcher that ends a revoked
+//! certificates), [`websocket`] how MQTT over WebSocket (a browser, the field app) enters the
+//! same front, and [`start`] wires it together, including the watcher that ends a revoked
 //! account's sessions within a second. Only this crate knows rumqttd.
 
 pub mod acl;
 pub mod client;
 mod delivery;
+pub mod dynsec;
 mod front;
 mod saved;
 mod sessions;
 pub mod tls;
+pub mod websocket;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ use tracing::{debug, info, warn};
 pub use acl::Acl;
 pub use client::BrokerEndpoint;
 pub use front::TOPIC_ALIAS_MAX;
+pub use websocket::WebSocketEntry;
 
 /// What went wrong starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +58,26 @@ pub enum BrokerError {
         /// Why the bind failed.
         source: std::io::Error,
     },
+    /// The MQTT-over-WebSocket address is taken or not ours to bind.
+    #[error("cannot listen for MQTT over WebSocket on {addr}: {source} (choose another address with --ws-listen)")]
+    ListenWs {
+        /// Address we tried.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
     /// Neither a plaintext nor a TLS listener is configured.
     #[error("no MQTT listener: set --mqtt-listen or --mqtts-listen (with a TLS certificate)")]
     NoListener,
+    /// Mosquitto's dynamic-security plugin refused or did not answer.
+    #[error("Mosquitto dynamic security: {reason} (check the broker's dynsec admin user and password)")]
+    Dynsec {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The database could not be read.
+    #[error(transparent)]
+    Store(#[from] jiandu_store::StoreError),
     /// Other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -69,6 +90,9 @@ pub struct BrokerConfig {
     pub listen: Option<SocketAddr>,
     /// MQTT over TLS: its address and the certificates (default port 8883).
     pub tls: Option<(SocketAddr, ServerTls)>,
+    /// MQTT over plain WebSocket on its own port (path `/mqtt`); the web role also offers
+    /// `/mqtt` on its HTTP(S) ports through [`RunningBroker::websocket`].
+    pub ws_listen: Option<SocketAddr>,
     /// Largest MQTT packet accepted from a client, in bytes (an evidence chunk is 256 KiB).
     pub max_packet_bytes: usize,
     /// Most client connections served at once.
@@ -103,6 +127,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
             tls: None,
+            ws_listen: None,
             max_packet_bytes: 300 * 1024,
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
@@ -125,6 +150,10 @@ pub struct RunningBroker {
     pub local_addr: Option<SocketAddr>,
     /// The bound MQTTS address, if any.
     pub tls_addr: Option<SocketAddr>,
+    /// The bound MQTT-over-WebSocket address (`--ws-listen`), if any.
+    pub ws_addr: Option<SocketAddr>,
+    /// Where other HTTP servers (the web role's `/mqtt`) hand WebSocket connections to the front.
+    pub websocket: WebSocketEntry,
     accept: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -159,6 +188,11 @@ pub async fn start(
         None => None,
     };
 
+    let ws = match config.ws_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| BrokerError::ListenWs { addr, source })?),
+        None => None,
+    };
+
     let router_tx = rumqttd::Router::new(0, router_config(&config)).spawn();
     let links: front::LinkFactory = Arc::new(move |client_id: &str, clean: bool, alias_max: u16| {
         rumqttd::local::LinkBuilder::new(client_id, router_tx.clone())
@@ -188,7 +222,21 @@ pub async fn start(
     });
     let device_cert_required = config.tls.as_ref().is_some_and(|(_, t)| t.device_cert_required());
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let mut running = RunningBroker { local_addr: None, tls_addr: None, accept: Vec::new() };
+    let websocket =
+        websocket::WebSocketEntry::new(front.clone(), permits.clone(), shutdown.clone(), device_cert_required);
+    let mut running = RunningBroker {
+        local_addr: None,
+        tls_addr: None,
+        ws_addr: None,
+        websocket: websocket.clone(),
+        accept: Vec::new(),
+    };
+    if let Some(listener) = ws {
+        let addr = listener.local_addr()?;
+        info!(%addr, "MQTT over WebSocket listening (path /mqtt, subprotocol mqtt)");
+        running.ws_addr = Some(addr);
+        running.accept.push(tokio::spawn(websocket::serve_listener(listener, websocket)));
+    }
     if let Some(listener) = plain {
         let addr = listener.local_addr()?;
         info!(%addr, "MQTT listening (3.1.1 and 5, plaintext)");

@@ -58,7 +58,7 @@ async fn a_hand_offer_follows_the_dispatchers_rules() {
     let (placed, _) = s.create_device("张三", Some("S001")).await.unwrap();
     let (unplaced, _) = s.create_device("李四", None).await.unwrap();
     let (revoked, _) = s.create_device("王五", None).await.unwrap();
-    s.revoke_device(&revoked.id).await.unwrap();
+    s.revoke_device(&revoked.id, "test").await.unwrap();
     let (lat, lon) = (36.52, 118.55);
     s.store_heartbeats(&[point(&placed.id, lat, lon), point(&revoked.id, lat, lon)], now_ms()).await.unwrap();
 

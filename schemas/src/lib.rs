@@ -14,6 +14,7 @@
 
 pub mod parse;
 pub mod payload;
+pub mod public;
 mod schema;
 pub mod topic;
 
@@ -22,6 +23,7 @@ pub use parse::{
     parse_lookup, parse_owntracks, parse_presence, parse_report,
 };
 pub use payload::*;
+pub use public::{PUBLIC_TIP_KINDS, PublicTip, parse_public_tip};
 pub use schema::json_schemas;
 pub use topic::{EventKind, InboxKind, Topic};
 

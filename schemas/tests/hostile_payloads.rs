@@ -92,6 +92,16 @@ fn parse_all(bytes: &[u8]) {
         Ok(hbs) => assert!((1..=MAX_BACKLOG).contains(&hbs.len())),
         Err(e) => check_error(&e),
     }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        match jiandu_schemas::parse_public_tip(v) {
+            Ok(t) => {
+                assert!(t.text.chars().count() <= jiandu_schemas::public::MAX_PUBLIC_TEXT_CHARS);
+                assert!(jiandu_schemas::PUBLIC_TIP_KINDS.contains(&t.kind.as_str()));
+                assert!(!(t.anonymous && t.contact.is_some()));
+            }
+            Err(e) => check_error(&e),
+        }
+    }
     let (r, peak) = peak_during(|| parse_presence(bytes));
     assert!(peak <= limit, "presence: {peak}");
     if let Err(e) = r {

@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tracing::{debug, info};
 
+use crate::ledger::NewLedgerEntry;
 use crate::secret::{new_token, token_matches};
 use crate::{Secret, Store, StoreError, hash_token, now_ms};
 
@@ -162,7 +163,7 @@ impl Store {
         check_name(name)?;
         check_filters("subscribe", subscribe)?;
         check_filters("publish", publish)?;
-        let token = new_token();
+        let token = self.token_for("account", name);
         let account = Account {
             name: name.to_owned(),
             kind,
@@ -232,17 +233,30 @@ impl Store {
         rows.iter().map(account_from_row).collect()
     }
 
-    /// Stops an account from logging in; revoking twice keeps the first revocation time.
-    pub async fn revoke_account(&self, name: &str) -> Result<Account, StoreError> {
+    /// Stops an account from logging in (MQTT and HTTP Bearer); revoking twice keeps the first
+    /// revocation time and writes one `account.revoked` ledger entry naming `actor`.
+    pub async fn revoke_account(&self, name: &str, actor: &str) -> Result<Account, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now_ms();
         let updated = sqlx::query("UPDATE accounts SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
+            .bind(at)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if updated.rows_affected() > 0 {
+            let entry = NewLedgerEntry {
+                kind: "account.revoked".into(),
+                actor: actor.into(),
+                subject: name.into(),
+                body: serde_json::json!({"revoked_at": at}),
+            };
+            Store::ledger_append_in(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
         let account =
             self.account(name).await?.ok_or_else(|| StoreError::NotFound { what: "account", id: name.to_owned() })?;
         if updated.rows_affected() > 0 {
-            info!(account = name, "MQTT account revoked");
+            info!(account = name, actor, "MQTT account revoked");
         }
         Ok(account)
     }
@@ -288,6 +302,79 @@ impl Store {
             }
             AccountKind::Service => Principal::Service { name: account.name },
         }))
+    }
+}
+
+impl Store {
+    /// Who `username` is, without a password: what an external broker's authorisation hook
+    /// needs for its topic decision (the login itself was checked by
+    /// [`Store::authenticate_mqtt`]). `None` for an unknown name or a revoked device or account.
+    pub async fn mqtt_principal(&self, username: &str) -> Result<Option<Principal>, StoreError> {
+        let device = sqlx::query("SELECT revoked_at FROM devices WHERE id = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = device {
+            let revoked_at: Option<i64> = row.try_get("revoked_at")?;
+            return Ok(revoked_at.is_none().then(|| Principal::Device { id: username.to_owned() }));
+        }
+        let Some(account) = self.account(username).await? else { return Ok(None) };
+        if account.revoked_at.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(match account.kind {
+            AccountKind::Integration => {
+                Principal::Integration { name: account.name, subscribe: account.subscribe, publish: account.publish }
+            }
+            AccountKind::Service => Principal::Service { name: account.name },
+        }))
+    }
+}
+
+/// One MQTT login as an external broker must know it (see [`Store::mqtt_logins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttLogin {
+    /// Who it is, with its topic filters.
+    pub principal: Principal,
+    /// SHA-256 (hex) of its token, to tell whether a derived token is really its token.
+    pub token_hash: String,
+    /// Revoked: the broker must refuse it.
+    pub revoked: bool,
+}
+
+impl Store {
+    /// Every device and account with its token hash, revoked ones included: what the Mosquitto
+    /// dynamic-security sync keeps the broker's clients in step with.
+    pub async fn mqtt_logins(&self) -> Result<Vec<MqttLogin>, StoreError> {
+        let mut out = Vec::new();
+        for row in
+            sqlx::query("SELECT id, token_hash, revoked_at FROM devices ORDER BY id").fetch_all(&self.pool).await?
+        {
+            out.push(MqttLogin {
+                principal: Principal::Device { id: row.try_get("id")? },
+                token_hash: row.try_get("token_hash")?,
+                revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            });
+        }
+        let rows = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS}, token_hash FROM accounts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let account = account_from_row(&row)?;
+            out.push(MqttLogin {
+                token_hash: row.try_get("token_hash")?,
+                revoked: account.revoked_at.is_some(),
+                principal: match account.kind {
+                    AccountKind::Integration => Principal::Integration {
+                        name: account.name,
+                        subscribe: account.subscribe,
+                        publish: account.publish,
+                    },
+                    AccountKind::Service => Principal::Service { name: account.name },
+                },
+            });
+        }
+        Ok(out)
     }
 }
 

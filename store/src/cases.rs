@@ -17,44 +17,57 @@ use tracing::{debug, info};
 
 use crate::{NewEvent, NewLedgerEntry, Store, StoreError, now_ms};
 
-/// Where a case came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CaseOrigin {
-    /// A report (tip) from a phone, an integration or the web.
-    Report,
-    /// A registry look-up (its audit id).
-    Lookup,
-    /// An evidence item.
-    Evidence,
-    /// Entered by hand.
-    Manual,
+stored_enum! {
+    /// Whether a case still runs against its deadlines.
+    pub enum CaseStatus {
+        /// In one of its stages, with a deadline.
+        Open => "open",
+        /// Past its last stage; no more deadlines.
+        Closed => "closed",
+    }
 }
 
-impl CaseOrigin {
-    /// The lowercase name used in the database and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaseOrigin::Report => "report",
-            CaseOrigin::Lookup => "lookup",
-            CaseOrigin::Evidence => "evidence",
-            CaseOrigin::Manual => "manual",
-        }
+stored_enum! {
+    /// What a case timer does when due.
+    pub enum TimerKind {
+        /// Tells the handler some working days before the deadline.
+        Reminder => "reminder",
+        /// The deadline passed: alarm, negative record.
+        Overdue => "overdue",
     }
+}
 
-    /// Parses the lowercase name.
-    pub fn parse(s: &str) -> Option<CaseOrigin> {
-        [CaseOrigin::Report, CaseOrigin::Lookup, CaseOrigin::Evidence, CaseOrigin::Manual]
-            .into_iter()
-            .find(|o| o.as_str() == s)
+stored_enum! {
+    /// Where a case timer stands.
+    pub enum TimerState {
+        /// Waiting for its time.
+        Pending => "pending",
+        /// Went off.
+        Fired => "fired",
+        /// The stage ended before it was due.
+        Cancelled => "cancelled",
+    }
+}
+
+stored_enum! {
+    /// Where a case came from.
+    pub enum CaseOrigin {
+        /// A report (tip) from a phone, an integration or the web.
+        Report => "report",
+        /// A registry look-up (its audit id).
+        Lookup => "lookup",
+        /// An evidence item.
+        Evidence => "evidence",
+        /// Entered by hand.
+        Manual => "manual",
     }
 }
 
 /// A deadline timer to schedule for a stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewCaseTimer {
-    /// `reminder` or `overdue`.
-    pub kind: String,
+    /// Reminder or alarm.
+    pub kind: TimerKind,
     /// For a reminder, how many working days before the deadline it is; 0 for the alarm.
     pub working_days: i64,
     /// When it is due (Unix ms).
@@ -130,8 +143,8 @@ pub struct Case {
     pub stage_index: i64,
     /// Current stage key.
     pub stage: String,
-    /// `open` or `closed`.
-    pub status: String,
+    /// Open or closed.
+    pub status: CaseStatus,
     /// When the current stage started.
     pub stage_started_at: i64,
     /// The current stage's deadline.
@@ -195,14 +208,14 @@ pub struct CaseTimer {
     pub case_id: String,
     /// Stage index it belongs to.
     pub stage_index: i64,
-    /// `reminder` or `overdue`.
-    pub kind: String,
+    /// Reminder or alarm.
+    pub kind: TimerKind,
     /// Working days before the deadline (0 for the alarm).
     pub working_days: i64,
     /// When due.
     pub due_at: i64,
-    /// `pending`, `fired` or `cancelled`.
-    pub state: String,
+    /// Pending, fired or cancelled.
+    pub state: TimerState,
     /// When it fired.
     pub fired_at: Option<i64>,
 }
@@ -304,12 +317,10 @@ fn strings(v: Value) -> Vec<String> {
 }
 
 fn case_from_row(row: &AnyRow) -> Result<Case, StoreError> {
-    let origin: String = row.try_get("origin_kind")?;
     Ok(Case {
         id: row.try_get("id")?,
         title: row.try_get("title")?,
-        origin: CaseOrigin::parse(&origin)
-            .ok_or_else(|| StoreError::Corrupt { what: "case origin", reason: origin.clone() })?,
+        origin: CaseOrigin::from_column(row, "origin_kind")?,
         origin_id: row.try_get("origin_id")?,
         parties: strings(json_col(row, "parties", "case parties")?),
         evidence: strings(json_col(row, "evidence", "case evidence")?),
@@ -319,7 +330,7 @@ fn case_from_row(row: &AnyRow) -> Result<Case, StoreError> {
         template: json_col(row, "template", "case template")?,
         stage_index: row.try_get("stage_index")?,
         stage: row.try_get("stage")?,
-        status: row.try_get("status")?,
+        status: CaseStatus::from_column(row, "status")?,
         stage_started_at: row.try_get("stage_started_at")?,
         deadline_at: row.try_get("deadline_at")?,
         extensions: row.try_get("extensions")?,
@@ -337,10 +348,10 @@ fn timer_from_row(row: &AnyRow) -> Result<CaseTimer, StoreError> {
         id: row.try_get("id")?,
         case_id: row.try_get("case_id")?,
         stage_index: row.try_get("stage_index")?,
-        kind: row.try_get("kind")?,
+        kind: TimerKind::from_column(row, "kind")?,
         working_days: row.try_get("working_days")?,
         due_at: row.try_get("due_at")?,
-        state: row.try_get("state")?,
+        state: TimerState::from_column(row, "state")?,
         fired_at: row.try_get("fired_at")?,
     })
 }
@@ -369,7 +380,7 @@ async fn fetch_case(conn: &mut AnyConnection, id: &str) -> Result<Case, StoreErr
 
 /// Refuses a change aimed at another stage than the current one, or at a closed case.
 fn expect_stage(case: &Case, stage_index: i64) -> Result<(), StoreError> {
-    if case.status != "open" {
+    if case.status != CaseStatus::Open {
         return Err(StoreError::Conflict { reason: format!("case '{}' is closed", case.id) });
     }
     if case.stage_index != stage_index {
@@ -433,16 +444,13 @@ async fn schedule(conn: &mut AnyConnection, case_id: &str, start: &StageStart) -
         .execute(&mut *conn)
         .await?;
     for t in &start.timers {
-        if t.kind != "reminder" && t.kind != "overdue" {
-            return Err(StoreError::InvalidInput { field: "timer.kind", reason: format!("unknown kind {:?}", t.kind) });
-        }
         sqlx::query(
             "INSERT INTO case_timers (case_id, stage_index, kind, working_days, due_at, state) \
              VALUES ($1, $2, $3, $4, $5, 'pending')",
         )
         .bind(case_id)
         .bind(start.index)
-        .bind(&t.kind)
+        .bind(t.kind.as_str())
         .bind(t.working_days)
         .bind(t.due_at)
         .execute(&mut *conn)
@@ -491,7 +499,7 @@ async fn move_on(
                 .bind(&case.id)
                 .execute(&mut *conn)
                 .await?;
-            case.status = "closed".into();
+            case.status = CaseStatus::Closed;
             record(conn, &case, "closed", "case", actor, None, json!({"from": from}), now).await?;
         }
     }

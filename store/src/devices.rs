@@ -6,7 +6,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tracing::info;
 
-use crate::secret::{new_id, new_token};
+use crate::ledger::NewLedgerEntry;
+use crate::secret::new_id;
 use crate::{Secret, Store, StoreError, hash_token, now_ms};
 
 /// A registered field phone.
@@ -43,14 +44,14 @@ impl Store {
         if name.is_empty() {
             return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
         }
-        let token = new_token();
-        let token_hash = hash_token(token.expose());
         let created_at = now_ms();
         // 60 random bits make a clash practically impossible; retry anyway rather than fail.
         let mut attempts = 0;
-        let id = loop {
+        let (id, token) = loop {
             attempts += 1;
             let id = new_id('d');
+            let token = self.token_for("device", &id);
+            let token_hash = hash_token(token.expose());
             let inserted = sqlx::query(
                 "INSERT INTO devices (id, name, staff_id, token_hash, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -63,7 +64,7 @@ impl Store {
             .execute(&self.pool)
             .await;
             match inserted {
-                Ok(_) => break id,
+                Ok(_) => break (id, token),
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempts < 5 => {
                     continue;
                 }
@@ -90,8 +91,8 @@ impl Store {
             if name.is_empty() {
                 return Err(StoreError::InvalidInput { field: "name", reason: "must not be empty".into() });
             }
-            let token = new_token();
             let id = new_id('d');
+            let token = self.token_for("device", &id);
             sqlx::query("INSERT INTO devices (id, name, staff_id, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&id)
                 .bind(name)
@@ -127,17 +128,32 @@ impl Store {
         Ok(rows.iter().map(device_from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Stops a device from logging in again; revoking twice keeps the first revocation time.
-    pub async fn revoke_device(&self, id: &str) -> Result<Device, StoreError> {
+    /// Stops a device from logging in again; revoking twice keeps the first revocation time and
+    /// writes one `device.revoked` ledger entry naming `actor` (an admin's name or `cli`). The
+    /// broker ends the device's live sessions and every role refuses its queued messages once
+    /// they read the revocation (within a second or two).
+    pub async fn revoke_device(&self, id: &str, actor: &str) -> Result<Device, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now_ms();
         let updated = sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now_ms())
+            .bind(at)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if updated.rows_affected() > 0 {
+            let entry = NewLedgerEntry {
+                kind: "device.revoked".into(),
+                actor: actor.into(),
+                subject: id.into(),
+                body: serde_json::json!({"revoked_at": at}),
+            };
+            Store::ledger_append_in(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
         let device =
             self.device(id).await?.ok_or_else(|| StoreError::NotFound { what: "device", id: id.to_owned() })?;
         if updated.rows_affected() > 0 {
-            info!(device = %id, "device revoked");
+            info!(device = %id, actor, "device revoked");
         }
         Ok(device)
     }

@@ -32,6 +32,8 @@ pub enum ReportSource {
     Integration,
     /// The web view or REST API.
     Web,
+    /// A citizen, through the public tip page or `POST /api/v1/public/tips` (no account).
+    Public,
 }
 
 impl ReportSource {
@@ -41,6 +43,7 @@ impl ReportSource {
             ReportSource::Device => "device",
             ReportSource::Integration => "integration",
             ReportSource::Web => "web",
+            ReportSource::Public => "public",
         }
     }
 
@@ -49,113 +52,58 @@ impl ReportSource {
             "device" => Ok(ReportSource::Device),
             "integration" => Ok(ReportSource::Integration),
             "web" => Ok(ReportSource::Web),
+            "public" => Ok(ReportSource::Public),
             other => Err(StoreError::Corrupt { what: "report source", reason: format!("unknown value {other:?}") }),
         }
     }
 }
 
-/// Where a report stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReportStatus {
-    /// Stored; waiting for the dispatcher to offer it (again).
-    New,
-    /// Offers are out and not every slot is accepted yet.
-    Dispatching,
-    /// Every slot is accepted.
-    Assigned,
-    /// Escalated: nobody was left within the radius; staff must act.
-    Unassigned,
-    /// Every slot completed.
-    Completed,
-    /// Cancelled by staff.
-    Cancelled,
+stored_enum! {
+    /// Where a report stands.
+    pub enum ReportStatus {
+        /// Stored; waiting for the dispatcher to offer it (again).
+        New => "new",
+        /// Offers are out and not every slot is accepted yet.
+        Dispatching => "dispatching",
+        /// Every slot is accepted.
+        Assigned => "assigned",
+        /// Escalated: nobody was left within the radius; staff must act.
+        Unassigned => "unassigned",
+        /// Every slot completed.
+        Completed => "completed",
+        /// Cancelled by staff.
+        Cancelled => "cancelled",
+    }
 }
 
 impl ReportStatus {
-    /// Every status, for validating filters.
-    pub const ALL: [ReportStatus; 6] = [
-        ReportStatus::New,
-        ReportStatus::Dispatching,
-        ReportStatus::Assigned,
-        ReportStatus::Unassigned,
-        ReportStatus::Completed,
-        ReportStatus::Cancelled,
-    ];
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReportStatus::New => "new",
-            ReportStatus::Dispatching => "dispatching",
-            ReportStatus::Assigned => "assigned",
-            ReportStatus::Unassigned => "unassigned",
-            ReportStatus::Completed => "completed",
-            ReportStatus::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the stored spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<ReportStatus> {
-        ReportStatus::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// True once nothing more will happen to the report.
     pub fn is_final(self) -> bool {
         matches!(self, ReportStatus::Completed | ReportStatus::Cancelled)
     }
 }
 
-/// Where an assignment stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AssignmentState {
-    /// Offered to the device, waiting for an answer until `respond_by`.
-    Offered,
-    /// The inspector took it.
-    Accepted,
-    /// The inspector is on site.
-    Arrived,
-    /// Done.
-    Completed,
-    /// The inspector refused.
-    Declined,
-    /// No answer in time.
-    Expired,
-    /// Withdrawn by staff (cancel or reassign).
-    Cancelled,
+stored_enum! {
+    /// Where an assignment stands.
+    pub enum AssignmentState {
+        /// Offered to the device, waiting for an answer until `respond_by`.
+        Offered => "offered",
+        /// The inspector took it.
+        Accepted => "accepted",
+        /// The inspector is on site.
+        Arrived => "arrived",
+        /// Done.
+        Completed => "completed",
+        /// The inspector refused.
+        Declined => "declined",
+        /// No answer in time.
+        Expired => "expired",
+        /// Withdrawn by staff (cancel or reassign).
+        Cancelled => "cancelled",
+    }
 }
 
 impl AssignmentState {
-    /// Every state.
-    pub const ALL: [AssignmentState; 7] = [
-        AssignmentState::Offered,
-        AssignmentState::Accepted,
-        AssignmentState::Arrived,
-        AssignmentState::Completed,
-        AssignmentState::Declined,
-        AssignmentState::Expired,
-        AssignmentState::Cancelled,
-    ];
-
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AssignmentState::Offered => "offered",
-            AssignmentState::Accepted => "accepted",
-            AssignmentState::Arrived => "arrived",
-            AssignmentState::Completed => "completed",
-            AssignmentState::Declined => "declined",
-            AssignmentState::Expired => "expired",
-            AssignmentState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses the stored spelling; `None` for anything else.
-    pub fn parse(s: &str) -> Option<AssignmentState> {
-        AssignmentState::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
     /// True while the assignment keeps its device busy (offered, accepted, arrived).
     pub fn is_open(self) -> bool {
         matches!(self, AssignmentState::Offered | AssignmentState::Accepted | AssignmentState::Arrived)
@@ -408,6 +356,22 @@ impl Store {
     /// Stores a report, or finds the one already stored under its id (a re-send): returns it and
     /// whether it was new. A new report gets a `report.created` event and a ledger entry.
     pub async fn insert_report(&self, r: NewReport) -> Result<(StoredReport, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (report, created) = Store::insert_report_in(&mut tx, r).await?;
+        tx.commit().await?;
+        if created {
+            info!(report = %report.id, source = report.source.as_str(), kind = %report.kind, "report stored");
+        }
+        Ok((report, created))
+    }
+
+    /// [`Store::insert_report`] inside the caller's transaction (a public tip stores its report,
+    /// its submission and their ledger entries together). Starts with the write, so on SQLite it
+    /// takes the write lock at once.
+    pub(crate) async fn insert_report_in(
+        tx: &mut AnyConnection,
+        r: NewReport,
+    ) -> Result<(StoredReport, bool), StoreError> {
         if !(1..=2).contains(&r.needs) {
             return Err(StoreError::InvalidInput {
                 field: "needs",
@@ -415,7 +379,6 @@ impl Store {
             });
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'new', $11, $11) \
              ON CONFLICT (id) DO NOTHING"
@@ -434,14 +397,13 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let report = fetch_report(&mut tx, &r.id).await?;
+        let report = fetch_report(&mut *tx, &r.id).await?;
         if inserted == 0 {
-            tx.commit().await?;
             debug!(report = %r.id, "report re-sent; already stored");
             return Ok((report, false));
         }
         Store::append_event_in(
-            &mut tx,
+            &mut *tx,
             NewEvent {
                 kind: "report".into(),
                 r#type: "report.created".into(),
@@ -451,7 +413,7 @@ impl Store {
         )
         .await?;
         Store::ledger_append_in(
-            &mut tx,
+            &mut *tx,
             NewLedgerEntry {
                 kind: "report.received".into(),
                 actor: report.origin.clone(),
@@ -460,8 +422,6 @@ impl Store {
             },
         )
         .await?;
-        tx.commit().await?;
-        info!(report = %report.id, source = report.source.as_str(), kind = %report.kind, "report stored");
         Ok((report, true))
     }
 

@@ -93,28 +93,42 @@ pub struct IndexUnit {
     pub name: String,
 }
 
-/// How serious an index alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertLevel {
-    /// Yellow or orange: the unit head is warned.
-    Warning,
-    /// Red: the leaders are alarmed and a rectification task follows.
-    Alarm,
+stored_enum! {
+    /// How serious an index alert is.
+    pub enum AlertLevel {
+        /// Yellow or orange: the unit head is warned.
+        Warning => "warning",
+        /// Red: the leaders are alarmed and a rectification task follows.
+        Alarm => "alarm",
+    }
 }
 
-impl AlertLevel {
-    /// The lowercase name used in the database, events and the ledger (`index.{level}`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertLevel::Warning => "warning",
-            AlertLevel::Alarm => "alarm",
-        }
+stored_enum! {
+    /// The five colours of the integrity index (五色), best first.
+    pub enum Colour {
+        /// Clean.
+        Green => "green",
+        /// Minor deductions.
+        Blue => "blue",
+        /// Watch: the unit head is warned.
+        Yellow => "yellow",
+        /// Serious: the unit head is warned.
+        Orange => "orange",
+        /// Alarm: the leaders are told and a rectification case is opened.
+        Red => "red",
     }
+}
 
-    /// Parses the lowercase name.
-    pub fn parse(s: &str) -> Option<AlertLevel> {
-        [AlertLevel::Warning, AlertLevel::Alarm].into_iter().find(|l| l.as_str() == s)
+impl Colour {
+    /// How many of each colour, as the JSON object `{"green": 3, "red": 1, …}` (colours that do
+    /// not occur are left out) carried by `index.computed` and `GET /api/v1/index`.
+    pub fn counts(colours: impl IntoIterator<Item = Colour>) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for c in colours {
+            let n = out.get(c.as_str()).and_then(Value::as_i64).unwrap_or(0);
+            out.insert(c.as_str().to_owned(), Value::from(n + 1));
+        }
+        out
     }
 }
 
@@ -147,8 +161,8 @@ pub struct NewIndexRow {
     pub size_source: String,
     /// Score, 0..=100.
     pub score: f64,
-    /// `green`, `blue`, `yellow`, `orange` or `red`.
-    pub colour: String,
+    /// One of the five colours.
+    pub colour: Colour,
     /// Every input, term and record behind the score.
     pub inputs: Value,
     /// The sentence explaining the colour.
@@ -192,7 +206,7 @@ pub struct IndexRow {
     /// Score.
     pub score: f64,
     /// Colour.
-    pub colour: String,
+    pub colour: Colour,
     /// Inputs, terms and records.
     pub inputs: Value,
     /// Explanation.
@@ -272,7 +286,6 @@ pub struct Notice {
 const ROW_COLUMNS: &str = "id, run_id, unit, unit_name, period, formula_version, size, size_source, score, colour, \
      inputs, explanation, computed_at";
 const ALERT_COLUMNS: &str = "id, unit, period, level, index_id, case_id, ts";
-const COLOURS: [&str; 5] = ["green", "blue", "yellow", "orange", "red"];
 
 fn formula_from_row(r: &AnyRow) -> Result<FormulaVersion, StoreError> {
     Ok(FormulaVersion {
@@ -296,7 +309,7 @@ fn index_from_row(r: &AnyRow) -> Result<IndexRow, StoreError> {
         size: r.try_get("size")?,
         size_source: r.try_get("size_source")?,
         score: r.try_get("score")?,
-        colour: r.try_get("colour")?,
+        colour: Colour::from_column(r, "colour")?,
         inputs: serde_json::from_str(&inputs)
             .map_err(|e| StoreError::Corrupt { what: "index inputs", reason: e.to_string() })?,
         explanation: r.try_get("explanation")?,
@@ -616,9 +629,6 @@ impl Store {
     /// the run, all in one transaction.
     pub async fn integrity_record_run(&self, run: NewIndexRun) -> Result<IndexRun, StoreError> {
         for r in &run.rows {
-            if !COLOURS.contains(&r.colour.as_str()) {
-                return Err(StoreError::InvalidInput { field: "colour", reason: format!("unknown {:?}", r.colour) });
-            }
             if !r.score.is_finite() {
                 return Err(StoreError::InvalidInput { field: "score", reason: format!("not a number: {}", r.score) });
             }
@@ -628,7 +638,6 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut hasher = Sha256::new();
         let mut rows = Vec::with_capacity(run.rows.len());
-        let mut colours = serde_json::Map::new();
         for r in &run.rows {
             let inserted = sqlx::query(
                 "INSERT INTO integrity_index (run_id, unit, unit_name, period, formula_version, size, size_source, \
@@ -643,7 +652,7 @@ impl Store {
             .bind(r.size)
             .bind(&r.size_source)
             .bind(r.score)
-            .bind(&r.colour)
+            .bind(r.colour.as_str())
             .bind(r.inputs.to_string())
             .bind(&r.explanation)
             .bind(now)
@@ -659,7 +668,7 @@ impl Store {
                 size: r.size,
                 size_source: r.size_source.clone(),
                 score: r.score,
-                colour: r.colour.clone(),
+                colour: r.colour,
                 inputs: r.inputs.clone(),
                 explanation: r.explanation.clone(),
                 computed_at: now,
@@ -668,8 +677,6 @@ impl Store {
                 canonical_json(&json!({"unit": row.unit, "score": row.score.to_string(), "colour": row.colour}))
                     .as_bytes(),
             );
-            let n = colours.get(&row.colour).and_then(Value::as_i64).unwrap_or(0);
-            colours.insert(row.colour.clone(), json!(n + 1));
             rows.push(row);
         }
         let mut alerts = Vec::new();
@@ -741,7 +748,7 @@ impl Store {
                 kind: "index".into(),
                 r#type: "index.computed".into(),
                 data: json!({"run_id": run_id, "period": run.period, "formula_version": run.formula_version,
-                             "units": rows.len(), "colours": colours}),
+                             "units": rows.len(), "colours": Colour::counts(rows.iter().map(|r| r.colour))}),
             },
         )
         .await?;

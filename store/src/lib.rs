@@ -11,6 +11,56 @@
 //! Secrets (device tokens, account tokens, passwords) are stored only as hashes and handed out
 //! once, wrapped in [`Secret`].
 
+/// A closed set of states stored as lowercase words: the enum with its serde spelling, `ALL`,
+/// `as_str` (the stored and JSON spelling) and `parse` (`None` for anything else). One
+/// definition, so the database, JSON and the code cannot disagree on a spelling.
+macro_rules! stored_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stored and JSON spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// Parses the stored spelling; `None` for anything else.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// Reads the stored spelling of a column, naming the column when it is unknown.
+            #[allow(dead_code)]
+            pub(crate) fn from_column(row: &sqlx::any::AnyRow, col: &str) -> Result<$name, crate::StoreError> {
+                use sqlx::Row;
+                let text: String = row.try_get(col)?;
+                $name::parse(&text).ok_or_else(|| crate::StoreError::Corrupt {
+                    what: stringify!($name),
+                    reason: format!("unknown {col} {text:?}"),
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 mod accounts;
 mod blobs;
 mod cases;
@@ -25,20 +75,21 @@ mod ledger;
 mod positions;
 mod registry;
 mod secret;
+mod tips;
 mod users;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use tracing::{debug, info};
 
-pub use accounts::{Account, AccountKind, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
+pub use accounts::{Account, AccountKind, MqttLogin, Principal, REVOCATION_LOOKBACK_MS, Revoked, RevokedDevices};
 pub use blobs::{Blobs, Committed, S3Settings, blob_key};
 pub use cases::{
-    Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseTimer, FiredTimer, NegativeRecord, NewCase,
-    NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects,
+    Approval, Case, CaseApproval, CaseCount, CaseLogEntry, CaseOrigin, CaseStatus, CaseTimer, FiredTimer,
+    NegativeRecord, NewCase, NewCaseTimer, NewNegativeRecord, StageStart, TimerEffects, TimerKind, TimerState,
 };
 pub use checkpoint::{CHECKPOINT_TYPE, Checkpoint};
 pub use devices::Device;
@@ -53,7 +104,7 @@ pub use evidence::{
     verify_receipt,
 };
 pub use integrity::{
-    AlertLevel, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
+    AlertLevel, Colour, FormulaVersion, IndexAlert, IndexRow, IndexRun, IndexUnit, Indicator, NewAlert, NewIndexRow,
     NewIndexRun, NewIndicator, NewNotice, Notice, UnitRecord,
 };
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
@@ -62,7 +113,10 @@ pub use registry::{
     Department, IdNumber, ImportPlan, ImportVersion, LookupAudit, LookupBatch, NewLookupAudit, Person, RegistryName,
     RegistryRecord, RegistrySnapshot, Vehicle, Versioned, lookup_rows_sha256,
 };
-pub use secret::{Secret, hash_token};
+pub use secret::{CredentialKey, Secret, hash_token};
+pub use tips::{
+    Feedback, MAX_FEEDBACK_PER_REPORT, NewPublicTip, PublicReport, PublicTipRecord, PublicTipStatus, PublicTipStored,
+};
 pub use users::{Role, User};
 
 /// Migrations for SQLite, embedded in the binary.
@@ -122,6 +176,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     blobs: Option<Blobs>,
+    credentials: Option<CredentialKey>,
 }
 
 impl Store {
@@ -150,9 +205,34 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&pool).await?;
+        // On a connection of their own, closed afterwards: a migration that edits the schema text
+        // (0012 on SQLite) leaves the parsed schema of the connection that ran it stale.
+        let mut conn = pool.acquire().await?.detach();
+        migrator.run(&mut conn).await?;
+        conn.close().await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
-        Ok(Store { pool, backend, blobs: None })
+        Ok(Store { pool, backend, blobs: None, credentials: None })
+    }
+
+    /// The same store deriving new device and account tokens from `key` (see
+    /// [`CredentialKey`]), so an external broker can be given them.
+    pub fn with_credential_key(mut self, key: CredentialKey) -> Store {
+        self.credentials = Some(key);
+        self
+    }
+
+    /// The key tokens are derived from, when one is attached.
+    pub fn credential_key(&self) -> Option<&CredentialKey> {
+        self.credentials.as_ref()
+    }
+
+    /// A new token for a device (`kind` "device") or account ("account") called `name`:
+    /// derived from the credential key when one is attached, else random.
+    pub(crate) fn token_for(&self, kind: &str, name: &str) -> Secret {
+        match &self.credentials {
+            Some(key) => key.token_for(kind, name),
+            None => secret::new_token(),
+        }
     }
 
     /// The same store with the evidence object store attached (see [`Store::blobs`]).
@@ -276,6 +356,62 @@ mod tests {
         assert_eq!(prepare_sqlite_url(&plain).unwrap(), format!("{url}?mode=rwc"));
         assert_eq!(prepare_sqlite_url(&format!("{url}?cache=shared")).unwrap(), format!("{url}?cache=shared&mode=rwc"));
         assert_eq!(prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap(), format!("{url}?mode=ro"));
+    }
+
+    /// Migration 0012 widens the CHECK of `reports.source` on SQLite by editing the schema text:
+    /// on a database that already holds reports and assignments (foreign keys on) it must keep
+    /// every row and reference, pass SQLite's own checks, and take `public` at once, on new
+    /// connections and on pooled ones opened before it ran.
+    #[tokio::test]
+    async fn sqlite_migration_0012_keeps_existing_reports_and_takes_public_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap();
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(3)
+            .after_connect(|conn, _| {
+                Box::pin(async move { conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS)).await.map(|_| ()) })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: SQLITE_MIGRATIONS.iter().filter(|m| m.version < 12).cloned().collect::<Vec<_>>().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        let report = "INSERT INTO reports (id, source, origin, kind, text, lat, lon, ts, plate, needs, status, \
+                      created_at, updated_at) VALUES ($1, $2, 'o', 'k', 't', 36.5, 118.5, 1, NULL, 1, 'new', 1, 1)";
+        sqlx::query(report).bind("r1").bind("device").execute(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO assignments (id, report_id, device_id, status, distance_m, offered_at, respond_by, \
+             updated_at, actor) VALUES ('a1', 'r1', 'd1', 'accepted', 10.0, 1, 2, 1, 'x')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert!(sqlx::query(report).bind("r0").bind("public").execute(&pool).await.is_err(), "refused before 0012");
+        // A connection opened before the migration stays in the pool.
+        let held = pool.acquire().await.unwrap();
+        drop(held);
+
+        let mut conn = pool.acquire().await.unwrap().detach();
+        SQLITE_MIGRATIONS.run(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+
+        for id in ["r2", "r3", "r4"] {
+            sqlx::query(report).bind(id).bind("public").execute(&pool).await.unwrap();
+        }
+        assert!(sqlx::query(report).bind("r5").bind("martian").execute(&pool).await.is_err(), "still a CHECK");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reports").fetch_one(&pool).await.unwrap();
+        assert_eq!(n, 4);
+        let orphans = sqlx::query("PRAGMA foreign_key_check").fetch_all(&pool).await.unwrap();
+        assert!(orphans.is_empty(), "foreign keys intact");
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&pool).await.unwrap();
+        assert_eq!(ok, "ok");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
+        assert_eq!(store.report("r1").await.unwrap().source, ReportSource::Device);
+        assert_eq!(store.report("r2").await.unwrap().source, ReportSource::Public);
     }
 
     #[test]

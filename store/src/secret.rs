@@ -46,6 +46,53 @@ pub(crate) fn new_token() -> Secret {
     Secret(hex::encode(bytes))
 }
 
+/// The key tokens are derived from when an external broker must be told them (Mosquitto's
+/// dynamic security takes a plaintext password and keeps its own hash): a device's or account's
+/// token is then HMAC-SHA256(key, kind ‖ 0 ‖ name) in hex, so the broker sync can compute it
+/// again while the database still keeps only its SHA-256. Whoever holds the key can compute
+/// every such token, so it lives in a 0600 file beside the platform key, never in the database.
+#[derive(Clone)]
+pub struct CredentialKey([u8; 32]);
+
+impl CredentialKey {
+    /// A fresh random key.
+    pub fn generate() -> CredentialKey {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        CredentialKey(bytes)
+    }
+
+    /// Reads the key from its file form: 64 hex characters (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<CredentialKey, crate::StoreError> {
+        let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+        bytes.map(CredentialKey).ok_or_else(|| crate::StoreError::InvalidInput {
+            field: "broker credential key",
+            reason: "must be 64 hexadecimal characters (32 bytes)".into(),
+        })
+    }
+
+    /// The file form: 64 lowercase hex characters.
+    pub fn to_hex(&self) -> Secret {
+        Secret(hex::encode(self.0))
+    }
+
+    /// The token of the device (`kind` "device") or account (`kind` "account") called `name`.
+    pub fn token_for(&self, kind: &str, name: &str) -> Secret {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(kind.as_bytes());
+        mac.update(&[0]);
+        mac.update(name.as_bytes());
+        Secret(hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialKey([redacted])")
+    }
+}
+
 /// Crockford's base32 alphabet in lowercase (no i, l, o, u), for ids people may read aloud.
 const BASE32: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
@@ -101,6 +148,19 @@ mod tests {
         assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert!(token_matches("abc", &hash_token("abc")));
         assert!(!token_matches("abd", &hash_token("abc")));
+    }
+
+    #[test]
+    fn derived_tokens_are_stable_per_name_and_key() {
+        let k = CredentialKey::generate();
+        let again = CredentialKey::from_hex(k.to_hex().expose()).unwrap();
+        assert_eq!(k.token_for("device", "d1"), again.token_for("device", "d1"));
+        assert_ne!(k.token_for("device", "d1"), k.token_for("device", "d2"));
+        assert_ne!(k.token_for("device", "d1"), k.token_for("account", "d1"));
+        assert_ne!(k.token_for("device", "d1"), CredentialKey::generate().token_for("device", "d1"));
+        assert_eq!(k.token_for("device", "d1").expose().len(), 64);
+        assert!(CredentialKey::from_hex("abc").is_err());
+        assert_eq!(format!("{k:?}"), "CredentialKey([redacted])");
     }
 
     #[test]

@@ -173,6 +173,20 @@ try {
   // Logging out ends the session.
   await page.click('#logout');
   await page.waitForSelector('#login-form', WAIT);
+
+  // The desk user logs in again; the admin disables them from the users table, and the desk's
+  // session ends at its next request.
+  await login(page, deskName, deskPw);
+  await page.waitForSelector('#logout', WAIT);
+  admin.on('dialog', (d) => d.accept());
+  const row = admin.locator('#users tr', { hasText: deskName });
+  await row.locator('button.danger').click();
+  await row.locator('button:not(.danger)').waitFor(WAIT);
+  await page.reload();
+  await page.waitForSelector('#login-form', WAIT);
+  await login(page, deskName, deskPw);
+  await page.waitForFunction(() => document.querySelector('#login-error')?.textContent.length > 0, null, WAIT);
+  check(!(await page.$('#logout')), 'a disabled user logged in');
   check(errors.length === 0, `page errors: ${errors.join('; ')}`);
   console.log('browser test passed');
 } catch (e) {

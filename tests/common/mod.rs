@@ -61,6 +61,8 @@ pub struct TestApp {
     pub mqtts: Option<String>,
     /// HTTPS base URL, when started with TLS.
     pub https: Option<String>,
+    /// MQTT-over-WebSocket URL of `--ws-listen` (`ws://127.0.0.1:port/mqtt`), when on.
+    pub ws: Option<String>,
     child: Child,
 }
 
@@ -110,6 +112,29 @@ impl TestApp {
             out["password"].as_str().expect("init prints the admin password").to_owned(),
         );
         let child = serve(dir.path(), &db, "127.0.0.1:0", "127.0.0.1:0");
+        TestApp::started(dir, db, admin, child)
+    }
+
+    /// Like [`TestApp::spawn_with_config`], with extra `serve` flags (e.g. `--ws-listen`).
+    pub async fn spawn_with_args(db: Db, toml: &str, args: &[&str]) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let db = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
+            Db::Postgres => fresh_postgres_db().await,
+        };
+        let out = cli(dir.path(), &db, &["init"]);
+        if !toml.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml")).unwrap();
+            writeln!(f, "\n{toml}").unwrap();
+        }
+        let admin = (
+            out["username"].as_str().expect("init prints the admin credentials").to_owned(),
+            out["password"].as_str().expect("init prints the admin password").to_owned(),
+        );
+        let mut all = vec!["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let child = serve_args(dir.path(), &db, &all);
         TestApp::started(dir, db, admin, child)
     }
 
@@ -166,6 +191,7 @@ impl TestApp {
             http: state["http"].as_str().unwrap_or_default().to_owned(),
             mqtts: state["mqtts"].as_str().map(|a| a.trim_start_matches("mqtts://").to_owned()),
             https: state["https"].as_str().map(str::to_owned),
+            ws: state["ws"].as_str().map(str::to_owned),
             admin,
             db,
             dir,
@@ -286,7 +312,7 @@ fn serve(dir: &Path, db: &str, mqtt: &str, http: &str) -> Child {
 }
 
 /// Spawns `jiandu serve ARGS` on a data dir, appending its log to `serve.log`.
-fn serve_args(dir: &Path, db: &str, args: &[&str]) -> Child {
+pub fn serve_args(dir: &Path, db: &str, args: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
     Command::new(bin())
         .arg("serve")
@@ -316,7 +342,7 @@ pub fn cli_err(dir: &Path, db: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn wait_for_file(path: &PathBuf, limit: Duration) -> Value {
+pub fn wait_for_file(path: &PathBuf, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
@@ -547,4 +573,94 @@ fn as_cluster_owner(program: &Path, args: &[&str]) -> std::process::Output {
         Command::new(program)
     };
     cmd.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// A private Mosquitto 2 with its dynamic-security plugin, on an ephemeral loopback port, its
+/// configuration and `dynsec.json` in a temporary directory (`mosquitto_ctrl dynsec init`).
+pub struct Mosquitto {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// The dynsec admin (`admin`) password.
+    pub admin_password: String,
+    child: Child,
+}
+
+/// The Debian mosquitto binary; panics (naming `scripts/services.sh`) when it is not installed.
+pub fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("mosquitto is not installed; run scripts/services.sh (Debian package mosquitto)");
+}
+
+impl Mosquitto {
+    /// Starts it and waits until it accepts connections.
+    pub fn start_dynsec() -> Mosquitto {
+        let plugin = [
+            "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mosquitto_dynamic_security.so missing; run scripts/services.sh (Debian package mosquitto)");
+        let bin = mosquitto_bin();
+        let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to the `mosquitto` user: it must be able to read and
+        // write its dynsec file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let admin_password = format!("adm-{:016x}", rand_u64());
+        let dynsec = dir.path().join("dynsec.json");
+        let out = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec)
+            .args(["admin", &admin_password])
+            .output()
+            .expect("mosquitto_ctrl (Debian package mosquitto-clients or mosquitto) is not installed");
+        assert!(dynsec.exists(), "mosquitto_ctrl dynsec init failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::set_permissions(&dynsec, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\nlog_dest stderr\n\
+                 plugin {plugin}\nplugin_opt_config_file {}\n",
+                dynsec.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto { dir, port, admin_password, child }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }

@@ -1,6 +1,8 @@
 //! The browser view, embedded in the binary at build time (see `build.rs`), served with content
 //! types, security headers and caching: hashed files under `/assets/` forever, `index.html` never,
 //! and every other path that is not the API falls back to `index.html` (the view routes by hash).
+//! The field app lives under `/app/` (its own page, `app/index.html`, with its web manifest and
+//! service worker `app/sw.js`, whose scope is `/app/`); paths under it fall back to that page.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
@@ -40,6 +42,7 @@ fn mime(path: &str) -> &'static str {
         "js" | "mjs" => "text/javascript; charset=utf-8",
         "css" => "text/css; charset=utf-8",
         "json" | "map" => "application/json",
+        "webmanifest" => "application/manifest+json",
         "svg" => "image/svg+xml",
         "png" => "image/png",
         "ico" => "image/x-icon",
@@ -58,10 +61,18 @@ pub async fn serve(State(s): State<crate::AppState>, uri: Uri) -> Response {
     if path.starts_with("api/") {
         return crate::api::ApiError::not_found("endpoint", uri.path()).into_response();
     }
-    let (name, bytes) = match find(path).filter(|_| !path.is_empty()) {
+    // A file; else the field app's page for `/app`, `/app/` and anything under it; else a page
+    // of its own (`/tip` → `tip/index.html`); else the desk's view.
+    let own_page = format!("{}/index.html", path.trim_end_matches('/'));
+    let page = if path == "app" || path.starts_with("app/") {
+        "app/index.html"
+    } else {
+        ASSETS.iter().find(|(p, _)| !path.is_empty() && *p == own_page).map_or("index.html", |(p, _)| *p)
+    };
+    let (name, bytes) = match find(path).filter(|_| !path.is_empty() && !path.ends_with('/')) {
         Some(b) => (path, b),
-        None => match find("index.html") {
-            Some(b) => ("index.html", b),
+        None => match find(page) {
+            Some(b) => (page, b),
             None => return (StatusCode::NOT_FOUND, "the web view was not built").into_response(),
         },
     };
@@ -84,6 +95,10 @@ mod tests {
         assert!(index.contains("<script"), "index.html loads the bundle");
         assert!(ASSETS.iter().any(|(p, _)| p.starts_with("assets/") && p.ends_with(".js")));
         assert_eq!(mime("assets/x.js"), "text/javascript; charset=utf-8");
+        let app = std::str::from_utf8(find("app/index.html").expect("the field app embedded")).unwrap();
+        assert!(app.contains("manifest.webmanifest"), "the app links its manifest");
+        assert!(find("app/sw.js").is_some(), "the app's service worker embedded");
+        assert_eq!(mime("app/manifest.webmanifest"), "application/manifest+json");
     }
 
     #[test]

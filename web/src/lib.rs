@@ -1,11 +1,14 @@
 //! The HTTP face of jiandu (axum): health, Prometheus metrics, the REST API under `/api/v1`
 //! (see [`api`]), Server-Sent Events of the event outbox, and the browser view for the 24-hour
-//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]).
+//! desk, leaders, auditors and admins (built from `web/ui/` and embedded, see [`assets`]),
+//! including the inspectors' field app at `/app/`, and `/mqtt`, where MQTT over WebSocket is
+//! handed to the embedded broker's front (so a phone needs only the HTTPS port).
 //!
 //! Like every role, `web` reaches the rest of the platform only through the broker, as an MQTT
 //! client (its subscription to `jd/v1/events/#` wakes the SSE streams), and reads the database
 //! through `store`.
 
+pub mod abuse;
 pub mod api;
 pub mod assets;
 pub mod health;
@@ -85,6 +88,12 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The view's Content-Security-Policy (allows the configured tile server).
     pub view_csp: HeaderValue,
+    /// The embedded broker's door for MQTT over WebSocket (`/mqtt`); none with an external broker.
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
+    /// Rate limits and proof-of-work challenges of the public tip endpoints.
+    pub tips: Arc<abuse::TipLimiter>,
+    /// The external broker's authentication and ACL hooks (`/api/v1/mqtt/…`).
+    pub hooks: Arc<api::mqtt_hooks::Hooks>,
 }
 
 /// Settings of the browser view (`[web]` in the config file).
@@ -98,8 +107,21 @@ pub struct ViewSettings {
     pub gcj02: bool,
     /// The MQTT address phones are given when registered in the view (`mqtt://host:port`).
     pub mqtt_url: String,
+    /// Base URL of the field app's provisioning links (`[web] public_url`); none: the address
+    /// the admin's browser used.
+    pub public_url: Option<String>,
+    /// The field app's heartbeat interval in seconds (`[web] app_heartbeat_s`), set by its link.
+    pub app_heartbeat_s: u32,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Health of the roles `serve` supervises, reported by `/healthz`.
     pub roles: health::RoleBoard,
+    /// Signs the receipts of photos sent with public tips (none: tips with photos are refused).
+    pub platform_key: Option<jiandu_store::PlatformKey>,
+    /// Abuse limits of the public tip endpoints (`[public]`).
+    pub tip_limits: abuse::TipLimits,
+    /// The secret an external broker presents to `/api/v1/mqtt/auth` and `/acl`; none: off.
+    pub mqtt_hook_secret: Option<jiandu_store::Secret>,
 }
 
 /// Where the web role listens: plaintext HTTP and/or HTTPS.
@@ -109,6 +131,8 @@ pub struct Listeners {
     pub http: Option<SocketAddr>,
     /// HTTPS address and certificates.
     pub https: Option<(SocketAddr, jiandu_tls::ServerTls)>,
+    /// MQTT over WebSocket at `/mqtt` on both, into the embedded broker (none: `/mqtt` is 404).
+    pub mqtt_ws: Option<jiandu_broker::WebSocketEntry>,
 }
 
 /// A running web role.
@@ -139,7 +163,7 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<RunningWeb, WebError> {
-    let listeners = Listeners { http: Some(listen), https: None };
+    let listeners = Listeners { http: Some(listen), https: None, mqtt_ws: None };
     start_with(listeners, store, broker, metrics, ViewSettings::default(), shutdown).await
 }
 
@@ -181,6 +205,8 @@ pub async fn start_with(
     let tiles = ui.tile_url.as_deref().and_then(assets::tile_origin);
     let view_csp = HeaderValue::from_str(&assets::content_security_policy(tiles.as_deref()))
         .unwrap_or(HeaderValue::from_static(API_CSP));
+    let tips = Arc::new(abuse::TipLimiter::new(ui.tip_limits.clone()));
+    let hooks = Arc::new(api::mqtt_hooks::Hooks::new(ui.mqtt_hook_secret.clone()));
     let state = AppState {
         store,
         mqtt: session.client.clone(),
@@ -194,6 +220,9 @@ pub async fn start_with(
         ui: Arc::new(ui),
         shutdown: shutdown.clone(),
         view_csp,
+        mqtt_ws: listeners.mqtt_ws.clone(),
+        tips,
+        hooks,
     };
     // Live events arrive here; each wakes the SSE streams, which read the outbox by seq.
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
@@ -214,6 +243,7 @@ pub async fn start_with(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/mqtt", get(mqtt_over_websocket))
         .nest("/api/v1", api::router())
         .fallback(assets::serve)
         .layer(axum::middleware::from_fn(no_basic_prompt_for_the_view))
@@ -240,7 +270,7 @@ pub async fn start_with(
         let addr = axum::serve::Listener::local_addr(&listener)?;
         info!(%addr, "HTTPS listening");
         running.tls_addr = Some(addr);
-        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies));
+        let app = app.layer(axum::middleware::from_fn(tls::secure_cookies)).layer(axum::Extension(tls::OverTls));
         let stop = shutdown.clone();
         running.servers.push(tokio::spawn(async move {
             // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> (the client address).
@@ -308,7 +338,101 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     (code, Json(body))
 }
 
+/// The field app's provisioning link for a device: `{base}/app/#d={device}&t={token}&i={s}`
+/// (`i`: the heartbeat interval in seconds). The credentials ride in the fragment, which browsers
+/// never send to a server (so they are in no access log); the app stores them on the phone and
+/// clears the fragment.
+pub fn app_url(base: &str, device: &str, token: &str, heartbeat_s: u32) -> String {
+    fn enc(v: &str) -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    format!("{}/app/#d={}&t={}&i={heartbeat_s}", base.trim_end_matches('/'), enc(device), enc(token))
+}
+
+/// `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the embedded broker's front
+/// with the same login, ACL and limits as its TCP port; 404 when this process has no broker.
+/// Behind a trusted reverse proxy the front logs the forwarded client (see [`client_ip`]).
+async fn mqtt_over_websocket(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    over_tls: Option<axum::Extension<tls::OverTls>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    let client = SocketAddr::new(client_ip(&s.ui.trusted_proxies, &headers, peer.ip()), peer.port());
+    match &s.mqtt_ws {
+        Some(entry) => entry.upgrade(ws, client, over_tls.is_some()),
+        None => api::ApiError::not_found("endpoint", "/mqtt (this process runs no embedded broker)").into_response(),
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 async fn prometheus(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_app_link_carries_the_credentials_in_the_fragment() {
+        assert_eq!(
+            super::app_url("https://j.example:8443/", "d0123456789ab", "a+b/c=", 5),
+            "https://j.example:8443/app/#d=d0123456789ab&t=a%2Bb%2Fc%3D&i=5"
+        );
+    }
+}
+
+/// The client's address for login counting and rate limits: the connection's peer, unless that
+/// is a configured reverse proxy, in which case the right-most address in `X-Forwarded-For` that
+/// is not itself a trusted proxy (addresses further left were written by the client and can be
+/// forged). A missing or unreadable header leaves the peer.
+pub fn client_ip(
+    trusted: &[std::net::IpAddr],
+    headers: &axum::http::HeaderMap,
+    peer: std::net::IpAddr,
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().flat_map(|v| v.split(',')).rev().take(16) {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::client_ip;
+    use axum::http::HeaderMap;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [ip("127.0.0.1"), ip("10.0.0.2")];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2".parse().unwrap());
+        // From a stranger the header is ignored.
+        assert_eq!(client_ip(&trusted, &h, ip("9.9.9.9")), ip("9.9.9.9"));
+        // Through the proxies: the first untrusted hop from the right, not the forged left one.
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("1.2.3.4"));
+        assert_eq!(client_ip(&trusted, &HeaderMap::new(), ip("127.0.0.1")), ip("127.0.0.1"));
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(&trusted, &h, ip("127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(client_ip(&[], &h, ip("127.0.0.1")), ip("127.0.0.1"));
+    }
 }

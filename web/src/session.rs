@@ -72,6 +72,11 @@ impl Sessions {
         }
     }
 
+    /// Ends every session of a user (disabled).
+    pub fn end_user(&self, user_id: &str) {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.user.id != user_id);
+    }
+
     /// Ends a session (logout).
     pub fn remove(&self, id: &str) {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);

@@ -84,6 +84,10 @@ impl Listener for TlsListener {
     }
 }
 
+/// Marks requests that came over HTTPS (a request extension set on the HTTPS server only).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
+
 /// Adds `Secure` to cookies set over HTTPS, so a browser never sends the session in the clear.
 pub async fn secure_cookies(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     let mut resp = next.run(req).await;

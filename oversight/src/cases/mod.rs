@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use jiandu_store::{
     Approval, Case, CaseOrigin, CaseTimer, NewCase, NewCaseTimer, NewNegativeRecord, Role, StageStart, Store,
-    StoreError, TimerEffects, now_ms,
+    StoreError, TimerEffects, TimerKind, now_ms,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -128,10 +128,10 @@ impl Workflow {
         for &k in &self.remind_working_days {
             let due_at = self.calendar.working_days_before(deadline, k)?.start_ms();
             if due_at > now {
-                timers.push(NewCaseTimer { kind: "reminder".into(), working_days: k as i64, due_at });
+                timers.push(NewCaseTimer { kind: TimerKind::Reminder, working_days: k as i64, due_at });
             }
         }
-        timers.push(NewCaseTimer { kind: "overdue".into(), working_days: 0, due_at: deadline_at + 1 });
+        timers.push(NewCaseTimer { kind: TimerKind::Overdue, working_days: 0, due_at: deadline_at + 1 });
         Ok(StageStart { index: index as i64, key: key.to_owned(), deadline_at, timers })
     }
 
@@ -328,7 +328,7 @@ pub async fn load_stages(store: &Store, text: &str, actor: &str) -> Result<bool,
 pub fn timer_effects(timer: &CaseTimer, case: &Case, leaders: &[String]) -> TimerEffects {
     let mut to = vec![case.handler.clone()];
     to.extend(case.unit_head.clone());
-    if timer.kind != "overdue" {
+    if timer.kind != TimerKind::Overdue {
         return TimerEffects { overdue: false, to, escalated_to: vec![], reason: None, negative_records: vec![] };
     }
     let negative_records = [("unit", &case.unit), ("handler", &case.handler)]
@@ -403,7 +403,7 @@ mod tests {
             template: json!([]),
             stage_index: 0,
             stage: "clue_handling".into(),
-            status: "open".into(),
+            status: jiandu_store::CaseStatus::Open,
             stage_started_at: 0,
             deadline_at: 1_000,
             extensions: 0,
@@ -416,15 +416,15 @@ mod tests {
         }
     }
 
-    fn timer(kind: &str, working_days: i64) -> CaseTimer {
+    fn timer(kind: TimerKind, working_days: i64) -> CaseTimer {
         CaseTimer {
             id: 1,
             case_id: "01CASE".into(),
             stage_index: 0,
-            kind: kind.into(),
+            kind,
             working_days,
             due_at: 1_000,
-            state: "pending".into(),
+            state: jiandu_store::TimerState::Pending,
             fired_at: None,
         }
     }
@@ -432,7 +432,7 @@ mod tests {
     #[test]
     fn an_overdue_alarm_escalates_and_records_the_unit_and_the_handler() {
         let leaders = vec!["lead1".to_owned(), "lead2".to_owned()];
-        let e = timer_effects(&timer("overdue", 0), &case(Some("head1")), &leaders);
+        let e = timer_effects(&timer(TimerKind::Overdue, 0), &case(Some("head1")), &leaders);
         assert!(e.overdue);
         assert_eq!(e.to, ["handler1", "head1"]);
         assert_eq!(e.escalated_to, leaders);
@@ -444,12 +444,12 @@ mod tests {
 
     #[test]
     fn a_reminder_tells_the_handler_and_unit_head_and_records_nothing() {
-        let e = timer_effects(&timer("reminder", 2), &case(Some("head1")), &["lead1".to_owned()]);
+        let e = timer_effects(&timer(TimerKind::Reminder, 2), &case(Some("head1")), &["lead1".to_owned()]);
         assert!(!e.overdue);
         assert_eq!(e.to, ["handler1", "head1"]);
         assert!(e.escalated_to.is_empty() && e.negative_records.is_empty() && e.reason.is_none());
         // Without a unit head only the handler is told.
-        let e = timer_effects(&timer("reminder", 2), &case(None), &[]);
+        let e = timer_effects(&timer(TimerKind::Reminder, 2), &case(None), &[]);
         assert_eq!(e.to, ["handler1"]);
     }
 }

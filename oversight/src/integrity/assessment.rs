@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use jiandu_store::{IndexRow, Store};
 use serde::Serialize;
 
-use super::formula::{COLOURS, Period, num};
+use jiandu_store::Colour;
+
+use super::formula::{Period, num};
 use super::formula_in_force;
 use crate::OversightError;
 
@@ -18,7 +20,7 @@ pub struct Cell {
     /// Score.
     pub score: f64,
     /// Colour.
-    pub colour: String,
+    pub colour: Colour,
     /// Formula version it was computed with.
     pub formula_version: i64,
 }
@@ -35,7 +37,7 @@ pub struct AssessedUnit {
     /// Average score over the computed periods.
     pub average: Option<f64>,
     /// Worst colour of the year.
-    pub worst: Option<String>,
+    pub worst: Option<Colour>,
     /// Warnings raised in the year.
     pub warnings: i64,
     /// Alarms raised in the year.
@@ -105,7 +107,7 @@ pub async fn assessment(store: &Store, year: i64) -> Result<Assessment, Oversigh
         if !done.is_empty() {
             u.average = Some(super::formula::round2(done.iter().map(|c| c.score).sum::<f64>() / done.len() as f64));
             u.worst =
-                done.iter().map(|c| c.colour.clone()).max_by_key(|c| COLOURS.iter().position(|k| k == c).unwrap_or(0));
+                done.iter().map(|c| c.colour).max_by_key(|c| Colour::ALL.iter().position(|k| k == c).unwrap_or(0));
         }
     }
     Ok(Assessment { year, periods: labels, units: units.into_values().collect() })
@@ -126,12 +128,12 @@ pub fn to_csv(a: &Assessment) -> String {
         let mut rec = vec![u.unit.clone(), u.name.clone()];
         for c in &u.cells {
             match c {
-                Some(c) => rec.extend([c.colour.clone(), num(c.score)]),
+                Some(c) => rec.extend([c.colour.to_string(), num(c.score)]),
                 None => rec.extend([String::new(), String::new()]),
             }
         }
         rec.push(u.average.map(num).unwrap_or_default());
-        rec.push(u.worst.clone().unwrap_or_default());
+        rec.push(u.worst.map(|c| c.to_string()).unwrap_or_default());
         rec.push(u.warnings.to_string());
         rec.push(u.alarms.to_string());
         rec.push(u.rectification_cases.join(" "));
@@ -167,19 +169,17 @@ pub fn to_html(a: &Assessment) -> String {
         h.push_str(&format!("<tr><td>{}</td><td>{}</td>", esc(&u.unit), esc(&u.name)));
         for c in &u.cells {
             match c {
-                Some(c) => {
-                    h.push_str(&format!("<td class=\"{}\">{} {}</td>", esc(&c.colour), esc(&c.colour), num(c.score)))
-                }
+                Some(c) => h.push_str(&format!("<td class=\"{}\">{} {}</td>", c.colour, c.colour, num(c.score))),
                 None => h.push_str("<td>—</td>"),
             }
         }
-        let worst = u.worst.clone().unwrap_or_default();
+        let worst = u.worst.map(|c| c.as_str()).unwrap_or_default();
         h.push_str(&format!(
             "<td>{}</td><td class=\"{w}\">{w}</td><td>{}</td><td>{}</td></tr>",
             u.average.map(num).unwrap_or_else(|| "—".into()),
             u.warnings,
             u.alarms,
-            w = esc(&worst)
+            w = worst
         ));
     }
     h.push_str("</tbody></table></body></html>\n");

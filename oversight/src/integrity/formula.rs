@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use jiandu_store::Colour;
+
 use crate::OversightError;
 use crate::cases::{Day, Stage};
 
@@ -31,9 +33,6 @@ pub fn is_superseded_default(text: &str) -> bool {
 
 /// The platform sources an indicator may read; anything else must be `import`.
 pub const PLATFORM_SOURCES: [&str; 5] = ["reports", "cases", "disciplined", "overdue_alarms", "negative_records"];
-
-/// The five colours, best first.
-pub const COLOURS: [&str; 5] = ["green", "blue", "yellow", "orange", "red"];
 
 /// How long a period is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,18 +196,18 @@ impl Formula {
     }
 
     /// The colour of a score.
-    pub fn colour(&self, score: f64) -> &'static str {
+    pub fn colour(&self, score: f64) -> Colour {
         let c = &self.colours;
         if score >= c.green {
-            "green"
+            Colour::Green
         } else if score >= c.blue {
-            "blue"
+            Colour::Blue
         } else if score >= c.yellow {
-            "yellow"
+            Colour::Yellow
         } else if score >= c.orange {
-            "orange"
+            Colour::Orange
         } else {
-            "red"
+            Colour::Red
         }
     }
 
@@ -336,7 +335,7 @@ pub struct Scored {
     /// Score, 0..=100, rounded to 0.01.
     pub score: f64,
     /// Colour.
-    pub colour: &'static str,
+    pub colour: Colour,
     /// Terms in formula order.
     pub terms: Vec<Term>,
     /// Why the colour.
@@ -437,7 +436,7 @@ mod tests {
         assert_eq!(f.period, PeriodKind::Quarter);
         // Nothing against the unit and every target met: 100, green.
         let s = score(&f, &unit(200, &full()));
-        assert_eq!((s.score, s.colour), (100.0, "green"));
+        assert_eq!((s.score, s.colour), (100.0, Colour::Green));
         assert_eq!(s.explanation, "green (100): nothing deducted");
 
         // 14 reports for 200 people = 7 per 100 (-14), 2 disciplined (-10), education sessions
@@ -446,7 +445,7 @@ mod tests {
         raw.extend([("reports", 14.0), ("disciplined", 2.0)]);
         raw[0].1 = 1.8;
         let s = score(&f, &unit(200, &raw));
-        assert_eq!((s.score, s.colour), (68.0, "orange"));
+        assert_eq!((s.score, s.colour), (68.0, Colour::Orange));
         assert_eq!(
             s.explanation,
             "orange (68) because: 7 reports and tips per 100 staff (-14), 2 disciplined members (-10), \
@@ -457,7 +456,7 @@ mod tests {
         // imported: education sessions, attendance and organisation checks have no data and
         // deduct nothing (they are not read as 0, the worst value), and the explanation says so.
         let s = score(&f, &unit(0, &[("reports", 3.0)]));
-        assert_eq!((s.size, s.size_source, s.score, s.colour), (100, "default", 94.0, "green"));
+        assert_eq!((s.size, s.size_source, s.score, s.colour), (100, "default", 94.0, Colour::Green));
         assert_eq!(
             s.explanation,
             "green (94) because: 3 reports and tips per 100 staff (-6); no data (nothing deducted) for: integrity \
@@ -469,7 +468,7 @@ mod tests {
         assert!(s.terms.iter().filter(|t| t.no_data).all(|t| t.points == 0.0));
         // One imported value of three: only the other two have no data.
         let s = score(&f, &unit(100, &[("org_building", 90.0)]));
-        assert_eq!((s.score, s.colour), (98.0, "green"));
+        assert_eq!((s.score, s.colour), (98.0, Colour::Green));
         assert!(
             s.explanation.ends_with("for: integrity education sessions, education attendance"),
             "{}",
@@ -478,14 +477,14 @@ mod tests {
         // A value of 0 that was imported is data, not "no data": it deducts the whole cap.
         let s =
             score(&f, &unit(100, &[("education_sessions", 0.0), ("education_attendance", 0.0), ("org_building", 0.0)]));
-        assert_eq!((s.score, s.colour), (60.0, "orange"));
+        assert_eq!((s.score, s.colour), (60.0, Colour::Orange));
         assert!(!s.explanation.contains("no data"), "{}", s.explanation);
 
         // Caps hold: 50 disciplined members deduct at most 30.
         let mut raw = full();
         raw.push(("disciplined", 50.0));
         let s = score(&f, &unit(10, &raw));
-        assert_eq!((s.score, s.colour), (70.0, "yellow"));
+        assert_eq!((s.score, s.colour), (70.0, Colour::Yellow));
     }
 
     #[test]
@@ -495,7 +494,7 @@ mod tests {
         let f = Formula::parse(&old).unwrap();
         assert_eq!(f.missing_import, MissingData::Worst);
         let s = score(&f, &unit(0, &[("reports", 3.0)]));
-        assert_eq!((s.score, s.colour), (54.0, "red"));
+        assert_eq!((s.score, s.colour), (54.0, Colour::Red));
         assert!(s.terms.iter().all(|t| !t.no_data));
         assert!(!s.explanation.contains("no data"), "{}", s.explanation);
         // The shipped default before the key existed is superseded (the oversight role stores the

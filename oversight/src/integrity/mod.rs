@@ -23,8 +23,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiandu_store::{
-    AlertLevel, CaseOrigin, FormulaVersion, IndexRun, IndexUnit, NewAlert, NewIndexRow, NewIndexRun, NewIndicator,
-    Role, Store, now_ms,
+    AlertLevel, CaseOrigin, Colour, FormulaVersion, IndexRun, IndexUnit, NewAlert, NewIndexRow, NewIndexRun,
+    NewIndicator, Role, Store, now_ms,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -160,18 +160,18 @@ pub async fn gather(
 /// The alert a colour raises: yellow and orange warn the unit head (not again once the unit was
 /// alarmed this period), red alarms the leaders; green and blue raise nothing. Each level is
 /// raised at most once per unit and period.
-pub fn alert_for(colour: &str, unit: &str, leaders: &[String]) -> Option<NewAlert> {
+pub fn alert_for(colour: Colour, unit: &str, leaders: &[String]) -> Option<NewAlert> {
     match colour {
-        "yellow" | "orange" => Some(NewAlert {
+        Colour::Yellow | Colour::Orange => Some(NewAlert {
             level: AlertLevel::Warning,
             to: Some(json!({"unit": unit, "role": "unit_head"})),
             escalated_to: None,
             unless: vec![AlertLevel::Alarm],
         }),
-        "red" => {
+        Colour::Red => {
             Some(NewAlert { level: AlertLevel::Alarm, to: None, escalated_to: Some(leaders.to_vec()), unless: vec![] })
         }
-        _ => None,
+        Colour::Green | Colour::Blue => None,
     }
 }
 
@@ -205,7 +205,7 @@ pub async fn compute(
                 size: s.size,
                 size_source: s.size_source.into(),
                 score: s.score,
-                colour: s.colour.into(),
+                colour: s.colour,
                 inputs: formula::inputs_json(u, &s),
                 explanation: s.explanation,
                 alert: alert_for(s.colour, &u.unit, &leaders),
@@ -410,16 +410,16 @@ mod tests {
     #[test]
     fn colours_decide_the_alert_and_who_hears_of_it() {
         let leaders = vec!["lead1".to_owned()];
-        assert_eq!(alert_for("green", "D001", &leaders), None);
-        assert_eq!(alert_for("blue", "D001", &leaders), None);
-        for colour in ["yellow", "orange"] {
+        assert_eq!(alert_for(Colour::Green, "D001", &leaders), None);
+        assert_eq!(alert_for(Colour::Blue, "D001", &leaders), None);
+        for colour in [Colour::Yellow, Colour::Orange] {
             let w = alert_for(colour, "D001", &leaders).unwrap();
             assert_eq!(w.level, AlertLevel::Warning);
             assert_eq!(w.to, Some(json!({"unit": "D001", "role": "unit_head"})));
             assert_eq!(w.escalated_to, None);
             assert_eq!(w.unless, [AlertLevel::Alarm], "no warning after an alarm in the same period");
         }
-        let a = alert_for("red", "D003", &leaders).unwrap();
+        let a = alert_for(Colour::Red, "D003", &leaders).unwrap();
         assert_eq!(a.level, AlertLevel::Alarm);
         assert_eq!(a.escalated_to, Some(leaders.clone()));
         assert!(a.unless.is_empty(), "a warned unit turning red still gets its alarm");

@@ -55,10 +55,10 @@ async fn mqtt_logins_are_checked(db: &TestDb) {
     assert_eq!(auth("hotline", vec![0xff, 0xfe]).await, None);
     assert_eq!(auth("nobody", int_token.expose().into()).await, None);
 
-    let revoked = store.revoke_account("hotline").await.unwrap();
+    let revoked = store.revoke_account("hotline", "test").await.unwrap();
     assert!(revoked.revoked_at.is_some());
     assert_eq!(auth("hotline", int_token.expose().into()).await, None);
-    let err = store.revoke_account("nobody").await.unwrap_err();
+    let err = store.revoke_account("nobody", "test").await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { what: "account", .. }));
 }
 
@@ -70,7 +70,7 @@ async fn service_accounts_are_created_or_rotated(db: &TestDb) {
     assert_eq!(account.subscribe, ["#"]);
     assert_eq!(account.publish, ["#"]);
 
-    store.revoke_account("dispatcher").await.unwrap();
+    store.revoke_account("dispatcher", "test").await.unwrap();
     let second = store.ensure_service_account("dispatcher").await.unwrap();
     assert_ne!(first, second);
     let service = Some(Principal::Service { name: "dispatcher".into() });

@@ -24,9 +24,9 @@ fn start(index: i64, key: &str, deadline_at: i64) -> StageStart {
         key: key.into(),
         deadline_at,
         timers: vec![
-            NewCaseTimer { kind: "reminder".into(), working_days: 3, due_at: deadline_at - 3 * DAY },
-            NewCaseTimer { kind: "reminder".into(), working_days: 1, due_at: deadline_at - DAY },
-            NewCaseTimer { kind: "overdue".into(), working_days: 0, due_at: deadline_at + 1 },
+            NewCaseTimer { kind: jiandu_store::TimerKind::Reminder, working_days: 3, due_at: deadline_at - 3 * DAY },
+            NewCaseTimer { kind: jiandu_store::TimerKind::Reminder, working_days: 1, due_at: deadline_at - DAY },
+            NewCaseTimer { kind: jiandu_store::TimerKind::Overdue, working_days: 0, due_at: deadline_at + 1 },
         ],
     }
 }
@@ -80,7 +80,10 @@ async fn a_case_moves_through_its_stages_with_approvals(db: &TestDb) {
     assert_eq!(s.case_approvals(&case.id).await.unwrap().len(), 3);
     let timers = s.case_timers(&case.id).await.unwrap();
     assert_eq!(timers.len(), 6);
-    assert!(timers.iter().all(|t| t.state == "cancelled"), "a closed case has no pending timers");
+    assert!(
+        timers.iter().all(|t| t.state == jiandu_store::TimerState::Cancelled),
+        "a closed case has no pending timers"
+    );
     let ledger = s.ledger_entries(0, 100).await.unwrap();
     let case_entries: Vec<&str> = ledger.iter().filter(|e| e.subject == case.id).map(|e| e.kind.as_str()).collect();
     assert_eq!(case_entries.len(), 8);
@@ -99,7 +102,8 @@ async fn extensions_move_the_deadline_until_it_passes(db: &TestDb) {
         s.case_extend(&case.id, start(0, "clue", T0 + 20 * DAY), "lead1", "证人出差", 1, T0 + DAY).await.unwrap();
     assert_eq!((extended.deadline_at, extended.extensions), (T0 + 20 * DAY, 1));
     let timers = s.case_timers(&case.id).await.unwrap();
-    let pending: Vec<i64> = timers.iter().filter(|t| t.state == "pending").map(|t| t.due_at).collect();
+    let pending: Vec<i64> =
+        timers.iter().filter(|t| t.state == jiandu_store::TimerState::Pending).map(|t| t.due_at).collect();
     assert_eq!(pending, [T0 + 17 * DAY, T0 + 19 * DAY, T0 + 20 * DAY + 1], "timers follow the new deadline");
     let more =
         s.case_extend(&case.id, start(0, "clue", T0 + 30 * DAY), "lead1", "再延", 1, T0 + DAY).await.unwrap_err();

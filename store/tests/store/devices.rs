@@ -74,14 +74,14 @@ async fn revoking_is_idempotent_and_ends_logins(db: &TestDb) {
         Some(Principal::Device { id: device.id.clone() })
     );
 
-    let revoked = store.revoke_device(&device.id).await.unwrap();
+    let revoked = store.revoke_device(&device.id, "test").await.unwrap();
     let first = revoked.revoked_at.expect("revoked_at set");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let again = store.revoke_device(&device.id).await.unwrap();
+    let again = store.revoke_device(&device.id, "test").await.unwrap();
     assert_eq!(again.revoked_at, Some(first));
     assert_eq!(store.device(&device.id).await.unwrap().unwrap().revoked_at, Some(first));
     assert_eq!(store.authenticate_mqtt(&device.id, token.expose().as_bytes()).await.unwrap(), None);
 
-    let err = store.revoke_device("dunknown").await.unwrap_err();
+    let err = store.revoke_device("dunknown", "test").await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { what: "device", .. }), "{err:?}");
 }

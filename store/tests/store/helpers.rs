@@ -130,7 +130,7 @@ pub fn timer_effects(
     move |timer, case| {
         let mut to = vec![case.handler.clone()];
         to.extend(case.unit_head.clone());
-        let overdue = timer.kind == "overdue";
+        let overdue = timer.kind == jiandu_store::TimerKind::Overdue;
         let negative_records = if overdue {
             [("unit", &case.unit), ("handler", &case.handler)]
                 .into_iter()

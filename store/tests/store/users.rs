@@ -13,7 +13,8 @@ on_both!(
 
 async fn users_log_in_with_their_password_only(db: &TestDb) {
     let store = &db.store;
-    let (user, password) = store.create_user("wang.li", Role::Dispatcher, Some("correct horse battery")).await.unwrap();
+    let (user, password) =
+        store.create_user("wang.li", Role::Dispatcher, Some("correct horse battery"), "test").await.unwrap();
     assert_eq!(password.expose(), "correct horse battery");
     assert_eq!(user.role, Role::Dispatcher);
     assert!(user.id.starts_with('u'));
@@ -31,12 +32,12 @@ async fn users_log_in_with_their_password_only(db: &TestDb) {
     assert!(phc.starts_with("$argon2id$"), "{phc}");
     assert!(!phc.contains("correct horse"));
 
-    let err = store.create_user("x", Role::Admin, Some("short")).await.unwrap_err();
+    let err = store.create_user("x", Role::Admin, Some("short"), "test").await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidInput { field: "password", .. }));
 }
 
 async fn generated_passwords_work_once_shown(db: &TestDb) {
-    let (user, password) = db.store.create_user("admin", Role::Admin, None).await.unwrap();
+    let (user, password) = db.store.create_user("admin", Role::Admin, None, "test").await.unwrap();
     assert_eq!(password.expose().chars().count(), 20);
     assert!(password.expose().chars().all(|c| c.is_ascii_alphanumeric()));
     assert_eq!(db.store.verify_user("admin", password.expose()).await.unwrap(), Some(user));
@@ -44,9 +45,9 @@ async fn generated_passwords_work_once_shown(db: &TestDb) {
 
 async fn names_are_unique_and_lists_are_sorted(db: &TestDb) {
     let store = &db.store;
-    store.create_user("zhao", Role::Leader, Some("password-1")).await.unwrap();
-    store.create_user("audit", Role::Auditor, Some("password-2")).await.unwrap();
-    let err = store.create_user("zhao", Role::Admin, Some("password-3")).await.unwrap_err();
+    store.create_user("zhao", Role::Leader, Some("password-1"), "test").await.unwrap();
+    store.create_user("audit", Role::Auditor, Some("password-2"), "test").await.unwrap();
+    let err = store.create_user("zhao", Role::Admin, Some("password-3"), "test").await.unwrap_err();
     assert!(matches!(err, StoreError::DuplicateName { ref name } if name == "zhao"), "{err:?}");
 
     let users = store.list_users().await.unwrap();
@@ -56,7 +57,7 @@ async fn names_are_unique_and_lists_are_sorted(db: &TestDb) {
 
 async fn disabled_users_cannot_log_in(db: &TestDb) {
     let store = &db.store;
-    let (user, password) = store.create_user("li", Role::Leader, None).await.unwrap();
+    let (user, password) = store.create_user("li", Role::Leader, None, "test").await.unwrap();
     sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
         .bind(1i64)
         .bind(&user.id)

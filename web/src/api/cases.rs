@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use jiandu_oversight::cases::{Day, OpenCase, WorkCalendar, Workflow};
-use jiandu_store::{Case, CaseOrigin, Role, now_ms};
+use jiandu_store::{Case, CaseOrigin, CaseStatus, Role, now_ms};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -107,9 +107,9 @@ async fn case_view(s: &AppState, cal: &WorkCalendar, case: &Case, full: bool) ->
             "submitted_by": case.submitted_by, "submitted_at": case.submitted_at,
         },
         "deadline_at": case.deadline_at,
-        "remaining_ms": if case.status == "open" { Some(case.deadline_at - now) } else { None },
-        "remaining_working_days": if case.status == "open" { working_days_left(cal, case.deadline_at, now) } else { None },
-        "overdue": case.overdue_at.is_some() || (case.status == "open" && now > case.deadline_at),
+        "remaining_ms": if case.status == CaseStatus::Open { Some(case.deadline_at - now) } else { None },
+        "remaining_working_days": if case.status == CaseStatus::Open { working_days_left(cal, case.deadline_at, now) } else { None },
+        "overdue": case.overdue_at.is_some() || (case.status == CaseStatus::Open && now > case.deadline_at),
         "overdue_at": case.overdue_at, "extensions": case.extensions,
         "created_by": case.created_by, "created_at": case.created_at, "updated_at": case.updated_at,
     });

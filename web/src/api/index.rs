@@ -16,7 +16,7 @@ use jiandu_oversight::OversightError;
 use jiandu_oversight::integrity::{self, Period, assessment};
 use jiandu_store::{IndexRow, NewIndicator, NewNotice, Role, now_ms};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{ApiError, Caller, json_object, opt_str};
 use crate::AppState;
@@ -92,11 +92,7 @@ async fn period_view(
         },
     };
     let rows = s.store.integrity_period(&period).await?;
-    let mut colours = Map::new();
-    for r in &rows {
-        let n = colours.get(&r.colour).and_then(Value::as_i64).unwrap_or(0);
-        colours.insert(r.colour.clone(), json!(n + 1));
-    }
+    let colours = jiandu_store::Colour::counts(rows.iter().map(|r| r.colour));
     Ok(Json(json!({"period": period, "colours": colours, "units": rows.iter().map(summary).collect::<Vec<_>>()})))
 }
 

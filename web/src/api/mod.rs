@@ -15,6 +15,8 @@ pub mod devices;
 pub mod evidence;
 pub mod index;
 pub mod lookups;
+pub mod mqtt_hooks;
+pub mod public;
 pub mod reports;
 pub mod session;
 pub mod stream;
@@ -46,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .merge(reports::routes())
         .merge(evidence::routes())
         .merge(lookups::routes())
+        .merge(mqtt_hooks::routes())
         .merge(cases::routes())
         .merge(departments::routes())
         .merge(index::routes())
@@ -53,6 +56,7 @@ pub fn router() -> Router<AppState> {
         .merge(stream::routes())
         .merge(users::routes())
         .merge(view::routes())
+        .merge(public::routes())
 }
 
 /// An API error rendered as `{"error":{"code","message","field"}}` (DESIGN §6).
@@ -205,6 +209,10 @@ impl LoginCache {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(name.to_owned(), *pw)).filter(|(_, t)| t.elapsed() < LOGIN_CACHE_TTL).map(|(u, _)| u.clone())
     }
+    /// Drops every cached login of `name` (its user was disabled).
+    pub fn forget(&self, name: &str) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, _), _| n != name);
+    }
     fn put(&self, name: &str, pw: [u8; 32], user: User) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 10_000 {
@@ -243,16 +251,18 @@ pub fn rate_limited(wait: u64) -> Response {
     resp
 }
 
-/// The client's address as the server sees it (none when the listener does not record it).
-fn peer_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+/// The client's address (through trusted proxies, see [`crate::client_ip`]); none when the
+/// listener does not record it.
+fn peer_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())?;
+    Some(crate::client_ip(&state.ui.trusted_proxies, &parts.headers, peer))
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Response> {
-        let ip = peer_ip(parts);
+        let ip = peer_ip(parts, state);
         if let Some((name, password)) = basic_credentials(&parts.headers) {
             // Refused before the password is looked at, right or wrong, like the login form.
             if let Some(wait) = state.lockout.retry_after(Some(&name), ip) {
@@ -261,7 +271,14 @@ impl FromRequestParts<AppState> for Caller {
             }
             let pw: [u8; 32] = Sha256::digest(password.as_bytes()).into();
             if let Some(user) = state.logins.get(&name, &pw) {
-                return Ok(Caller::User(user));
+                // Disabled or re-roled since it was cached: as stored now, or refused.
+                return match still_enabled(state, &user).await? {
+                    Some(user) => Ok(Caller::User(user)),
+                    None => {
+                        state.logins.forget(&name);
+                        Err(ApiError::unauthorized().into_response())
+                    }
+                };
             }
             return match state
                 .store
@@ -309,9 +326,36 @@ impl FromRequestParts<AppState> for Caller {
                     .into_response());
                 }
             }
-            return Ok(Caller::User(s.user));
+            return match still_enabled(state, &s.user).await? {
+                Some(user) => Ok(Caller::User(user)),
+                None => {
+                    state.sessions.remove(id);
+                    Err(ApiError::unauthorized().into_response())
+                }
+            };
         }
         Err(ApiError::unauthorized().into_response())
+    }
+}
+
+/// The user behind a session or a cached login as stored now: `None` once disabled or deleted,
+/// with the current role otherwise. Read on every request (one primary-key look-up), so
+/// `jiandu user disable` in another process ends a session at its next request.
+async fn still_enabled(state: &AppState, user: &User) -> Result<Option<User>, Response> {
+    let now = state.store.user_by_id(&user.id).await.map_err(|e| ApiError::from(e).into_response())?;
+    Ok(now.filter(|u| u.disabled_at.is_none()))
+}
+
+impl Caller {
+    /// Whether the caller may still act: the user still enabled, the integration still not
+    /// revoked. Long-lived responses (the event stream) ask this now and then and end when not.
+    pub async fn still_allowed(&self, store: &jiandu_store::Store) -> bool {
+        match self {
+            Caller::User(u) => matches!(store.user_by_id(&u.id).await, Ok(Some(now)) if now.disabled_at.is_none()),
+            Caller::Integration(a) => {
+                matches!(store.account(&a.name).await, Ok(Some(now)) if now.revoked_at.is_none())
+            }
+        }
     }
 }
 

@@ -35,7 +35,16 @@ pub fn routes() -> Router<AppState> {
         .route("/reports/{id}/dispatch", post(dispatch))
         .route("/reports/{id}/cancel", post(cancel))
         .route("/reports/{id}/reassign", post(reassign))
+        .route("/reports/{id}/feedback", post(feedback))
+        .route("/reports/{id}/contacts", get(contacts))
 }
+
+/// Roles that may write feedback to the reporters of a public tip.
+const ANSWERERS: &[Role] = &[Role::Dispatcher, Role::Leader, Role::Admin];
+/// Roles that may see a public reporter's contact (each view audited).
+const CONTACT_READERS: &[Role] = &[Role::Leader, Role::Admin];
+/// Longest feedback, in characters.
+const MAX_FEEDBACK_CHARS: usize = 1000;
 
 /// `?status=&limit=&after=` of the list (spelled out: serde cannot read numbers from a query
 /// string through `#[serde(flatten)]`).
@@ -75,7 +84,63 @@ async fn report_view(s: &AppState, id: &str) -> Result<Value, ApiError> {
     let report = s.store.report(id).await?;
     let assignments = s.store.report_assignments(id).await?;
     let timeline = s.store.report_timeline(id).await?;
-    Ok(json!({"report": report, "assignments": assignments, "timeline": timeline}))
+    let mut view = json!({"report": report, "assignments": assignments, "timeline": timeline});
+    // A citizen's tip: where and how many, whether a contact is on file (never the contact
+    // itself: that is `GET …/contacts`), and what the office told the reporters.
+    if let Some(public) = s.store.public_report(id).await? {
+        view["public"] = json!(public);
+        view["feedback"] = json!(s.store.report_feedback(id).await?);
+    }
+    Ok(view)
+}
+
+/// `POST /api/v1/reports/{id}/feedback` `{text}`: the office's answer to the reporters of a
+/// public tip (ledgered); they read it with their code and secret. 201 with the feedback.
+async fn feedback(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    caller.require(ANSWERERS, false)?;
+    let m = super::json_object(&body)?;
+    let text = super::opt_str(&m, "text")?.map(|t| t.trim().to_owned()).unwrap_or_default();
+    if text.is_empty() {
+        return Err(ApiError::invalid("text", "required: what the office tells the reporter"));
+    }
+    let n = text.chars().count();
+    if n > MAX_FEEDBACK_CHARS {
+        return Err(ApiError::invalid("text", format!("at most {MAX_FEEDBACK_CHARS} characters, got {n}")));
+    }
+    let fb = s.store.report_feedback_add(&id, &text, caller.name()).await?;
+    Ok((StatusCode::CREATED, Json(json!({"feedback": fb}))).into_response())
+}
+
+/// `GET /api/v1/reports/{id}/contacts`: the public reporters' contacts, for leaders and admins.
+/// Each call is a personal-data view, audited like a registry look-up (kind `tip-contact`,
+/// committed to the ledger before the answer).
+async fn contacts(caller: Caller, State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.require(CONTACT_READERS, false)?;
+    let Some(public) = s.store.public_tip_contacts(&id).await? else {
+        return Err(ApiError::not_found("public tip for report", &id));
+    };
+    let on_file: Vec<&str> = public.tips.iter().filter(|t| t.contact.is_some()).map(|t| t.code.as_str()).collect();
+    let row = jiandu_store::NewLookupAudit {
+        ts: now_ms(),
+        channel: "rest".into(),
+        actor: caller.name().to_owned(),
+        device: None,
+        lat_e6: None,
+        lon_e6: None,
+        kind: "tip-contact".into(),
+        q: id.clone(),
+        at: None,
+        outcome: if on_file.is_empty() { "not_found".into() } else { "revealed".into() },
+        result: (!on_file.is_empty()).then(|| on_file.join(",")),
+        candidates: on_file.len() as i64,
+    };
+    let batch = s.store.record_lookups(caller.name(), &[row]).await?;
+    Ok(Json(json!({"public": public, "audit": {"id": batch.first_id, "ledger_seq": batch.ledger_seq}})))
 }
 
 /// `POST /api/v1/reports`: `{id?,kind,text,lat,lon,ts?,plate?,needs?}`, validated like a phone's

@@ -35,8 +35,10 @@ struct Login {
 async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let peer = crate::client_ip(&s.ui.trusted_proxies, &headers, peer.ip());
     let b: Login = serde_json::from_slice(&body).map_err(|e| {
         let msg = e.to_string();
         let field = ["name", "password"].into_iter().find(|f| msg.contains(&format!("`{f}`"))).unwrap_or("body");
@@ -45,7 +47,7 @@ async fn login(
     if b.name.is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
-    let ip = Some(peer.ip());
+    let ip = Some(peer);
     if let Some(wait) = s.lockout.retry_after(Some(&b.name), ip) {
         warn!(name = %b.name, %peer, "login refused: too many failures");
         return Ok(super::rate_limited(wait));

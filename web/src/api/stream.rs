@@ -31,6 +31,9 @@ use crate::AppState;
 const PAGE: i64 = 500;
 /// Re-read the outbox this often even without a wake-up (broker down, missed message).
 const SAFETY_NET: Duration = Duration::from_secs(30);
+/// Check this often that the caller is still enabled (not disabled or revoked since it opened
+/// the stream); the stream ends when not.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// The stream route.
 pub fn routes() -> Router<AppState> {
@@ -73,46 +76,58 @@ async fn events(
     let mut wake = s.events.clone();
     wake.mark_unchanged();
     let positions = s.positions.subscribe();
-    let state = (s, wake, positions, start, Vec::<Event>::new().into_iter());
-    let stream = futures::stream::unfold(state, |(s, mut wake, mut positions, mut seq, mut pending)| async move {
-        loop {
-            if let Some(ev) = pending.next() {
-                return Some((Ok(ev), (s, wake, positions, seq, pending)));
-            }
-            match s.store.events_after(seq, PAGE).await {
-                Ok(rows) if !rows.is_empty() => {
-                    seq = rows.last().map_or(seq, |r| r.seq);
-                    let batch: Vec<Event> = rows
-                        .iter()
-                        .map(|r| {
-                            let data = json!({"seq": r.seq, "kind": r.kind, "type": r.r#type, "id": r.id,
-                                              "ts": r.ts, "data": r.data});
-                            Event::default().id(r.seq.to_string()).data(data.to_string())
-                        })
-                        .collect();
-                    pending = batch.into_iter();
-                    continue;
+    let recheck = tokio::time::Instant::now() + RECHECK;
+    let state = (s, wake, positions, start, Vec::<Event>::new().into_iter(), caller, recheck);
+    let stream = futures::stream::unfold(
+        state,
+        |(s, mut wake, mut positions, mut seq, mut pending, caller, mut recheck)| async move {
+            loop {
+                if tokio::time::Instant::now() >= recheck {
+                    if !caller.still_allowed(&s.store).await {
+                        debug!(caller = caller.name(), "event stream ended: caller disabled or revoked");
+                        return None;
+                    }
+                    recheck = tokio::time::Instant::now() + RECHECK;
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "event stream cannot read the outbox"),
-            }
-            tokio::select! {
-                _ = s.shutdown.cancelled() => return None,
-                changed = wake.changed() => if changed.is_err() { return None },
-                p = positions.recv() => match p {
-                    Ok(text) => {
-                        let ev = Event::default().event("position").data(&*text);
-                        return Some((Ok(ev), (s, wake, positions, seq, pending)));
+                if let Some(ev) = pending.next() {
+                    return Some((Ok(ev), (s, wake, positions, seq, pending, caller, recheck)));
+                }
+                match s.store.events_after(seq, PAGE).await {
+                    Ok(rows) if !rows.is_empty() => {
+                        seq = rows.last().map_or(seq, |r| r.seq);
+                        let batch: Vec<Event> = rows
+                            .iter()
+                            .map(|r| {
+                                let data = json!({"seq": r.seq, "kind": r.kind, "type": r.r#type, "id": r.id,
+                                              "ts": r.ts, "data": r.data});
+                                Event::default().id(r.seq.to_string()).data(data.to_string())
+                            })
+                            .collect();
+                        pending = batch.into_iter();
+                        continue;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        debug!(skipped = n, "event stream skipped position samples");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = tokio::time::sleep(SAFETY_NET) => {}
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "event stream cannot read the outbox"),
+                }
+                tokio::select! {
+                    _ = s.shutdown.cancelled() => return None,
+                    changed = wake.changed() => if changed.is_err() { return None },
+                    p = positions.recv() => match p {
+                        Ok(text) => {
+                            let ev = Event::default().event("position").data(&*text);
+                            return Some((Ok(ev), (s, wake, positions, seq, pending, caller, recheck)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            debug!(skipped = n, "event stream skipped position samples");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = tokio::time::sleep(SAFETY_NET) => {}
+                    _ = tokio::time::sleep_until(recheck) => {}
+                }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -33,6 +33,20 @@ async fn openapi() -> Json<Value> {
     Json(openapi_document())
 }
 
+/// An operation anyone may call (the public tip endpoints): no security, and the abuse answers.
+fn public_op(summary: &str, params: &[(&str, &str, &str)], body: Option<&str>) -> Value {
+    let mut o = op(summary, "anyone (no login)", params, body);
+    o["security"] = json!([]);
+    if let Some(r) = o["responses"].as_object_mut() {
+        r.remove("401");
+        r.remove("403");
+        for code in ["404", "428", "429"] {
+            r.insert(code.into(), json!({"$ref": "#/components/responses/Error"}));
+        }
+    }
+    o
+}
+
 /// One operation: summary, who may call it, and its parameters.
 fn op(summary: &str, roles: &str, params: &[(&str, &str, &str)], body: Option<&str>) -> Value {
     let parameters: Vec<Value> = params
@@ -80,7 +94,7 @@ pub fn openapi_document() -> Value {
             "/devices": {
                 "get": op("Devices with live position, presence and state", READ,
                           &[("limit", "query", "1..=5000"), ("after", "query", "last device id")], None),
-                "post": op("Register a phone; the token is shown once", "admin", &[], Some("{name,staff?}")),
+                "post": op("Register a phone; the token and the field app's link (app_url) are shown once", "admin", &[], Some("{name,staff?}")),
             },
             "/devices/{id}/track": {"get": op("A device's track as a GeoJSON LineString", READ,
                 &[id, ("from", "query", "epoch ms"), ("to", "query", "epoch ms")], None)},
@@ -147,10 +161,38 @@ pub fn openapi_document() -> Value {
             "/index/assessment.csv": {"get": op("Annual assessment as CSV", STAFF, &[("year", "query", "year")], None)},
             "/index/assessment.html": {"get": op("Annual assessment as a printable page", STAFF,
                 &[("year", "query", "year")], None)},
+            "/reports/{id}/feedback": {"post": op("Feedback to the reporters of a public tip (ledgered); they read it with \
+                their code", "dispatcher, leader, admin", &[id], Some("{text}"))},
+            "/reports/{id}/contacts": {"get": op("The public reporters' contacts (each view audited as a look-up of kind \
+                tip-contact)", "leader, admin", &[id], None)},
+            "/public/tips": {"post": public_op(
+                "A citizen's tip, without an account. JSON, or multipart/form-data with the same fields and up to 3 \
+                 `photo` parts (image/jpeg|png|webp|heic|heif|gif, 8 MiB each, content must match the type). 201 \
+                 {code,secret,status,photos}: the secret is shown only here. Limits per address and overall: 429 with \
+                 Retry-After; when the rate is high, 428 with {challenge:{token,difficulty}} (also in X-Tip-Challenge): \
+                 send again with X-Tip-Proof: {token}:{nonce}, where SHA-256 of that text starts with `difficulty` \
+                 zero bits.",
+                &[("X-Tip-Proof", "header", "{challenge}:{nonce}, when a challenge was given")],
+                Some("{kind: official-car|banquet|gift|other, text, lat, lon, place?, plate?, contact?, anonymous?}"))},
+            "/public/tips/challenge": {"get": public_op("A fresh proof-of-work challenge {token,difficulty}", &[], None)},
+            "/public/tips/{code}": {"get": public_op(
+                "Where a tip stands {code,status: received|being_handled|closed,submitted_at,feedback:[{text,ts}]}; \
+                 an unknown code and a wrong secret are the same 404, and failed tries are limited per address (429)",
+                &[("code", "path", "the follow-up code"), ("X-Tip-Secret", "header", "the secret (never in the URL)")],
+                None)},
             "/users": {
                 "get": op("Web users", "admin", &[], None),
                 "post": op("Add a web user; the password is shown once", "admin", &[], Some("{name,role,password?}")),
             },
+            "/users/{name}/disable": {"post": op("Disable a user: no logins, open sessions end (ledgered)", "admin",
+                &[("name", "path", "login name")], None)},
+            "/users/{name}/enable": {"post": op("Let a disabled user log in again (ledgered)", "admin",
+                &[("name", "path", "login name")], None)},
+            "/users/{name}/role": {"post": op("Change a user's role, effective at their next request (ledgered)",
+                "admin", &[("name", "path", "login name")], Some("{role}"))},
+            "/integrations": {"get": op("Integration accounts and their topic filters (never tokens)", "admin", &[], None)},
+            "/integrations/{name}/disable": {"post": op("Disable an integration: no logins, MQTT sessions end (ledgered)",
+                "admin", &[("name", "path", "account name")], None)},
     });
     if let (Some(p), Value::Object(m)) = (paths.as_object_mut(), more) {
         p.extend(m);
@@ -187,10 +229,20 @@ mod tests {
     fn the_document_lists_the_main_endpoints() {
         let doc = openapi_document();
         let paths = doc["paths"].as_object().unwrap();
-        for p in ["/devices", "/reports/{id}/dispatch", "/evidence/{id}/content", "/lookup/{kind}", "/events", "/users"]
-        {
+        for p in [
+            "/devices",
+            "/reports/{id}/dispatch",
+            "/evidence/{id}/content",
+            "/lookup/{kind}",
+            "/events",
+            "/users",
+            "/public/tips",
+            "/public/tips/{code}",
+            "/reports/{id}/feedback",
+        ] {
             assert!(paths.contains_key(p), "{p} missing");
         }
         assert_eq!(doc["paths"]["/session"]["post"]["requestBody"]["description"], "{name,password}");
+        assert_eq!(doc["paths"]["/public/tips"]["post"]["security"], json!([]), "no login for citizens");
     }
 }

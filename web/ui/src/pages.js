@@ -121,7 +121,7 @@ export async function reportPage(root, id) {
     const actions = canDispatch && !final ? h('div', { class: 'actions' },
       h('button', { id: 'dispatch-nearest', onclick: () => act(open ? 'reassign' : 'dispatch', {}) },
         open ? `${t('reassign')} → ${t('dispatch_nearest')}` : t('dispatch_nearest')),
-      h('button', { class: 'danger', id: 'cancel-report', onclick: () => confirm(t('confirm')) && act('cancel', {}) }, t('cancel_report'))) : null;
+      h('button', { class: 'danger', id: 'cancel-report', onclick: () => closeReport(v) }, t('cancel_report'))) : null;
     const nearest = h('div', { id: 'nearest' });
     box.replaceChildren(
       h('h2', {}, `${t('report')} ${r.id}`),
@@ -138,6 +138,7 @@ export async function reportPage(root, id) {
             h('dt', {}, t('needs')), h('dd', {}, String(r.needs))),
           actions, msg),
         mapBox),
+      v.public ? publicSection(id, v) : null,
       canDispatch && !final ? h('section', {}, h('h3', {}, t('nearest_available')), nearest) : null,
       h('section', {}, h('h3', {}, t('assignments')), table([
         [t('device'), (a) => a.device_id],
@@ -181,6 +182,23 @@ export async function reportPage(root, id) {
     });
   }
 
+  // Closing a citizen's tip asks what to tell the reporter first (they follow it with their code).
+  async function closeReport(v) {
+    if (!v.public) {
+      if (confirm(t('confirm'))) await act('cancel', {});
+      return;
+    }
+    const text = prompt(t('feedback_on_close'));
+    if (text === null) return;
+    try {
+      if (text.trim()) await api('POST', `/reports/${encodeURIComponent(id)}/feedback`, { text });
+    } catch (e) {
+      msg.replaceChildren(errorBox(e));
+      return;
+    }
+    await act('cancel', {});
+  }
+
   async function showNearest(el, r) {
     devices ??= await allDevices().catch(() => []);
     const near = devices.filter((d) => d.position && d.state === 'available')
@@ -219,6 +237,53 @@ export async function reportPage(root, id) {
     box.replaceChildren(errorBox(e));
   }
   return () => { off(); clearTimeout(pending); miniMap?.remove(); };
+}
+
+/** A citizen's tip: where, how many reporters, whether a contact is on file (the contact itself
+ * only for leaders and admins, on request, audited), and the feedback the reporters see. */
+function publicSection(id, v) {
+  const p = v.public;
+  const role = session.user.role;
+  const onFile = p.tips.filter((x) => x.contact_on_file).length;
+  const contacts = h('div', { id: 'public-contacts' });
+  const reveal = ['leader', 'admin'].includes(role) && onFile ? h('button', {
+    id: 'show-contact',
+    onclick: async () => {
+      try {
+        const c = await api('GET', `/reports/${encodeURIComponent(id)}/contacts`);
+        contacts.replaceChildren(h('ul', {}, c.public.tips.filter((x) => x.contact).map((x) =>
+          h('li', { class: 'contact' }, `${x.code} · `, h('b', {}, x.contact)))),
+        h('p', { class: 'muted' }, `${t('audit')} #${c.audit.id} · ${t('ledger')} #${c.audit.ledger_seq}`));
+      } catch (e) {
+        contacts.replaceChildren(errorBox(e));
+      }
+    },
+  }, t('show_contact')) : null;
+  const err = h('div', {});
+  const form = ['dispatcher', 'leader', 'admin'].includes(role) ? h('form', { id: 'feedback-form', class: 'form-grid' },
+    h('label', {}, t('feedback_new'), h('textarea', { id: 'feedback-text', name: 'text', rows: 3, maxlength: 1000, required: true })),
+    h('button', { type: 'submit', id: 'feedback-submit' }, t('submit')), err) : null;
+  form?.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await api('POST', `/reports/${encodeURIComponent(id)}/feedback`, { text: form.querySelector('#feedback-text').value });
+      form.reset(); // the report.feedback event re-renders the page
+    } catch (ex) {
+      err.replaceChildren(errorBox(ex));
+    }
+  });
+  return h('section', { id: 'public-tip', class: 'card' },
+    h('h3', {}, t('public_tip')),
+    h('dl', {},
+      h('dt', {}, t('place')), h('dd', {}, p.place || '—'),
+      h('dt', {}, t('tip_count')), h('dd', { id: 'tip-count' }, String(p.count)),
+      h('dt', {}, t('contact')), h('dd', { id: 'contact-on-file' },
+        onFile ? t('contact_on_file') : t('no_contact'))),
+    reveal, contacts,
+    h('h4', {}, t('feedback')),
+    h('ol', { id: 'feedback-list' }, (v.feedback || []).map((f) =>
+      h('li', {}, h('time', {}, fmtTime(f.ts)), ' ', h('span', { class: 'feedback-text' }, f.text), ` · ${f.author}`))),
+    form);
 }
 
 /** An evidence item: the photo or the seekable video (Range requests), hash, receipt, custody. */
@@ -315,6 +380,7 @@ export async function auditPage(root) {
 export async function adminPage(root) {
   const users = h('div', { id: 'users' });
   const devs = h('div', { id: 'devices' });
+  const integrations = h('div', { id: 'integrations' });
   const shown = h('div', { id: 'credentials' });
   const userForm = h('form', { class: 'card form-grid', id: 'add-user' },
     h('h3', {}, t('add_user')),
@@ -328,7 +394,14 @@ export async function adminPage(root) {
     h('label', {}, t('staff'), h('input', { name: 'staff' })),
     h('button', { type: 'submit' }, t('submit')));
   root.append(h('div', { class: 'page' }, h('h2', {}, t('admin')), h('div', { class: 'two' }, devForm, userForm), shown,
-    h('section', {}, h('h3', {}, t('users')), users), h('section', {}, h('h3', {}, t('devices')), devs)));
+    h('section', {}, h('h3', {}, t('users')), users), h('section', {}, h('h3', {}, t('devices')), devs),
+    h('section', {}, h('h3', {}, t('integrations')), integrations)));
+  /** Runs an admin action after confirmation, shows its error, then reloads the lists. */
+  const act = (path, body) => async () => {
+    if (!confirm(t('confirm'))) return;
+    await api('POST', path, body).catch((ex) => shown.replaceChildren(errorBox(ex)));
+    await Promise.all([loadUsers(), loadIntegrations()]).catch((ex) => shown.replaceChildren(errorBox(ex)));
+  };
 
   userForm.addEventListener('submit', async (e) => {
     e.preventDefault();
@@ -349,8 +422,10 @@ export async function adminPage(root) {
     try {
       const r = await api('POST', '/devices', { name: d.name, staff: d.staff || undefined });
       const canvas = h('canvas', { id: 'device-qr' });
-      await QRCode.toCanvas(canvas, JSON.stringify(r), { width: 240, errorCorrectionLevel: 'M' });
+      // The QR code opens the field app provisioned (credentials in the link's fragment).
+      await QRCode.toCanvas(canvas, r.app_url || JSON.stringify(r), { width: 240, errorCorrectionLevel: 'M' });
       shown.replaceChildren(h('div', { class: 'card once' }, h('p', {}, t('credentials_once')), canvas,
+        r.app_url ? h('p', {}, h('a', { id: 'device-app-link', href: r.app_url, target: '_blank', rel: 'noopener' }, t('open_field_app'))) : null,
         h('pre', { id: 'device-credentials' }, JSON.stringify(r, null, 2))));
       devForm.reset();
       await loadDevices();
@@ -360,8 +435,28 @@ export async function adminPage(root) {
   });
   async function loadUsers() {
     const r = await api('GET', '/users');
-    users.replaceChildren(table([[t('name'), (u) => u.name], [t('role'), (u) => t(u.role)], [t('created'), (u) => fmtTime(u.created_at)]],
-      r.items, { class: 'list' }));
+    const who = (u) => `/users/${encodeURIComponent(u.name)}`;
+    const roleSelect = (u) => {
+      const sel = h('select', { 'aria-label': `${t('role')} ${u.name}` },
+        ['dispatcher', 'leader', 'admin', 'auditor'].map((r) => h('option', { value: r, selected: r === u.role }, t(r))));
+      sel.addEventListener('change', () => act(`${who(u)}/role`, { role: sel.value })().then(loadUsers));
+      return sel;
+    };
+    users.replaceChildren(table([[t('name'), (u) => u.name], [t('role'), roleSelect],
+      [t('state'), (u) => (u.disabled_at ? t('disabled') : t('active'))], [t('created'), (u) => fmtTime(u.created_at)],
+      ['', (u) => (u.disabled_at
+        ? h('button', { onclick: act(`${who(u)}/enable`) }, t('enable'))
+        : h('button', { class: 'danger', onclick: act(`${who(u)}/disable`) }, t('disable')))]],
+    r.items, { class: 'list' }));
+  }
+  async function loadIntegrations() {
+    const r = await api('GET', '/integrations');
+    integrations.replaceChildren(table([[t('name'), (a) => a.name],
+      [t('subscribe'), (a) => (a.subscribe || []).join(' ')], [t('publish'), (a) => (a.publish || []).join(' ')],
+      [t('state'), (a) => (a.revoked_at ? t('disabled') : t('active'))],
+      ['', (a) => (a.revoked_at ? '' : h('button', { class: 'danger',
+        onclick: act(`/integrations/${encodeURIComponent(a.name)}/disable`) }, t('disable')))]],
+    r.items, { class: 'list' }));
   }
   async function loadDevices() {
     const list = await allDevices();
@@ -374,7 +469,7 @@ export async function adminPage(root) {
       } }, t('revoke'))],
     ], list.slice(0, 2000), { class: 'list' }));
   }
-  await Promise.all([loadUsers(), loadDevices()]).catch((e) => shown.replaceChildren(errorBox(e)));
+  await Promise.all([loadUsers(), loadDevices(), loadIntegrations()]).catch((e) => shown.replaceChildren(errorBox(e)));
 }
 
 /** The OpenAPI document as a readable table. */
