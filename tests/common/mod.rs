@@ -664,3 +664,51 @@ impl Drop for Mosquitto {
         self.child.wait().ok();
     }
 }
+
+/// `target/test-artifacts/{name}` (created), where browser tests leave their screenshots.
+pub fn artifacts_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a browser acceptance script (`tests/browser/{script}`, Playwright driving Debian's
+/// headless Chromium) with node against a live server at `url`: checks that Chromium
+/// (`JIANDU_TEST_CHROMIUM`) and the npm `packages` are installed, hands the script `JD_URL`,
+/// `JD_CHROMIUM`, `JD_ADMIN` and `JD_ARTIFACTS` (`target/test-artifacts/{artifacts}`) besides
+/// `env`, and fails with the script's output and the server log unless it succeeds within
+/// `limit`. Returns the script's stdout.
+pub async fn run_browser_script(
+    app: &TestApp,
+    script: &str,
+    url: &str,
+    artifacts: &str,
+    packages: &[&str],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> String {
+    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
+        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for package in ["playwright-core"].iter().chain(packages) {
+        assert!(
+            root.join("tests/browser/node_modules").join(package).exists(),
+            "{package} is not installed in tests/browser: run scripts/services.sh"
+        );
+    }
+    let artifacts = artifacts_dir(artifacts);
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(root.join("tests/browser").join(script))
+        .env("JD_URL", url)
+        .env("JD_CHROMIUM", &chromium)
+        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
+        .env("JD_ARTIFACTS", &artifacts);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(limit, cmd.output()).await.expect("browser test hung").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test {script} failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    stdout
+}

@@ -16,7 +16,6 @@ use jiandu_broker::client::PhoneInbox;
 use jiandu_dispatcher::{DispatchError, hand};
 use jiandu_store::{NewReport, ReportSource, ReportStatus, Role, new_id, now_ms};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{ApiError, Caller, Page};
@@ -198,19 +197,6 @@ struct DispatchBody {
     note: Option<String>,
 }
 
-/// Reads an optional JSON body (empty means defaults), naming an unknown or missing field.
-fn parse_body<T: Default + DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        let named = msg.starts_with("unknown field") || msg.starts_with("missing field");
-        let field = if named { msg.split('`').nth(1) } else { None }.unwrap_or("body").to_owned();
-        ApiError::invalid(field, msg)
-    })
-}
-
 /// `POST /api/v1/reports/{id}/dispatch`: `{"device":…}` offers the report to that device now;
 /// `{}` asks the dispatcher for the nearest available one (202).
 async fn dispatch(
@@ -220,7 +206,7 @@ async fn dispatch(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
     if b.assignment.is_some() {
         return Err(ApiError::invalid("assignment", "only for reassign"));
     }
@@ -252,7 +238,7 @@ async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
     let phones = PhoneInbox::new(s.mqtt.clone());
     hand::cancel(&s.store, &phones, &id, caller.name(), b.note.as_deref()).await?;
     Ok(Json(report_view(&s, &id).await?))
@@ -267,7 +253,7 @@ async fn reassign(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
     let note = b.note.clone().unwrap_or_else(|| "reassigned".to_owned());
     let phones = PhoneInbox::new(s.mqtt.clone());
     hand::withdraw(&s.store, &phones, &id, b.assignment.as_deref(), caller.name(), &note).await?;
