@@ -507,8 +507,8 @@ impl Engine {
                 return Ok(());
             }
             let existing = self.store.report_assignments(report_id).await?;
-            let live = existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count();
-            if live as i64 >= report.needs {
+            let live = AssignmentState::filled_slots(&existing);
+            if live >= report.needs {
                 return Ok(());
             }
             tried.extend(existing.into_iter().map(|a| a.device_id));

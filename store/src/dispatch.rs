@@ -104,6 +104,13 @@ stored_enum! {
 }
 
 impl AssignmentState {
+    /// Counts the slots of a report these assignments fill: every open one and every completed
+    /// one (declined, expired and cancelled free their slot). The one count the store's offer
+    /// and escalation checks and the dispatcher's top-up all use.
+    pub fn filled_slots(assignments: &[Assignment]) -> i64 {
+        assignments.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count() as i64
+    }
+
     /// True while the assignment keeps its device busy (offered, accepted, arrived).
     pub fn is_open(self) -> bool {
         matches!(self, AssignmentState::Offered | AssignmentState::Accepted | AssignmentState::Arrived)
@@ -561,8 +568,7 @@ impl Store {
             });
         }
         let existing = fetch_report_assignments(&mut tx, &report.id).await?;
-        let live =
-            existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count() as i64;
+        let live = AssignmentState::filled_slots(&existing);
         if live >= report.needs {
             return Err(StoreError::Conflict {
                 reason: format!(
@@ -687,8 +693,8 @@ impl Store {
             return Ok(false);
         }
         let existing = fetch_report_assignments(&mut tx, report_id).await?;
-        let filled = existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count();
-        if filled as i64 >= report.needs {
+        let filled = AssignmentState::filled_slots(&existing);
+        if filled >= report.needs {
             return Ok(false);
         }
         let report = set_report_status(&mut tx, report, ReportStatus::Unassigned, actor, now).await?;
@@ -709,7 +715,7 @@ impl Store {
                 kind: "report.escalated".into(),
                 actor: actor.to_owned(),
                 subject: report.id.clone(),
-                body: json!({"needs": report.needs, "filled": filled as i64, "radius_m": radius_m.round() as i64}),
+                body: json!({"needs": report.needs, "filled": filled, "radius_m": radius_m.round() as i64}),
             },
         )
         .await?;
