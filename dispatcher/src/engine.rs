@@ -365,8 +365,9 @@ impl Engine {
         };
         match self.store.insert_report(new).await {
             Ok((report, created)) => {
-                // The offer goes out first: it is what someone is waiting for; the ack only lets
-                // the phone drop its copy (it is committed already either way).
+                // The offer is made first: it is what someone is waiting for; the ack only lets
+                // the phone drop its copy (it is committed already either way). The offer leaves
+                // through the phone outbox, so the phone may see the two in either order.
                 if created {
                     metrics::counter!("jiandu_dispatch_reports_total", "source" => "device").increment(1);
                     self.fill_logged(&report.id).await;
