@@ -178,7 +178,7 @@ struct Relayed {
 /// out in the order they were committed).
 async fn unpublished(store: &Store, limit: i64) -> Result<Vec<Relayed>, jiandu_store::StoreError> {
     let events = store.unpublished_events(limit).await?;
-    let phones = store.unpublished_phone_messages(limit).await?;
+    let phones = store.claim_phone_messages(limit).await?;
     let events = events.into_iter().map(|e| Relayed {
         outbox: Outbox::Events,
         seq: e.seq,

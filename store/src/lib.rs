@@ -109,7 +109,9 @@ pub use integrity::{
     NewIndexRun, NewIndicator, NewNotice, Notice, UnitRecord,
 };
 pub use ledger::{GENESIS_HASH, LedgerBreak, LedgerEntry, NewLedgerEntry, canonical_json};
-pub use phones::{MAX_PHONE_MESSAGE_BYTES, OutboxPhoneMessage, PHONE_MESSAGE_RETENTION_MS, PhoneMessage};
+pub use phones::{
+    MAX_PHONE_MESSAGE_BYTES, OutboxPhoneMessage, PHONE_CLAIM_MS, PHONE_MESSAGE_RETENTION_MS, PhoneMessage,
+};
 pub use positions::{LivePosition, PositionRow, PresenceChange};
 pub use registry::{
     Department, IdNumber, ImportPlan, ImportVersion, LookupAudit, LookupBatch, NewLookupAudit, Person, RegistryName,

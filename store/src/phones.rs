@@ -86,6 +86,9 @@ impl OutboxPhoneMessage {
     }
 }
 
+/// How long a relay holds the phone messages it claimed before another relay may send them.
+pub const PHONE_CLAIM_MS: i64 = 5_000;
+
 impl Store {
     /// Records a phone message inside the caller's transaction, so it commits with the change it
     /// announces. Call [`Store::wake_outbox`] after the commit so the relay sends it at once.
@@ -110,7 +113,8 @@ impl Store {
         Ok(seq)
     }
 
-    /// The oldest phone messages not yet published, at most `limit`, in `seq` order.
+    /// The oldest phone messages not yet published, at most `limit`, in `seq` order, claimed or
+    /// not (for inspection; the relay uses [`Store::claim_phone_messages`]).
     pub async fn unpublished_phone_messages(&self, limit: i64) -> Result<Vec<OutboxPhoneMessage>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, device, kind, body, created_at FROM phone_messages WHERE published_at IS NULL \
@@ -120,6 +124,30 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(OutboxPhoneMessage::from_row).collect()
+    }
+
+    /// Claims the oldest phone messages not yet published and not claimed by another relay, at
+    /// most `limit`, in `seq` order: this relay should publish them within [`PHONE_CLAIM_MS`],
+    /// after which another may take them over (at least once, rarely twice).
+    pub async fn claim_phone_messages(&self, limit: i64) -> Result<Vec<OutboxPhoneMessage>, StoreError> {
+        // Claimed for PHONE_CLAIM_MS, so the relays of other processes sharing this database
+        // skip them; the outer conditions are re-checked by PostgreSQL on a row another relay
+        // claimed meanwhile (SQLite runs one writer at a time).
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE phone_messages SET claimed_until = $1 WHERE seq IN (SELECT seq FROM phone_messages \
+             WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) ORDER BY seq LIMIT $3) \
+             AND published_at IS NULL AND (claimed_until IS NULL OR claimed_until < $2) \
+             RETURNING seq, device, kind, body, created_at",
+        )
+        .bind(now + PHONE_CLAIM_MS)
+        .bind(now)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows.iter().map(OutboxPhoneMessage::from_row).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|m| m.seq);
+        Ok(out)
     }
 
     /// Marks phone messages as delivered to the broker.

@@ -269,4 +269,19 @@ async fn phone_messages_commit_with_the_change_and_only_with_it(db: &TestDb) {
     assert_eq!(s.prune_phone_messages(now_ms() - 60_000).await.unwrap(), 0, "published just now: kept");
     assert_eq!(s.prune_phone_messages(now_ms() + 1).await.unwrap(), 3, "old published rows go");
     assert_eq!(s.unpublished_phone_messages(10).await.unwrap().len(), 1, "unpublished rows are never pruned");
+
+    // Relays of two processes sharing the database: a claimed row goes to one of them only,
+    // rows claimed by nobody to whoever asks, and the claim lapses for a relay that died.
+    s.offer(offer("p1", "dC"), tell).await.unwrap();
+    let (first, second) = tokio::join!(s.claim_phone_messages(10), s.claim_phone_messages(10));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut all: Vec<i64> = first.iter().chain(&second).map(|m| m.seq).collect();
+    all.sort();
+    assert_eq!(all.len(), 2, "each unpublished row claimed once: {first:?} {second:?}");
+    all.dedup();
+    assert_eq!(all.len(), 2, "no row claimed twice");
+    assert!(s.claim_phone_messages(10).await.unwrap().is_empty(), "claimed rows are not handed out again");
+    // The claiming relay died: once its claim lapses, another relay takes the rows over.
+    sqlx::query("UPDATE phone_messages SET claimed_until = 1").execute(s.pool()).await.unwrap();
+    assert_eq!(s.claim_phone_messages(10).await.unwrap().len(), 2);
 }
