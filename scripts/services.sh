@@ -11,6 +11,9 @@
 # ${JIANDU_SERVICES_DIR:-/tmp/jiandu-services}/pg, and starts it on 127.0.0.1 (port 5432 if
 # free, else another free port). Idempotent: a second run finds the running cluster and only
 # prints the export line. Progress goes to stderr; stdout carries only `export …` lines.
+# The same package's initdb and pg_ctl also serve tests that stop their database (tests/acks.rs
+# starts a private cluster of its own, as user postgres when root; with CI=true a missing
+# initdb fails them).
 set -euo pipefail
 
 SERVICES_DIR=${JIANDU_SERVICES_DIR:-/tmp/jiandu-services}
@@ -175,6 +178,12 @@ log "Chromium ready at /usr/bin/chromium"
 echo "export JIANDU_TEST_CHROMIUM=/usr/bin/chromium"
 
 PG_BIN=$(pg_bin_dir || true)
+# The server binaries even when a usable server already answers: tests/acks.rs stops and starts
+# a private cluster of its own with initdb and pg_ctl.
+if [[ -z $PG_BIN && $(id -u) -eq 0 ]]; then
+    install_postgres
+    PG_BIN=$(pg_bin_dir || true)
+fi
 
 # 1. Our own cluster from an earlier run, or a usable server on the wanted port.
 if [[ -f $PG_PORT_FILE ]] && usable "$(cat "$PG_PORT_FILE")"; then

@@ -494,6 +494,7 @@ pub const CONFIG_FILE: &str = "jiandu.toml";
 impl Config {
     /// Resolves flags/env over the TOML file over defaults.
     pub fn load(args: &CommonArgs) -> Result<Config> {
+        let broker_defaults = jiandu_broker::BrokerConfig::default();
         let default_dir = PathBuf::from("./jiandu-data");
         let file_path = match &args.config {
             Some(p) => Some(p.clone()),
@@ -574,11 +575,18 @@ impl Config {
                 .ok()
                 .or(file.mosquitto_admin_password),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            max_packet_bytes: file.max_packet_bytes.unwrap_or(300 * 1024),
-            max_connections: file.max_connections.unwrap_or(100_000),
-            heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(64 * 1024 * 1024),
-            max_sessions_per_device: file.max_sessions_per_device.unwrap_or(3).max(1),
-            max_sessions_per_integration: file.max_sessions_per_integration.unwrap_or(16).max(1),
+            // The broker's own defaults, so they are written once (in `BrokerConfig::default`).
+            max_packet_bytes: file.max_packet_bytes.unwrap_or(broker_defaults.max_packet_bytes),
+            max_connections: file.max_connections.unwrap_or(broker_defaults.max_connections),
+            heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(broker_defaults.heartbeat_log_bytes),
+            max_sessions_per_device: file
+                .max_sessions_per_device
+                .unwrap_or(broker_defaults.max_sessions_per_device)
+                .max(1),
+            max_sessions_per_integration: file
+                .max_sessions_per_integration
+                .unwrap_or(broker_defaults.max_sessions_per_integration)
+                .max(1),
             ingest: file.ingest,
             evidence,
             s3_endpoint: std::env::var("JIANDU_S3_ENDPOINT").ok().or(file.s3_endpoint),

@@ -23,15 +23,6 @@ const DEPARTMENTS: &str =
 
 #[tokio::test]
 async fn the_field_app_works_in_headless_chromium() {
-    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
-        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for package in ["playwright-core", "mqtt"] {
-        assert!(
-            root.join("tests/browser/node_modules").join(package).exists(),
-            "{package} is not installed in tests/browser: run scripts/services.sh"
-        );
-    }
     let config = "[web]\napp_heartbeat_s = 1\n[dispatch]\noffer_timeout_s = 300\n[lookup]\nrefresh_ms = 50";
     let app = TestApp::spawn_with_config(Db::Sqlite, config).await;
     // Registries for the look-ups: a plate to misread, a party member, a department's powers.
@@ -41,21 +32,16 @@ async fn the_field_app_works_in_headless_chromium() {
         app.cli(&["import", registry, path.to_str().unwrap()]);
     }
     let (tip_user, tip_pw) = app.add_integration("hotline", &[], &["jd/v1/reports"]);
-    let artifacts = root.join("target/test-artifacts/app");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/app.mjs"))
-        .env("JD_URL", &app.http)
-        .env("JD_CHROMIUM", &chromium)
-        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
-        .env("JD_TIP", format!("{tip_user}:{tip_pw}"))
-        .env("JD_OFFLINE_S", OFFLINE_S.to_string())
-        .env("JD_ARTIFACTS", &artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(600), out).await.expect("browser test hung").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "app test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    let stdout = common::run_browser_script(
+        &app,
+        "app.mjs",
+        &app.http,
+        "app",
+        &["mqtt"],
+        &[("JD_TIP", format!("{tip_user}:{tip_pw}")), ("JD_OFFLINE_S", OFFLINE_S.to_string())],
+        Duration::from_secs(600),
+    )
+    .await;
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
     let device = summary["device"].as_str().expect("the device the admin added");
 
@@ -96,7 +82,7 @@ async fn the_field_app_works_in_headless_chromium() {
     for screen in ["duty", "offer", "job", "report", "lookup", "evidence", "settings", "setup"] {
         for lang in ["zh", "en"] {
             let name = format!("{screen}-{lang}.png");
-            let len = std::fs::metadata(artifacts.join(&name)).map(|m| m.len()).unwrap_or(0);
+            let len = std::fs::metadata(common::artifacts_dir("app").join(&name)).map(|m| m.len()).unwrap_or(0);
             assert!(len > 5_000, "screenshot {name} missing or empty ({len} bytes)");
         }
     }

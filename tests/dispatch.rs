@@ -433,10 +433,18 @@ async fn malformed_reports_get_field_errors_and_staff_dispatch_by_hand() {
     // A good one is acknowledged once stored, and offered to the nearest (the reporter).
     let report = json!({"id": "r-ok", "kind": "gift", "text": "送礼", "lat": SITE.0, "lon": SITE.1, "ts": now(), "plate": "鲁G·12345"});
     phone.send("report", report.clone(), false).await;
-    // The offer goes out first, then the ack (both on inbox/#, so in this order).
-    let offer = phone.offer().await;
+    // The offer comes through the phone outbox and the ack directly, on two connections, so
+    // in either order.
+    let (mut offer, mut acked) = (None, false);
+    while offer.is_none() || !acked {
+        match wait(phone.inbox.recv()).await {
+            (k, v) if k == "assignment" => offer = Some(v),
+            (k, v) if k == "ack" && v["report"] == "r-ok" => acked = true,
+            _ => {}
+        }
+    }
+    let offer = offer.unwrap();
     assert_eq!(offer["report"]["plate"], "鲁G·12345");
-    phone.next_where("ack", |v| v["report"] == "r-ok").await;
     phone.send("report", report, false).await; // re-sent: acked again, stored once
     phone.next_where("ack", |v| v["report"] == "r-ok").await;
     // An answer for an assignment that is not this phone's.
@@ -525,5 +533,81 @@ async fn malformed_reports_get_field_errors_and_staff_dispatch_by_hand() {
     let next = list["next"].as_str().unwrap();
     let rest = app.get_json(&format!("/api/v1/reports?after={next}")).await;
     assert_eq!(rest["items"].as_array().unwrap().len(), 1, "two reports stored (r-bad was refused): {rest}");
+    app.stop();
+}
+
+/// Offers go through the phone outbox (one row per offer, published and marked after the PUBACK)
+/// and reach the phone as fast as before; the event stream never carries those rows.
+#[tokio::test]
+async fn offers_go_through_the_phone_outbox_and_never_into_the_event_stream() {
+    use sqlx::Row;
+    let app = TestApp::spawn_with_config(Db::Sqlite, CONFIG).await;
+    let mut hotline = Integration::start(&app).await;
+    let mut phone = Phone::start(&app, "赵六", 100.0, "on", 0).await;
+    hotline.tip("tip-ob", "official-car").await;
+    let offer = phone.offer().await;
+    assert_eq!(offer["report"]["id"], "tip-ob");
+    let asg = offer["assignment_id"].as_str().unwrap().to_owned();
+    hotline.event("assignment.offered", |d| d["id"] == asg.as_str()).await;
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.db).await.unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        rows = sqlx::query("SELECT device, kind, body, published_at FROM phone_messages ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        if rows.iter().all(|r| r.get::<Option<i64>, _>("published_at").is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rows.len(), 1, "one outbox row for the one offer");
+    let row = &rows[0];
+    assert_eq!((row.get::<String, _>("device"), row.get::<String, _>("kind")), (phone.id.clone(), "assignment".into()));
+    assert_eq!(serde_json::from_str::<Value>(&row.get::<String, _>("body")).unwrap(), offer, "what the phone got");
+    assert!(row.get::<Option<i64>, _>("published_at").is_some(), "marked after the PUBACK");
+
+    // The phone answers; the withdrawal by the desk reaches it through the outbox too.
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{}/api/v1/reports/tip-ob/cancel", app.http))
+        .basic_auth(&app.admin.0, Some(&app.admin.1))
+        .json(&json!({"note": "duplicate"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "cancel: {}", resp.status());
+    let notice = phone.next_where("notice", |v| v["text"].as_str().is_some_and(|t| t.contains(&asg))).await;
+    assert!(notice["text"].as_str().unwrap().contains("cancelled"));
+    let kinds: Vec<String> = sqlx::query("SELECT kind FROM phone_messages ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("kind"))
+        .collect();
+    assert_eq!(kinds, ["assignment", "notice"]);
+
+    // Neither the MQTT event stream nor the stored events (what Server-Sent Events read) show
+    // a phone message: every one is an event envelope on jd/v1/events/.
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), hotline.events.recv()).await {
+        seen.push(e);
+    }
+    let events: Vec<String> =
+        sqlx::query("SELECT data FROM events").fetch_all(&pool).await.unwrap().iter().map(|r| r.get("data")).collect();
+    pool.close().await;
+    for e in &seen {
+        assert!(e["topic"].as_str().unwrap().starts_with("jd/v1/events/"), "{e}");
+        assert!(e["type"].is_string() && e["id"].is_string(), "an event envelope: {e}");
+        assert_ne!(e["data"], offer);
+        assert_ne!(e["data"], notice);
+    }
+    for data in &events {
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert!(v != offer && v != notice, "a phone message leaked into the events: {v}");
+    }
     app.stop();
 }

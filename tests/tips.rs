@@ -593,13 +593,6 @@ impl<T> Tap for T {}
 /// (`challenge_after = 1`).
 #[tokio::test]
 async fn a_citizen_reports_from_a_phone_browser_and_reads_the_answer() {
-    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
-        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core is not installed in tests/browser: run scripts/services.sh"
-    );
     let app = TestApp::spawn_with_config(Db::Sqlite, "[public]\nchallenge_after = 1\ndifficulty = 12").await;
     let desk = add_user(&app, "desk", "dispatcher");
     let leader = add_user(&app, "leader", "leader");
@@ -613,22 +606,20 @@ async fn a_citizen_reports_from_a_phone_browser_and_reads_the_answer() {
             nearest = id;
         }
     }
-    let artifacts = root.join("target/test-artifacts/tip");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/tip.mjs"))
-        .env("JD_URL", &app.http)
-        .env("JD_CHROMIUM", &chromium)
-        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
-        .env("JD_DESK", format!("{}:{}", desk.0, desk.1))
-        .env("JD_LEADER", format!("{}:{}", leader.0, leader.1))
-        .env("JD_NEAREST", &nearest)
-        .env("JD_ARTIFACTS", &artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    let stdout = common::run_browser_script(
+        &app,
+        "tip.mjs",
+        &app.http,
+        "tip",
+        &[],
+        &[
+            ("JD_DESK", format!("{}:{}", desk.0, desk.1)),
+            ("JD_LEADER", format!("{}:{}", leader.0, leader.1)),
+            ("JD_NEAREST", nearest.to_string()),
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
     let result: Value = stdout
         .lines()
         .find_map(|l| l.strip_prefix("result "))
@@ -653,7 +644,7 @@ async fn a_citizen_reports_from_a_phone_browser_and_reads_the_answer() {
     }
     assert!(!app.log().contains(CONTACT), "the contact is in the log");
     for name in ["tip-form-390.png", "tip-receipt-390.png", "tip-desk-390.png", "tip-follow-390.png"] {
-        let len = std::fs::metadata(artifacts.join(name)).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(common::artifacts_dir("tip").join(name)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "screenshot {name} missing or empty ({len} bytes)");
     }
     for p in phones {

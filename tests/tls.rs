@@ -300,13 +300,6 @@ async fn tls_phone(app: &TestApp, name: &str, lat: f64, lon: f64) -> (String, to
 /// and the session cookie is `Secure`.
 #[tokio::test]
 async fn the_desk_works_over_https_in_headless_chromium() {
-    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
-        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core is not installed in tests/browser: run scripts/services.sh"
-    );
     let toml = "[ingest]\nposition_event_interval_s = 0\n[dispatch]\nradius_m = 2000".to_owned();
     let app = TestApp::spawn_tls(Db::Sqlite, TlsOptions { toml, ..Default::default() }).await;
     let server_pem = std::fs::read_to_string(app.dir.path().join("tls/server.pem")).unwrap();
@@ -318,22 +311,20 @@ async fn the_desk_works_over_https_in_headless_chromium() {
         phones.push(tls_phone(&app, &format!("patrol {i}"), lat, lon).await);
     }
     let https = app.https.clone().unwrap();
-    let artifacts = root.join("target/test-artifacts/tls");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/desk.mjs"))
-        .env("JD_URL", &https)
-        .env("JD_SPKI", &pin)
-        .env("JD_CHROMIUM", &chromium)
-        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
-        .env("JD_DESK", format!("desk:{desk_pw}"))
-        .env("JD_NEAREST", &phones[0].0)
-        .env("JD_ARTIFACTS", &artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    common::run_browser_script(
+        &app,
+        "desk.mjs",
+        &https,
+        "tls",
+        &[],
+        &[
+            ("JD_SPKI", pin.to_string()),
+            ("JD_DESK", format!("desk:{desk_pw}")),
+            ("JD_NEAREST", phones[0].0.to_string()),
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
     // What the browser did over HTTPS is in the database: the nearest phone accepted the report.
     let web = https_client(&app.ca_pem());
     let get = |path: String| {

@@ -414,13 +414,6 @@ async fn run_phone(app: &TestApp, name: &str, lat: f64, lon: f64) -> (String, to
 
 #[tokio::test]
 async fn the_desk_works_in_headless_chromium() {
-    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
-        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core is not installed in tests/browser: run scripts/services.sh"
-    );
     // Position samples for every heartbeat, so the map moves while the test watches.
     // A 2 km dispatch radius, so the report the desk makes 2.9 km away is escalated to the desk.
     let config = "[ingest]\nposition_event_interval_s = 0\n[dispatch]\nradius_m = 2000";
@@ -430,21 +423,16 @@ async fn the_desk_works_in_headless_chromium() {
     for (i, (lat, lon)) in [(36.5010, 118.5000), (36.5200, 118.5300), (36.4700, 118.4600)].into_iter().enumerate() {
         phones.push(run_phone(&app, &format!("patrol {i}"), lat, lon).await);
     }
-    let artifacts = root.join("target/test-artifacts/web");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/desk.mjs"))
-        .env("JD_URL", &app.http)
-        .env("JD_CHROMIUM", &chromium)
-        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
-        .env("JD_DESK", format!("desk:{desk_pw}"))
-        .env("JD_NEAREST", &phones[0].0)
-        .env("JD_ARTIFACTS", &artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    common::run_browser_script(
+        &app,
+        "desk.mjs",
+        &app.http,
+        "web",
+        &[],
+        &[("JD_DESK", format!("desk:{desk_pw}")), ("JD_NEAREST", phones[0].0.to_string())],
+        Duration::from_secs(300),
+    )
+    .await;
     // What the browser did is in the database: the nearest phone accepted the web-made report.
     let reports = app.get_json("/api/v1/reports").await;
     let r = &reports["items"][0];
@@ -456,7 +444,7 @@ async fn the_desk_works_in_headless_chromium() {
     assert_eq!(accepted["device_id"], phones[0].0.as_str());
     assert_eq!(accepted["actor"], "desk", "sent by hand from the browser");
     for name in ["map-1920.png", "report-1920.png", "map-390.png", "report-390.png"] {
-        let len = std::fs::metadata(artifacts.join(name)).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(common::artifacts_dir("web").join(name)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 10_000, "screenshot {name} missing or empty ({len} bytes)");
     }
     for (_, task) in phones {
@@ -472,13 +460,6 @@ async fn the_desk_works_in_headless_chromium() {
 /// the leader's click computes the period under test.
 #[tokio::test]
 async fn leaders_work_cases_and_the_index_in_headless_chromium() {
-    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
-        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core is not installed in tests/browser: run scripts/services.sh"
-    );
     let app = TestApp::spawn_with_config(Db::Sqlite, "[index]\nclock_offset_ms = -31536000000\n").await;
     let desk_pw = add_user(&app, "desk", "dispatcher");
     let lead_pw = add_user(&app, "lead", "leader");
@@ -531,23 +512,22 @@ async fn leaders_work_cases_and_the_index_in_headless_chromium() {
     let tip: Value = resp.json().await.unwrap();
     let tip = tip["report"]["id"].as_str().unwrap().to_owned();
 
-    let artifacts = root.join("target/test-artifacts/web");
-    std::fs::create_dir_all(&artifacts).unwrap();
     let colours = r#"{"D001":"green","D002":"blue","D003":"red","D004":"yellow"}"#;
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/browser/leaders.mjs"))
-        .env("JD_URL", &app.http)
-        .env("JD_CHROMIUM", &chromium)
-        .env("JD_DESK", format!("desk:{desk_pw}"))
-        .env("JD_LEADER", format!("lead:{lead_pw}"))
-        .env("JD_PERIOD", &period)
-        .env("JD_COLOURS", colours)
-        .env("JD_ARTIFACTS", &artifacts)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), out).await.expect("browser test hung").unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    let stdout = common::run_browser_script(
+        &app,
+        "leaders.mjs",
+        &app.http,
+        "web",
+        &[],
+        &[
+            ("JD_DESK", format!("desk:{desk_pw}")),
+            ("JD_LEADER", format!("lead:{lead_pw}")),
+            ("JD_PERIOD", period.clone()),
+            ("JD_COLOURS", colours.to_owned()),
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
 
     // What the browser did is in the database.
     let case_id = stdout.lines().find_map(|l| l.strip_prefix("case: ")).expect("the script names its case").trim();

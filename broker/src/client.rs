@@ -158,75 +158,132 @@ impl RoleSession {
     }
 }
 
-/// Publishes the event outbox (see `store::events`) on `jd/v1/events/{kind}` at QoS 1, marking
-/// each event published only after the broker's PUBACK: at-least-once, in order, surviving
-/// broker restarts and crashes of this process.
+/// The two outboxes the relay drains: events (`jd/v1/events/{kind}`) and phone messages
+/// (`jd/v1/dev/{device}/inbox/{kind}`). A PUBACK marks the row in the table it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outbox {
+    Events,
+    Phones,
+}
+
+/// One outbox row on its way to the broker.
+struct Relayed {
+    outbox: Outbox,
+    seq: i64,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+/// The oldest unpublished rows of both outboxes, each in `seq` order (so a device's messages go
+/// out in the order they were committed).
+async fn unpublished(store: &Store, limit: i64) -> Result<Vec<Relayed>, jiandu_store::StoreError> {
+    let events = store.unpublished_events(limit).await?;
+    let phones = store.claim_phone_messages(limit).await?;
+    let events = events.into_iter().map(|e| Relayed {
+        outbox: Outbox::Events,
+        seq: e.seq,
+        topic: e.topic(),
+        payload: e.payload(),
+    });
+    let phones = phones.into_iter().map(|m| Relayed {
+        outbox: Outbox::Phones,
+        seq: m.seq,
+        topic: m.topic(),
+        payload: m.body.into_bytes(),
+    });
+    Ok(events.chain(phones).collect())
+}
+
+/// Marks what the broker acknowledged; on failure the rows are sent again (at least once).
+async fn mark_published(store: &Store, acked: &mut Vec<(Outbox, i64)>) {
+    if acked.is_empty() {
+        return;
+    }
+    let pick = |which: Outbox| acked.iter().filter(|(o, _)| *o == which).map(|(_, s)| *s).collect::<Vec<_>>();
+    if let Err(e) = store.mark_events_published(&pick(Outbox::Events)).await {
+        warn!(error = %e, "marking events published failed; they will be sent again");
+    }
+    if let Err(e) = store.mark_phone_messages_published(&pick(Outbox::Phones)).await {
+        warn!(error = %e, "marking phone messages published failed; they will be sent again");
+    }
+    acked.clear();
+}
+
+/// Publishes both outboxes at QoS 1 — events (see `store::events`) on `jd/v1/events/{kind}`,
+/// phone messages (see `store::phones`) on `jd/v1/dev/{device}/inbox/{kind}` — marking each row
+/// published only after the broker's PUBACK: at-least-once, in order, surviving broker restarts
+/// and crashes of this process. Idle, it polls every 50 ms (rows written by other processes)
+/// and wakes at once when this process commits an outbox row ([`Store::outbox_written`]). Now
+/// and then it prunes phone messages published long ago.
 pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: CancellationToken) {
     const BATCH: i64 = 256;
+    const PRUNE_EVERY: Duration = Duration::from_secs(60);
     let mut backoff = Duration::from_millis(100);
+    let mut last_prune: Option<tokio::time::Instant> = None;
     'connection: loop {
-        let (client, mut events) = AsyncClient::new(endpoint.options("events"), BATCH as usize * 2);
+        let (client, mut events) = AsyncClient::new(endpoint.options("outbox"), BATCH as usize * 4);
         let mut network = events.network_options();
         network.set_tcp_nodelay(true);
         events.set_network_options(network);
         let mut connected = false;
-        let mut awaiting_pkid: VecDeque<i64> = VecDeque::new();
-        let mut in_flight: HashMap<u16, i64> = HashMap::new();
-        let mut acked: Vec<i64> = Vec::new();
+        let mut awaiting_pkid: VecDeque<(Outbox, i64)> = VecDeque::new();
+        let mut in_flight: HashMap<u16, (Outbox, i64)> = HashMap::new();
+        let mut acked: Vec<(Outbox, i64)> = Vec::new();
         loop {
             let idle = connected && awaiting_pkid.is_empty() && in_flight.is_empty();
             if idle {
-                if !acked.is_empty() {
-                    if let Err(e) = store.mark_events_published(&acked).await {
-                        warn!(error = %e, "marking events published failed; they will be sent again");
+                mark_published(&store, &mut acked).await;
+                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    last_prune = Some(tokio::time::Instant::now());
+                    let before = jiandu_store::now_ms() - jiandu_store::PHONE_MESSAGE_RETENTION_MS;
+                    match store.prune_phone_messages(before).await {
+                        Ok(0) => {}
+                        Ok(n) => debug!(pruned = n, "old phone messages pruned"),
+                        Err(e) => warn!(error = %e, "pruning the phone outbox failed"),
                     }
-                    acked.clear();
                 }
-                match store.unpublished_events(BATCH).await {
+                match unpublished(&store, BATCH).await {
                     Ok(batch) if !batch.is_empty() => {
-                        for e in batch {
-                            if client.publish(e.topic(), QoS::AtLeastOnce, false, e.payload()).await.is_err() {
+                        for r in batch {
+                            if client.publish(r.topic, QoS::AtLeastOnce, false, r.payload).await.is_err() {
                                 continue 'connection;
                             }
-                            awaiting_pkid.push_back(e.seq);
+                            awaiting_pkid.push_back((r.outbox, r.seq));
                         }
                         continue;
                     }
                     Ok(_) => {}
-                    Err(e) => warn!(error = %e, "reading the event outbox failed"),
+                    Err(e) => warn!(error = %e, "reading the outbox failed"),
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    if !acked.is_empty() {
-                        store.mark_events_published(&acked).await.ok();
-                    }
+                    mark_published(&store, &mut acked).await;
                     client.disconnect().await.ok();
                     let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
                     return;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(50)), if idle => {}
+                _ = store.outbox_written().notified(), if idle => {}
                 polled = events.poll() => match polled {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         backoff = Duration::from_millis(100);
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                        if let Some(seq) = awaiting_pkid.pop_front() {
-                            in_flight.insert(pkid, seq);
+                        if let Some(row) = awaiting_pkid.pop_front() {
+                            in_flight.insert(pkid, row);
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(seq) = in_flight.remove(&ack.pkid) {
-                            acked.push(seq);
+                        if let Some(row) = in_flight.remove(&ack.pkid) {
+                            acked.push(row);
                         }
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        if !acked.is_empty() {
-                            store.mark_events_published(&acked).await.ok();
-                        }
-                        warn!(error = %e, "event relay lost the broker; reconnecting");
+                        mark_published(&store, &mut acked).await;
+                        warn!(error = %e, "outbox relay lost the broker; reconnecting");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -240,13 +297,19 @@ pub async fn run_outbox_relay(store: Store, endpoint: BrokerEndpoint, shutdown: 
     }
 }
 
-/// The one way every role sends something to a phone (`jd/v1/dev/{dev}/inbox/{kind}`, QoS 1, not
-/// retained): offers, notices, receipts, look-up replies and field errors all go through
-/// [`PhoneInbox::send`], so the topic, the QoS and the logging of a failure are decided once.
+/// The one way a role sends something to a phone directly (`jd/v1/dev/{dev}/inbox/{kind}`, QoS 1,
+/// not retained), so the topic, the QoS and the logging of a failure are decided once.
 ///
-/// What must not be lost is made durable before it is sent (the offer is an assignment row, a
-/// receipt follows a committed evidence row); the phone's persistent session (clean session off)
-/// keeps QoS 1 messages while it is away.
+/// Each inbox kind has one path (DESIGN §3):
+/// - through the phone outbox (`store::phones`, published by [`run_outbox_relay`]), written in
+///   the same transaction as the change: `assignment` (offers) and `notice` when it withdraws,
+///   cancels or expires an assignment. These must not be lost, and nothing makes a phone ask
+///   for them again.
+/// - direct, here: `ack`, `lookup` and `receipt` answer a message the phone repeats (or an
+///   upload it resumes) when no answer comes, so a lost send is retried by the phone itself;
+///   `error` says why a message was refused, when nothing was committed.
+///
+/// The phone's persistent session (clean session off) keeps QoS 1 messages while it is away.
 #[derive(Clone)]
 pub struct PhoneInbox {
     client: AsyncClient,

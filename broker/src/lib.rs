@@ -369,7 +369,11 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         max_segment_count: 8,
         // The router drops the oldest log entries of a filter whose subscriber lags by more than
         // size × count, although their publishers were acknowledged: give the two bulk streams
-        // room (memory is only used while a subscriber lags).
+        // room. A log keeps what it holds until newer entries push it out (read or not), so its
+        // size is memory the server keeps after a burst (the evidence log is most of what
+        // `bench evidence` reports as RSS growth). A smaller evidence log (32 MiB was tried)
+        // makes a fast phone outrun evidence ingest: most chunks are dropped and re-sent, and
+        // the phone's client stalled waiting for a PUBACK; it needs flow control first.
         custom_segment: Some(std::collections::HashMap::from([
             (
                 "jd/v1/dev/+/ev/#".to_owned(),

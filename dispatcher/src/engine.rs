@@ -21,8 +21,8 @@ use jiandu_schemas::{
     Ack, AsgStatus, AssignmentOffer, Duty, ErrorNotice, EventKind, InboxKind, Notice, PayloadError, Report, Topic,
 };
 use jiandu_store::{
-    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, RevokedDevices, Store,
-    StoreError, StoredReport, now_ms,
+    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, PhoneMessage, ReportSource, ReportStatus,
+    RevokedDevices, Store, StoreError, StoredReport, now_ms,
 };
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde_json::Value;
@@ -245,13 +245,20 @@ impl Engine {
     }
 
     async fn expire(&mut self, assignment: &str) {
-        match self.store.transition(assignment, None, AssignmentState::Expired, ACTOR, None).await {
+        let device = match self.store.assignment(assignment).await {
+            Ok(a) => a.device_id,
+            Err(StoreError::NotFound { .. }) => return,
+            Err(e) => return warn!(assignment, error = %e, "expiring an offer failed; the sweep retries"),
+        };
+        let tell = match notice_message(&device, format!("assignment {assignment} expired: no answer in time")) {
+            Ok(m) => m,
+            Err(e) => return warn!(assignment, error = %e, "cannot encode the expiry notice"),
+        };
+        match self.store.transition(assignment, None, AssignmentState::Expired, ACTOR, None, Some(tell)).await {
             Ok(t) if t.changed => {
                 info!(assignment, device = %t.assignment.device_id, report = %t.report.id, "offer expired");
                 metrics::counter!("jiandu_dispatch_offers_expired_total").increment(1);
                 self.index.set_busy(&t.assignment.device_id, false, t.assignment.updated_at);
-                self.notify(&t.assignment.device_id, format!("assignment {assignment} expired: no answer in time"))
-                    .await;
                 self.fill_logged(&t.report.id).await;
             }
             Ok(_) => {}
@@ -358,8 +365,9 @@ impl Engine {
         };
         match self.store.insert_report(new).await {
             Ok((report, created)) => {
-                // The offer goes out first: it is what someone is waiting for; the ack only lets
-                // the phone drop its copy (it is committed already either way).
+                // The offer is made first: it is what someone is waiting for; the ack only lets
+                // the phone drop its copy (it is committed already either way). The offer leaves
+                // through the phone outbox, so the phone may see the two in either order.
                 if created {
                     metrics::counter!("jiandu_dispatch_reports_total", "source" => "device").increment(1);
                     self.fill_logged(&report.id).await;
@@ -412,7 +420,7 @@ impl Engine {
             AsgStatus::Arrived => AssignmentState::Arrived,
             AsgStatus::Completed => AssignmentState::Completed,
         };
-        match self.store.transition(assignment, Some(device), to, device, status.note.as_deref()).await {
+        match self.store.transition(assignment, Some(device), to, device, status.note.as_deref(), None).await {
             Ok(t) => {
                 let ack = Ack { asg: Some(assignment.to_owned()), status: Some(status.status), ..Ack::default() };
                 self.send(device, InboxKind::Ack, &ack).await;
@@ -500,8 +508,8 @@ impl Engine {
                 return Ok(());
             }
             let existing = self.store.report_assignments(report_id).await?;
-            let live = existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count();
-            if live as i64 >= report.needs {
+            let live = AssignmentState::filled_slots(&existing);
+            if live >= report.needs {
                 return Ok(());
             }
             tried.extend(existing.into_iter().map(|a| a.device_id));
@@ -530,10 +538,9 @@ impl Engine {
                 respond_by,
                 actor: ACTOR.to_owned(),
             };
-            match self.store.offer(offer).await {
+            match self.store.offer(offer, offer_message).await {
                 Ok((assignment, updated)) => {
                     self.index.set_busy(&device, true, assignment.offered_at);
-                    self.publish_offer(&updated, &assignment).await;
                     self.schedule(&assignment.id, assignment.respond_by);
                     metrics::counter!("jiandu_dispatch_offers_total").increment(1);
                     info!(report = report_id, device = %device, distance_m = candidate.distance_m.round(), "offered");
@@ -549,15 +556,6 @@ impl Engine {
         }
     }
 
-    async fn publish_offer(&self, report: &StoredReport, a: &Assignment) {
-        let offer = offer_payload(report, a);
-        self.send(&a.device_id, InboxKind::Assignment, &offer).await;
-    }
-
-    async fn notify(&self, device: &str, text: String) {
-        self.send(device, InboxKind::Notice, &Notice { ts: now_ms(), text }).await;
-    }
-
     /// Tells a phone why its message was refused, on `inbox/error`.
     async fn reject(&self, device: &str, topic: &str, e: &PayloadError) {
         debug!(device, field = %e.field, error = %e.message, "refused a message");
@@ -568,6 +566,16 @@ impl Engine {
     async fn send(&self, device: &str, kind: InboxKind, body: &impl serde::Serialize) {
         PhoneInbox::new(self.client.clone()).send(device, kind, body).await;
     }
+}
+
+/// The phone outbox message that offers `a` (`inbox/assignment`), recorded with the offer.
+pub fn offer_message(report: &StoredReport, a: &Assignment) -> Result<PhoneMessage, StoreError> {
+    PhoneMessage::new(&a.device_id, InboxKind::Assignment.as_str(), &offer_payload(report, a))
+}
+
+/// The phone outbox message of a notice (`inbox/notice`), recorded with the change it tells of.
+pub fn notice_message(device: &str, text: String) -> Result<PhoneMessage, StoreError> {
+    PhoneMessage::new(device, InboxKind::Notice.as_str(), &Notice { ts: now_ms(), text })
 }
 
 /// The `inbox/assignment` payload of an offer.

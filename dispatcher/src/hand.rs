@@ -3,17 +3,16 @@
 //! automatic dispatcher uses, so the web only routes the request.
 //!
 //! A hand-made offer is recorded through the store like any other (assignment row, outbox event,
-//! timeline, ledger; the store refuses a final report, filled slots, a device already tried or
-//! busy), then sent through the one phone path ([`PhoneInbox`]). The running dispatcher arms its
-//! deadline from the `assignment.offered` event, exactly as for its own offers.
+//! timeline, ledger, and the phone's offer in the phone outbox, all in one transaction; the store
+//! refuses a final report, filled slots, a device already tried or busy); withdrawal notices go
+//! the same way. The running dispatcher arms its deadline from the `assignment.offered` event,
+//! exactly as for its own offers.
 
-use jiandu_broker::client::PhoneInbox;
-use jiandu_schemas::{InboxKind, Notice};
-use jiandu_store::{Assignment, AssignmentState, NewOffer, Store, StoredReport, now_ms};
+use jiandu_store::{Assignment, AssignmentState, NewOffer, PhoneMessage, Store, StoreError, StoredReport, now_ms};
 use tracing::info;
 
 use crate::DispatchError;
-use crate::engine::offer_payload;
+use crate::engine::{notice_message, offer_message};
 use crate::index::haversine_m;
 
 /// Seconds a hand-made offer waits for an answer unless the desk says otherwise (the same as the
@@ -66,18 +65,16 @@ pub async fn plan_offer(
     Ok(HandOffer { report, offer })
 }
 
-/// Offers `report_id` to `device` by hand: [`plan_offer`], recorded, then sent to the phone.
+/// Offers `report_id` to `device` by hand: [`plan_offer`], recorded with the phone's offer.
 pub async fn offer(
     store: &Store,
-    phones: &PhoneInbox,
     report_id: &str,
     device: &str,
     respond_within_s: Option<i64>,
     actor: &str,
 ) -> Result<Assignment, DispatchError> {
     let plan = plan_offer(store, report_id, device, respond_within_s, actor).await?;
-    let (a, report) = store.offer(plan.offer).await?;
-    phones.send(device, InboxKind::Assignment, &offer_payload(&report, &a)).await;
+    let (a, _) = store.offer(plan.offer, offer_message).await?;
     info!(report = %report_id, device, by = actor, "offered by hand");
     Ok(a)
 }
@@ -87,7 +84,6 @@ pub async fn offer(
 /// open. Returns the withdrawn assignments.
 pub async fn withdraw(
     store: &Store,
-    phones: &PhoneInbox,
     report_id: &str,
     assignment: Option<&str>,
     actor: &str,
@@ -107,8 +103,8 @@ pub async fn withdraw(
     };
     let mut withdrawn = Vec::with_capacity(targets.len());
     for a in targets {
-        let t = store.transition(&a.id, None, AssignmentState::Cancelled, actor, Some(note)).await?;
-        tell_withdrawn(phones, &t.assignment, "it was reassigned").await;
+        let tell = withdrawn_notice(a, "it was reassigned")?;
+        let t = store.transition(&a.id, None, AssignmentState::Cancelled, actor, Some(note), Some(tell)).await?;
         withdrawn.push(t.assignment);
     }
     Ok(withdrawn)
@@ -117,15 +113,12 @@ pub async fn withdraw(
 /// Cancels a report by hand: every open assignment is withdrawn and its phone told.
 pub async fn cancel(
     store: &Store,
-    phones: &PhoneInbox,
     report_id: &str,
     actor: &str,
     note: Option<&str>,
 ) -> Result<Vec<Assignment>, DispatchError> {
-    let (_, withdrawn) = store.cancel_report(report_id, actor, note).await?;
-    for a in &withdrawn {
-        tell_withdrawn(phones, a, "the report was cancelled").await;
-    }
+    let (_, withdrawn) =
+        store.cancel_report(report_id, actor, note, |a| withdrawn_notice(a, "the report was cancelled")).await?;
     info!(report = %report_id, by = actor, withdrawn = withdrawn.len(), "report cancelled");
     Ok(withdrawn)
 }
@@ -137,8 +130,7 @@ pub async fn redispatch(store: &Store, report_id: &str, actor: &str) -> Result<S
     Ok(report)
 }
 
-/// Tells a phone that an assignment it held was withdrawn.
-async fn tell_withdrawn(phones: &PhoneInbox, a: &Assignment, why: &str) {
-    let notice = Notice { ts: now_ms(), text: format!("assignment {} withdrawn: {why}", a.id) };
-    phones.send(&a.device_id, InboxKind::Notice, &notice).await;
+/// The notice telling a phone that an assignment it held was withdrawn.
+fn withdrawn_notice(a: &Assignment, why: &str) -> Result<PhoneMessage, StoreError> {
+    notice_message(&a.device_id, format!("assignment {} withdrawn: {why}", a.id))
 }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use engine::{ACTOR, offer_payload};
+pub use engine::{ACTOR, notice_message, offer_message, offer_payload};
 
 /// Settings of the `[dispatch]` section of `jiandu.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -65,7 +65,7 @@ pub struct HeartbeatConfig {
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
-            batch_points: 4000,
+            batch_points: 16_000,
             ack_interval_ms: 1000,
             stale_after_s: 600,
             retention_days: 365,
@@ -565,7 +565,15 @@ impl Writer {
         let mut newest: HashMap<&str, &PositionRow> = HashMap::new();
         for (row, seq) in batch.rows.iter().zip(&batch.seqs) {
             match seq {
-                Some(seq) => self.seq_due.entry(row.device_id.clone()).or_default().insert(*seq),
+                // Looked up before inserting: no device id copied per point.
+                Some(seq) => match self.seq_due.get_mut(&row.device_id) {
+                    Some(due) => due.insert(*seq),
+                    None => {
+                        let mut due = SeqRanges::default();
+                        due.insert(*seq);
+                        self.seq_due.insert(row.device_id.clone(), due);
+                    }
+                },
                 None => {
                     let due = self.upto_due.entry(row.device_id.clone()).or_insert(row.ts);
                     *due = (*due).max(row.ts);

@@ -20,7 +20,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tracing::{debug, info};
 
-use crate::{Backend, NewEvent, NewLedgerEntry, Store, StoreError, now_ms};
+use crate::{Backend, NewEvent, NewLedgerEntry, PhoneMessage, Store, StoreError, now_ms};
 
 /// Where a report came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,6 +104,13 @@ stored_enum! {
 }
 
 impl AssignmentState {
+    /// Counts the slots of a report these assignments fill: every open one and every completed
+    /// one (declined, expired and cancelled free their slot). The one count the store's offer
+    /// and escalation checks and the dispatcher's top-up all use.
+    pub fn filled_slots(assignments: &[Assignment]) -> i64 {
+        assignments.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count() as i64
+    }
+
     /// True while the assignment keeps its device busy (offered, accepted, arrived).
     pub fn is_open(self) -> bool {
         matches!(self, AssignmentState::Offered | AssignmentState::Accepted | AssignmentState::Arrived)
@@ -542,10 +549,16 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("device_id")?)).collect()
     }
 
-    /// Records an offer of a report to a device, with its event, timeline line and ledger entry.
-    /// Refused with [`StoreError::Conflict`] when the report is finished or already has every
-    /// inspector it needs, the device was offered this report before, or the device is busy.
-    pub async fn offer(&self, o: NewOffer) -> Result<(Assignment, StoredReport), StoreError> {
+    /// Records an offer of a report to a device, with its event, timeline line, ledger entry and
+    /// the phone's message (`tell` builds it from the stored report and assignment; it goes
+    /// through the phone outbox in the same transaction). Refused with [`StoreError::Conflict`]
+    /// when the report is finished or already has every inspector it needs, the device was
+    /// offered this report before, or the device is busy.
+    pub async fn offer(
+        &self,
+        o: NewOffer,
+        tell: impl FnOnce(&StoredReport, &Assignment) -> Result<PhoneMessage, StoreError>,
+    ) -> Result<(Assignment, StoredReport), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let report = lock_report(&mut tx, &o.report_id, now).await?;
@@ -555,8 +568,7 @@ impl Store {
             });
         }
         let existing = fetch_report_assignments(&mut tx, &report.id).await?;
-        let live =
-            existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count() as i64;
+        let live = AssignmentState::filled_slots(&existing);
         if live >= report.needs {
             return Err(StoreError::Conflict {
                 reason: format!(
@@ -603,7 +615,9 @@ impl Store {
         };
         record_change(&mut tx, &assignment, None, &o.actor, None, now).await?;
         let report = refresh_report(&mut tx, report, &o.actor, now).await?;
+        Store::append_phone_message_in(&mut tx, &tell(&report, &assignment)?).await?;
         tx.commit().await?;
+        self.wake_outbox();
         debug!(assignment = %assignment.id, report = %assignment.report_id, device = %assignment.device_id, "offered");
         Ok((assignment, report))
     }
@@ -611,6 +625,8 @@ impl Store {
     /// Moves an assignment to `to` on behalf of `actor`. With `device`, the assignment must be
     /// that device's (a phone answering). Asking for the state it is already in is a re-send and
     /// changes nothing; a move the state machine does not allow is a [`StoreError::Conflict`].
+    /// `tell` (a withdrawal or expiry notice) goes through the phone outbox in the same
+    /// transaction, only when the state changed.
     pub async fn transition(
         &self,
         assignment_id: &str,
@@ -618,6 +634,7 @@ impl Store {
         to: AssignmentState,
         actor: &str,
         note: Option<&str>,
+        tell: Option<PhoneMessage>,
     ) -> Result<Transition, StoreError> {
         let known = self.assignment(assignment_id).await?;
         if let Some(d) = device
@@ -654,7 +671,13 @@ impl Store {
         assignment.updated_at = now;
         record_change(&mut tx, &assignment, Some(from), actor, note, now).await?;
         let report = refresh_report(&mut tx, report, actor, now).await?;
+        if let Some(m) = &tell {
+            Store::append_phone_message_in(&mut tx, m).await?;
+        }
         tx.commit().await?;
+        if tell.is_some() {
+            self.wake_outbox();
+        }
         debug!(assignment = %assignment.id, from = from.as_str(), to = to.as_str(), %actor, "assignment changed");
         Ok(Transition { assignment, changed: true, report })
     }
@@ -670,8 +693,8 @@ impl Store {
             return Ok(false);
         }
         let existing = fetch_report_assignments(&mut tx, report_id).await?;
-        let filled = existing.iter().filter(|a| a.status.is_open() || a.status == AssignmentState::Completed).count();
-        if filled as i64 >= report.needs {
+        let filled = AssignmentState::filled_slots(&existing);
+        if filled >= report.needs {
             return Ok(false);
         }
         let report = set_report_status(&mut tx, report, ReportStatus::Unassigned, actor, now).await?;
@@ -692,7 +715,7 @@ impl Store {
                 kind: "report.escalated".into(),
                 actor: actor.to_owned(),
                 subject: report.id.clone(),
-                body: json!({"needs": report.needs, "filled": filled as i64, "radius_m": radius_m.round() as i64}),
+                body: json!({"needs": report.needs, "filled": filled, "radius_m": radius_m.round() as i64}),
             },
         )
         .await?;
@@ -757,13 +780,15 @@ impl Store {
         Ok(report)
     }
 
-    /// Cancels a report and withdraws its open assignments (returned, so their phones can be
-    /// told); recorded with who did it and why.
+    /// Cancels a report and withdraws its open assignments (returned); recorded with who did it
+    /// and why. `tell` builds each withdrawn phone's notice, which goes through the phone outbox
+    /// in the same transaction.
     pub async fn cancel_report(
         &self,
         report_id: &str,
         actor: &str,
         reason: Option<&str>,
+        tell: impl Fn(&Assignment) -> Result<PhoneMessage, StoreError>,
     ) -> Result<(StoredReport, Vec<Assignment>), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -787,6 +812,7 @@ impl Store {
             a.status = AssignmentState::Cancelled;
             a.updated_at = now;
             record_change(&mut tx, &a, Some(from), actor, reason, now).await?;
+            Store::append_phone_message_in(&mut tx, &tell(&a)?).await?;
             withdrawn.push(a);
         }
         let report = set_report_status(&mut tx, report, ReportStatus::Cancelled, actor, now).await?;
@@ -801,6 +827,9 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        if !withdrawn.is_empty() {
+            self.wake_outbox();
+        }
         info!(report = %report_id, %actor, withdrawn = withdrawn.len(), "report cancelled");
         Ok((report, withdrawn))
     }

@@ -91,6 +91,16 @@ impl TestApp {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
             Db::Postgres => fresh_postgres_db().await,
         };
+        TestApp::spawn_in(dir, db, toml)
+    }
+
+    /// Like [`TestApp::spawn_with_config`] on a database the test provides (an empty one), e.g.
+    /// on a [`PrivatePostgres`] the test stops and starts.
+    pub async fn spawn_on_url(db: &str, toml: &str) -> TestApp {
+        TestApp::spawn_in(tempfile::tempdir().unwrap(), db.to_owned(), toml)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, db: String, toml: &str) -> TestApp {
         let out = cli(dir.path(), &db, &["init"]);
         if !toml.is_empty() {
             use std::io::Write;
@@ -453,6 +463,118 @@ impl InboxPhone {
     }
 }
 
+/// A PostgreSQL cluster of the test's own (Debian's `initdb` and `pg_ctl`, data and socket dir in
+/// a tempdir, 127.0.0.1 on a free port), for tests that stop the database: the shared test
+/// server must stay up for the tests running beside them. Stopped (immediately) on drop.
+pub struct PrivatePostgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts the cluster. `None` (with a note on stderr) when the PostgreSQL server
+    /// binaries are not installed, except with `CI=true`, where that fails the test:
+    /// `scripts/services.sh` installs them.
+    pub fn start() -> Option<PrivatePostgres> {
+        let Some(bin) = postgres_bin_dir() else {
+            let msg = "initdb/pg_ctl not found under /usr/lib/postgresql/*/bin (scripts/services.sh installs them)";
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+            eprintln!("skipped: {msg}");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("jiandu-pg-").tempdir().unwrap();
+        let data = dir.path().join("data");
+        // The server refuses to run as root: the cluster then belongs to `postgres`.
+        if is_root() {
+            let uid = owner_id("-u");
+            let gid = owner_id("-g");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let initdb = bin.join("initdb");
+        let out =
+            as_cluster_owner(&initdb, &["-D", &data.to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync"]);
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg =
+            PrivatePostgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), bin, data, port, dir };
+        pg.start_server();
+        Some(pg)
+    }
+
+    /// Starts the stopped server again (same data, same port) and waits until it accepts.
+    pub fn start_server(&self) {
+        let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -F", self.port, self.dir.path().display());
+        let log = self.dir.path().join("postgres.log");
+        let out = as_cluster_owner(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data.to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "60", "start"],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: open connections are cut, as in a
+    /// crash).
+    pub fn stop_immediately(&self) {
+        let out = as_cluster_owner(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data.to_string_lossy(), "-m", "immediate", "-w", "stop"],
+        );
+        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        as_cluster_owner(&self.bin.join("pg_ctl"), &["-D", &self.data.to_string_lossy(), "-m", "immediate", "stop"]);
+    }
+}
+
+/// The newest installed PostgreSQL server binaries (the directory holding `initdb` and `pg_ctl`).
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// `id -u postgres` / `id -g postgres`.
+fn owner_id(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, "postgres"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a `postgres` system user (Debian's postgresql package)")
+}
+
+/// Runs a PostgreSQL tool as the cluster's owner: `postgres` when we are root.
+fn as_cluster_owner(program: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
 /// A private Mosquitto 2 with its dynamic-security plugin, on an ephemeral loopback port, its
 /// configuration and `dynsec.json` in a temporary directory (`mosquitto_ctrl dynsec init`).
 pub struct Mosquitto {
@@ -541,4 +663,52 @@ impl Drop for Mosquitto {
         self.child.kill().ok();
         self.child.wait().ok();
     }
+}
+
+/// `target/test-artifacts/{name}` (created), where browser tests leave their screenshots.
+pub fn artifacts_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a browser acceptance script (`tests/browser/{script}`, Playwright driving Debian's
+/// headless Chromium) with node against a live server at `url`: checks that Chromium
+/// (`JIANDU_TEST_CHROMIUM`) and the npm `packages` are installed, hands the script `JD_URL`,
+/// `JD_CHROMIUM`, `JD_ADMIN` and `JD_ARTIFACTS` (`target/test-artifacts/{artifacts}`) besides
+/// `env`, and fails with the script's output and the server log unless it succeeds within
+/// `limit`. Returns the script's stdout.
+pub async fn run_browser_script(
+    app: &TestApp,
+    script: &str,
+    url: &str,
+    artifacts: &str,
+    packages: &[&str],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> String {
+    let chromium = std::env::var("JIANDU_TEST_CHROMIUM")
+        .expect("JIANDU_TEST_CHROMIUM is not set: run eval \"$(scripts/services.sh)\" (installs Chromium)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for package in ["playwright-core"].iter().chain(packages) {
+        assert!(
+            root.join("tests/browser/node_modules").join(package).exists(),
+            "{package} is not installed in tests/browser: run scripts/services.sh"
+        );
+    }
+    let artifacts = artifacts_dir(artifacts);
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(root.join("tests/browser").join(script))
+        .env("JD_URL", url)
+        .env("JD_CHROMIUM", &chromium)
+        .env("JD_ADMIN", format!("{}:{}", app.admin.0, app.admin.1))
+        .env("JD_ARTIFACTS", &artifacts);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(limit, cmd.output()).await.expect("browser test hung").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser test {script} failed:\n{stdout}\n{stderr}\nserver log:\n{}", app.log());
+    stdout
 }

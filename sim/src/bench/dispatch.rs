@@ -87,7 +87,7 @@ pub async fn run(args: DispatchArgs) -> Result<()> {
         }),
         rows,
     }
-    .print(args.common.json);
+    .print(&args.common);
     Ok(())
 }
 

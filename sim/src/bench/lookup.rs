@@ -130,7 +130,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         }),
         rows,
     }
-    .print(args.json);
+    .print(args);
     Ok(())
 }
 

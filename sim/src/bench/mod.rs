@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Database for the system under test: "sqlite" (default) or a postgres:// URL
     #[arg(long, default_value = "sqlite")]
     pub db: String,
+    /// Also write the JSON report to this file (beside the table on stdout)
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
 }
 
 /// Summary of repeated measurements of one quantity.
@@ -125,9 +128,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Prints the report as a table (stdout) or as JSON.
-    pub fn print(&self, json: bool) {
-        if json {
+    /// Prints the report as a table (stdout) or as JSON, and writes the JSON to the file the
+    /// `--json-file` option names, if any.
+    pub fn print(&self, args: &BenchArgs) {
+        if let Some(path) = &args.json_file
+            && let Err(e) = std::fs::write(path, serde_json::to_string_pretty(self).unwrap_or_default())
+        {
+            eprintln!("[bench] cannot write {}: {e}", path.display());
+        }
+        if args.json {
             println!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
             return;
         }

@@ -2,7 +2,11 @@
 //! enforces (never the same device twice per report, one open assignment per device), escalation,
 //! cancellation, and the events, timeline and ledger every change leaves behind.
 
-use jiandu_store::{AssignmentState, NewOffer, NewReport, ReportSource, ReportStatus, StoreError, now_ms};
+use jiandu_store::{
+    Assignment, AssignmentState, NewOffer, NewReport, PhoneMessage, ReportSource, ReportStatus, StoreError,
+    StoredReport, now_ms,
+};
+use serde_json::{Value, json};
 
 use crate::helpers::TestDb;
 use crate::on_both;
@@ -11,7 +15,8 @@ on_both!(
     reports_are_stored_once_and_listed,
     assignments_follow_the_state_machine,
     escalation_and_cancellation,
-    one_dispatcher_holds_the_lock
+    one_dispatcher_holds_the_lock,
+    phone_messages_commit_with_the_change_and_only_with_it
 );
 
 fn report(id: &str, needs: i64) -> NewReport {
@@ -37,6 +42,15 @@ fn offer(report: &str, device: &str) -> NewOffer {
         respond_by: now_ms() + 60_000,
         actor: "dispatcher".into(),
     }
+}
+
+/// The offer's phone message, as the dispatcher builds it (stand-in body naming the assignment).
+fn tell(r: &StoredReport, a: &Assignment) -> Result<PhoneMessage, StoreError> {
+    PhoneMessage::new(&a.device_id, "assignment", &json!({"assignment_id": a.id, "report": {"id": r.id}}))
+}
+
+fn notice(a: &Assignment) -> Result<PhoneMessage, StoreError> {
+    PhoneMessage::new(&a.device_id, "notice", &json!({"text": format!("assignment {} withdrawn", a.id)}))
 }
 
 async fn reports_are_stored_once_and_listed(db: &TestDb) {
@@ -74,35 +88,35 @@ async fn assignments_follow_the_state_machine(db: &TestDb) {
     let s = &db.store;
     s.insert_report(report("r1", 1)).await.unwrap();
     s.insert_report(report("r2", 1)).await.unwrap();
-    let (a, r) = s.offer(offer("r1", "dA")).await.unwrap();
+    let (a, r) = s.offer(offer("r1", "dA"), tell).await.unwrap();
     assert_eq!((a.status, r.status), (AssignmentState::Offered, ReportStatus::Dispatching));
     assert_eq!(s.open_offers().await.unwrap().len(), 1);
     assert_eq!(s.busy_devices().await.unwrap(), ["dA"]);
     // Busy: dA cannot be offered r2 while it holds r1.
-    let busy = s.offer(offer("r2", "dA")).await.unwrap_err();
+    let busy = s.offer(offer("r2", "dA"), tell).await.unwrap_err();
     assert!(matches!(&busy, StoreError::Conflict { reason } if reason.contains("busy")), "{busy}");
     // Declined: dA is free, r1 goes back to new, and dA is never offered r1 again.
-    let t = s.transition(&a.id, Some("dA"), AssignmentState::Declined, "dA", Some("在开会")).await.unwrap();
+    let t = s.transition(&a.id, Some("dA"), AssignmentState::Declined, "dA", Some("在开会"), None).await.unwrap();
     assert!(t.changed);
     assert_eq!(t.report.status, ReportStatus::New);
-    let again = s.transition(&a.id, Some("dA"), AssignmentState::Declined, "dA", None).await.unwrap();
+    let again = s.transition(&a.id, Some("dA"), AssignmentState::Declined, "dA", None, None).await.unwrap();
     assert!(!again.changed, "a re-sent answer changes nothing");
-    let twice = s.offer(offer("r1", "dA")).await.unwrap_err();
+    let twice = s.offer(offer("r1", "dA"), tell).await.unwrap_err();
     assert!(matches!(&twice, StoreError::Conflict { reason } if reason.contains("already offered")), "{twice}");
-    let (b, _) = s.offer(offer("r1", "dB")).await.unwrap();
+    let (b, _) = s.offer(offer("r1", "dB"), tell).await.unwrap();
     // Another device cannot answer dB's assignment.
     assert!(matches!(
-        s.transition(&b.id, Some("dA"), AssignmentState::Accepted, "dA", None).await,
+        s.transition(&b.id, Some("dA"), AssignmentState::Accepted, "dA", None, None).await,
         Err(StoreError::NotFound { .. })
     ));
-    let t = s.transition(&b.id, Some("dB"), AssignmentState::Accepted, "dB", None).await.unwrap();
+    let t = s.transition(&b.id, Some("dB"), AssignmentState::Accepted, "dB", None, None).await.unwrap();
     assert_eq!(t.report.status, ReportStatus::Assigned);
-    let full = s.offer(offer("r1", "dC")).await.unwrap_err();
+    let full = s.offer(offer("r1", "dC"), tell).await.unwrap_err();
     assert!(matches!(full, StoreError::Conflict { .. }), "a one-inspector report that is assigned takes no more");
-    let bad = s.transition(&b.id, Some("dB"), AssignmentState::Declined, "dB", None).await.unwrap_err();
+    let bad = s.transition(&b.id, Some("dB"), AssignmentState::Declined, "dB", None, None).await.unwrap_err();
     assert!(matches!(&bad, StoreError::Conflict { reason } if reason.contains("accepted")), "{bad}");
-    s.transition(&b.id, Some("dB"), AssignmentState::Arrived, "dB", None).await.unwrap();
-    let t = s.transition(&b.id, Some("dB"), AssignmentState::Completed, "dB", None).await.unwrap();
+    s.transition(&b.id, Some("dB"), AssignmentState::Arrived, "dB", None, None).await.unwrap();
+    let t = s.transition(&b.id, Some("dB"), AssignmentState::Completed, "dB", None, None).await.unwrap();
     assert_eq!(t.report.status, ReportStatus::Completed);
     assert!(s.busy_devices().await.unwrap().is_empty(), "completed frees the device");
 
@@ -145,8 +159,8 @@ async fn assignments_follow_the_state_machine(db: &TestDb) {
 async fn escalation_and_cancellation(db: &TestDb) {
     let s = &db.store;
     s.insert_report(report("two", 2)).await.unwrap();
-    let (a, _) = s.offer(offer("two", "dA")).await.unwrap();
-    s.transition(&a.id, None, AssignmentState::Accepted, "dA", None).await.unwrap();
+    let (a, _) = s.offer(offer("two", "dA"), tell).await.unwrap();
+    s.transition(&a.id, None, AssignmentState::Accepted, "dA", None, None).await.unwrap();
     assert!(s.escalate("two", 5000.0, "dispatcher").await.unwrap(), "one of two slots is empty: escalate");
     assert!(!s.escalate("two", 5000.0, "dispatcher").await.unwrap(), "an escalation alarms once");
     assert_eq!(s.report("two").await.unwrap().status, ReportStatus::Unassigned);
@@ -157,8 +171,8 @@ async fn escalation_and_cancellation(db: &TestDb) {
     // Staff ask for the nearest again, then cancel.
     assert_eq!(s.redispatch("two", "desk").await.unwrap().status, ReportStatus::New);
     assert_eq!(s.reports_waiting(now_ms() + 1).await.unwrap().len(), 1);
-    let (b, _) = s.offer(offer("two", "dB")).await.unwrap();
-    let (r, withdrawn) = s.cancel_report("two", "desk", Some("duplicate tip")).await.unwrap();
+    let (b, _) = s.offer(offer("two", "dB"), tell).await.unwrap();
+    let (r, withdrawn) = s.cancel_report("two", "desk", Some("duplicate tip"), notice).await.unwrap();
     assert_eq!(r.status, ReportStatus::Cancelled);
     let mut ids: Vec<_> = withdrawn.iter().map(|a| a.id.clone()).collect();
     ids.sort();
@@ -166,8 +180,8 @@ async fn escalation_and_cancellation(db: &TestDb) {
     expected.sort();
     assert_eq!(ids, expected);
     assert!(s.busy_devices().await.unwrap().is_empty());
-    assert!(matches!(s.offer(offer("two", "dC")).await, Err(StoreError::Conflict { .. })));
-    assert!(matches!(s.cancel_report("two", "desk", None).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.offer(offer("two", "dC"), tell).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(s.cancel_report("two", "desk", None, notice).await, Err(StoreError::Conflict { .. })));
     let ledger = s.ledger_entries(0, 100).await.unwrap();
     let cancel = ledger.iter().find(|e| e.kind == "report.cancelled").unwrap();
     assert_eq!((cancel.actor.as_str(), cancel.body["reason"].as_str()), ("desk", Some("duplicate tip")));
@@ -201,4 +215,73 @@ async fn one_dispatcher_holds_the_lock(db: &TestDb) {
         }
     }
     other.close().await;
+}
+
+async fn phone_messages_commit_with_the_change_and_only_with_it(db: &TestDb) {
+    let s = &db.store;
+    let body = |m: &jiandu_store::OutboxPhoneMessage| serde_json::from_str::<Value>(&m.body).unwrap();
+    s.insert_report(report("p1", 1)).await.unwrap();
+    let (a, _) = s.offer(offer("p1", "dA"), tell).await.unwrap();
+    let queued = s.unpublished_phone_messages(10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the offer wrote its phone message");
+    assert_eq!(queued[0].topic(), "jd/v1/dev/dA/inbox/assignment");
+    assert_eq!(body(&queued[0])["assignment_id"], a.id.as_str());
+    assert_eq!(body(&queued[0])["report"]["id"], "p1");
+
+    // A refused offer (device busy) and a failing message builder leave nothing behind.
+    s.insert_report(report("p2", 1)).await.unwrap();
+    assert!(matches!(s.offer(offer("p2", "dA"), tell).await, Err(StoreError::Conflict { .. })));
+    let bad = |_: &StoredReport, _: &Assignment| PhoneMessage::new("d/B", "assignment", &json!({}));
+    assert!(matches!(s.offer(offer("p2", "dB"), bad).await, Err(StoreError::InvalidInput { field: "device", .. })));
+    assert!(s.report_assignments("p2").await.unwrap().is_empty(), "the offer rolled back with its message");
+    assert_eq!(s.unpublished_phone_messages(10).await.unwrap().len(), 1);
+    let huge = "x".repeat(jiandu_store::MAX_PHONE_MESSAGE_BYTES);
+    assert!(matches!(PhoneMessage::new("dA", "notice", &huge), Err(StoreError::InvalidInput { field: "body", .. })));
+
+    // A withdrawal tells the phone once; asking for the same state again tells nobody.
+    let note = notice(&a).unwrap();
+    let t = s.transition(&a.id, None, AssignmentState::Cancelled, "desk", None, Some(note.clone())).await.unwrap();
+    assert!(t.changed);
+    let again = s.transition(&a.id, None, AssignmentState::Cancelled, "desk", None, Some(note)).await.unwrap();
+    assert!(!again.changed);
+    let queued = s.unpublished_phone_messages(10).await.unwrap();
+    assert_eq!(queued.iter().map(|m| m.kind.as_str()).collect::<Vec<_>>(), ["assignment", "notice"], "in order");
+    assert!(queued[0].seq < queued[1].seq);
+
+    // Cancelling a report tells each withdrawn phone.
+    let (b, _) = s.offer(offer("p2", "dB"), tell).await.unwrap();
+    s.cancel_report("p2", "desk", None, notice).await.unwrap();
+    let queued = s.unpublished_phone_messages(10).await.unwrap();
+    assert_eq!(queued.len(), 4);
+    assert_eq!((queued[3].device.as_str(), queued[3].kind.as_str()), ("dB", "notice"));
+    assert_eq!(body(&queued[3])["text"], format!("assignment {} withdrawn", b.id));
+
+    // Phone messages are not events: the event stream never carries them.
+    let events = s.events_after(0, 1000).await.unwrap();
+    assert!(events.iter().all(|e| !e.topic().contains("/inbox/")));
+    assert!(events.iter().all(|e| e.data.get("assignment_id").is_none() && e.data.get("text").is_none()));
+
+    // Marked after the broker's PUBACK; pruned only once published and old enough.
+    let seqs: Vec<i64> = queued.iter().take(3).map(|m| m.seq).collect();
+    s.mark_phone_messages_published(&seqs).await.unwrap();
+    let left = s.unpublished_phone_messages(10).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), [queued[3].seq]);
+    assert_eq!(s.prune_phone_messages(now_ms() - 60_000).await.unwrap(), 0, "published just now: kept");
+    assert_eq!(s.prune_phone_messages(now_ms() + 1).await.unwrap(), 3, "old published rows go");
+    assert_eq!(s.unpublished_phone_messages(10).await.unwrap().len(), 1, "unpublished rows are never pruned");
+
+    // Relays of two processes sharing the database: a claimed row goes to one of them only,
+    // rows claimed by nobody to whoever asks, and the claim lapses for a relay that died.
+    s.offer(offer("p1", "dC"), tell).await.unwrap();
+    let (first, second) = tokio::join!(s.claim_phone_messages(10), s.claim_phone_messages(10));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut all: Vec<i64> = first.iter().chain(&second).map(|m| m.seq).collect();
+    all.sort();
+    assert_eq!(all.len(), 2, "each unpublished row claimed once: {first:?} {second:?}");
+    all.dedup();
+    assert_eq!(all.len(), 2, "no row claimed twice");
+    assert!(s.claim_phone_messages(10).await.unwrap().is_empty(), "claimed rows are not handed out again");
+    // The claiming relay died: once its claim lapses, another relay takes the rows over.
+    sqlx::query("UPDATE phone_messages SET claimed_until = 1").execute(s.pool()).await.unwrap();
+    assert_eq!(s.claim_phone_messages(10).await.unwrap().len(), 2);
 }

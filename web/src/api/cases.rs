@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use jiandu_oversight::cases::{Day, OpenCase, WorkCalendar, Workflow};
 use jiandu_store::{Case, CaseOrigin, CaseStatus, Role, now_ms};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{ApiError, Caller, Page, json_object, opt_str};
+use super::{ApiError, Caller, Page, json_body, json_body_or_default, non_blank};
 use crate::AppState;
 
 /// Roles that may read cases.
@@ -40,34 +40,46 @@ fn user_role(caller: &Caller) -> Result<Role, ApiError> {
     caller.role().ok_or_else(|| ApiError::forbidden("integrations may not change cases"))
 }
 
-fn req_str(m: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    opt_str(m, field)?
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::invalid(field, "is required (a non-empty string)"))
+/// Body of `POST /api/v1/cases`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    title: String,
+    origin: Option<OriginBody>,
+    #[serde(default)]
+    parties: Vec<String>,
+    #[serde(default)]
+    evidence: Vec<String>,
+    handler: String,
+    unit: String,
+    unit_head: Option<String>,
 }
 
-fn str_list(m: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a string"))
-            })
-            .collect(),
-        Some(other) => Err(ApiError::invalid(field, format!("must be an array of strings, got {other}"))),
-    }
+/// Where a case came from, in a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginBody {
+    kind: String,
+    id: Option<String>,
 }
 
-/// The stage index a change is aimed at: `stage_index` in the body, else the current one.
-fn stage_index(m: &Map<String, Value>, case: &Case) -> Result<i64, ApiError> {
-    match m.get("stage_index") {
-        None | Some(Value::Null) => Ok(case.stage_index),
-        Some(v) => v.as_i64().ok_or_else(|| ApiError::invalid("stage_index", format!("must be an integer, got {v}"))),
-    }
+/// Body of `advance` and `approve`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    /// The stage the change is aimed at; default the current one (a stale page's click on a
+    /// stage that has moved on is refused).
+    stage_index: Option<i64>,
+    note: Option<String>,
+}
+
+/// Body of `extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    stage_index: Option<i64>,
+    days: Option<u32>,
+    reason: String,
 }
 
 async fn workflow(s: &AppState) -> Result<Workflow, ApiError> {
@@ -133,28 +145,25 @@ async fn case_view(s: &AppState, cal: &WorkCalendar, case: &Case, full: bool) ->
 /// `POST /api/v1/cases` `{title, origin:{kind,id}?, parties?, evidence?, handler, unit, unit_head?}`.
 async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let role = user_role(&caller)?;
-    let m = json_object(&body)?;
-    let (origin, origin_id) = match m.get("origin") {
-        None | Some(Value::Null) => (CaseOrigin::Manual, None),
-        Some(Value::Object(o)) => {
-            let kind = req_str(o, "kind").map_err(|_| ApiError::invalid("origin.kind", "is required"))?;
-            let origin = CaseOrigin::parse(&kind).ok_or_else(|| {
-                ApiError::invalid("origin.kind", format!("one of report, lookup, evidence, manual; got {kind:?}"))
+    let b: CreateBody = json_body(&body)?;
+    let (origin, origin_id) = match b.origin {
+        None => (CaseOrigin::Manual, None),
+        Some(o) => {
+            let origin = CaseOrigin::parse(&o.kind).ok_or_else(|| {
+                ApiError::invalid("origin.kind", format!("one of report, lookup, evidence, manual; got {:?}", o.kind))
             })?;
-            let id = opt_str(o, "id").map_err(|_| ApiError::invalid("origin.id", "must be a string"))?;
-            (origin, id)
+            (origin, o.id)
         }
-        Some(other) => return Err(ApiError::invalid("origin", format!("must be an object, got {other}"))),
     };
     let open = OpenCase {
-        title: req_str(&m, "title")?,
+        title: non_blank("title", b.title)?,
         origin,
         origin_id,
-        parties: str_list(&m, "parties")?,
-        evidence: str_list(&m, "evidence")?,
-        handler: req_str(&m, "handler")?,
-        unit: req_str(&m, "unit")?,
-        unit_head: opt_str(&m, "unit_head")?,
+        parties: b.parties,
+        evidence: b.evidence,
+        handler: non_blank("handler", b.handler)?,
+        unit: non_blank("unit", b.unit)?,
+        unit_head: b.unit_head,
     };
     let wf = workflow(&s).await?;
     let case = wf.open(&s.store, open, caller.name(), role, now_ms()).await.map_err(ApiError::from)?;
@@ -207,10 +216,10 @@ async fn advance(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = json_object(&body)?;
+    let b: StepBody = json_body_or_default(&body)?;
     let case = s.store.case(&id).await?;
-    let index = stage_index(&m, &case)?;
-    let note = opt_str(&m, "note")?;
+    let index = b.stage_index.unwrap_or(case.stage_index);
+    let note = b.note;
     let wf = workflow(&s).await?;
     let case = wf
         .advance(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
@@ -227,10 +236,10 @@ async fn approve(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = json_object(&body)?;
+    let b: StepBody = json_body_or_default(&body)?;
     let case = s.store.case(&id).await?;
-    let index = stage_index(&m, &case)?;
-    let note = opt_str(&m, "note")?;
+    let index = b.stage_index.unwrap_or(case.stage_index);
+    let note = b.note;
     let wf = workflow(&s).await?;
     let a = wf
         .approve(&s.store, &id, index, caller.name(), role, note.as_deref(), now_ms())
@@ -249,18 +258,11 @@ async fn extend(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let role = user_role(&caller)?;
-    let m = json_object(&body)?;
+    let b: ExtendBody = json_body(&body)?;
     let case = s.store.case(&id).await?;
-    let index = stage_index(&m, &case)?;
-    let reason = req_str(&m, "reason")?;
-    let days = match m.get("days") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|d| u32::try_from(d).ok())
-                .ok_or_else(|| ApiError::invalid("days", format!("must be a positive integer, got {v}")))?,
-        ),
-    };
+    let index = b.stage_index.unwrap_or(case.stage_index);
+    let reason = non_blank("reason", b.reason)?;
+    let days = b.days;
     let wf = workflow(&s).await?;
     let case =
         wf.extend(&s.store, &id, index, days, &reason, caller.name(), role, now_ms()).await.map_err(ApiError::from)?;

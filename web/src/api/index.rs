@@ -18,8 +18,44 @@ use jiandu_store::{IndexRow, NewIndicator, NewNotice, Role, now_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, Caller, json_object, opt_str};
+use super::{ApiError, Caller, json_body, json_body_or_default, non_blank};
 use crate::AppState;
+
+/// Body of `POST /api/v1/index/compute`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComputeBody {
+    /// e.g. `2026-Q4`; default the current period.
+    period: Option<String>,
+}
+
+/// Body of `POST /api/v1/index/indicators` with several rows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndicatorsBody {
+    rows: Vec<IndicatorBody>,
+}
+
+/// One imported indicator value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndicatorBody {
+    unit: String,
+    period: String,
+    indicator: String,
+    value: f64,
+}
+
+/// Body of `POST /api/v1/index/notices`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticeBody {
+    period: String,
+    #[serde(default)]
+    units: Vec<String>,
+    title: Option<String>,
+    body: Option<String>,
+}
 
 /// Roles that may read the index.
 const READERS: &[Role] = &[Role::Dispatcher, Role::Leader, Role::Admin, Role::Auditor];
@@ -132,9 +168,8 @@ async fn unit_view(
 /// the rows stored and the alerts raised.
 async fn compute(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = json_object(&body)?;
-    let period = opt_str(&m, "period")?;
-    let run = integrity::compute(&s.store, period.as_deref(), caller.name(), now_ms(), false)
+    let b: ComputeBody = json_body_or_default(&body)?;
+    let run = integrity::compute(&s.store, b.period.as_deref(), caller.name(), now_ms(), false)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::internal("a forced computation stored nothing"))?;
@@ -154,28 +189,22 @@ async fn compute(caller: Caller, State(s): State<AppState>, body: axum::body::By
 /// imported indicators (education, organisation checks), checked against the formula.
 async fn indicators(caller: Caller, State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = json_object(&body)?;
-    let items: Vec<Value> = match m.get("rows") {
-        Some(Value::Array(a)) => a.clone(),
-        Some(other) => return Err(ApiError::invalid("rows", format!("must be an array, got {other}"))),
-        None => vec![Value::Object(m.clone())],
+    // `{rows:[…]}`, or one row on its own.
+    let many = serde_json::from_slice::<Value>(&body).is_ok_and(|v| v.get("rows").is_some());
+    let (items, prefix): (Vec<IndicatorBody>, &str) = if many {
+        (json_body::<IndicatorsBody>(&body)?.rows, "rows")
+    } else {
+        (vec![json_body::<IndicatorBody>(&body)?], "")
     };
     let mut rows = Vec::with_capacity(items.len());
-    for (i, v) in items.iter().enumerate() {
-        let at = |f: &str| if m.contains_key("rows") { format!("rows[{i}].{f}") } else { f.to_owned() };
-        let o = v.as_object().ok_or_else(|| ApiError::invalid(at(""), "must be an object"))?;
-        let text = |f: &str| -> Result<String, ApiError> {
-            o.get(f)
-                .and_then(Value::as_str)
-                .filter(|s| !s.trim().is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| ApiError::invalid(at(f), "is required (a non-empty string)"))
-        };
-        let value = o
-            .get("value")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| ApiError::invalid(at("value"), "is required (a number)"))?;
-        rows.push(NewIndicator { unit: text("unit")?, period: text("period")?, key: text("indicator")?, value });
+    for (i, r) in items.into_iter().enumerate() {
+        let at = |f: &str| if prefix.is_empty() { f.to_owned() } else { format!("{prefix}[{i}].{f}") };
+        rows.push(NewIndicator {
+            unit: non_blank(&at("unit"), r.unit)?,
+            period: non_blank(&at("period"), r.period)?,
+            key: non_blank(&at("indicator"), r.indicator)?,
+            value: r.value,
+        });
     }
     let n = integrity::import_indicators(&s.store, rows, "api", caller.name()).await.map_err(ApiError::from)?;
     Ok((StatusCode::CREATED, Json(json!({"stored": n}))).into_response())
@@ -207,29 +236,15 @@ async fn issue_notice(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(WRITERS, false)?;
-    let m = json_object(&body)?;
-    let period = opt_str(&m, "period")?.ok_or_else(|| ApiError::invalid("period", "is required"))?;
-    let period = Period::parse(&period).map_err(ApiError::from)?.label;
-    let units = match m.get("units") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::invalid(format!("units[{i}]"), "must be a string"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::invalid("units", format!("must be an array of strings, got {other}"))),
-    };
+    let b: NoticeBody = json_body(&body)?;
+    let period = Period::parse(&b.period).map_err(ApiError::from)?.label;
     let notice = s
         .store
         .integrity_notice_issue(NewNotice {
             period,
-            units,
-            title: opt_str(&m, "title")?.unwrap_or_default(),
-            body: opt_str(&m, "body")?.unwrap_or_default(),
+            units: b.units,
+            title: b.title.unwrap_or_default(),
+            body: b.body.unwrap_or_default(),
             issued_by: caller.name().to_owned(),
         })
         .await?;

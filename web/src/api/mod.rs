@@ -375,8 +375,53 @@ impl Page {
     }
 }
 
-/// A request body as a JSON object (an empty body is an empty object), for endpoints that name
-/// the offending field themselves.
+/// Reads a JSON request body into `T`: the one typed body reader of the API. A wrong value is a
+/// 422 naming its path (`origin.kind`, `evidence[0]`, `rows[2].value`), a missing or unknown
+/// field names that field.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        ApiError::invalid(error_field(&path, &msg), msg)
+    })
+}
+
+/// Like [`json_body`], with an empty (or blank) body read as `T::default()`.
+pub(crate) fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    json_body(bytes)
+}
+
+/// A required text field that must not be blank (serde accepts `""`), trimmed.
+pub(crate) fn non_blank(field: &str, value: String) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::invalid(field, "is required (a non-empty string)"));
+    }
+    Ok(v.to_owned())
+}
+
+/// The field a serde error is about: the path where it happened, and for a missing or unknown
+/// field the field's own name under that path; `body` when the whole body is wrong.
+fn error_field(path: &str, msg: &str) -> String {
+    let named =
+        if msg.starts_with("missing field") || msg.starts_with("unknown field") { msg.split('`').nth(1) } else { None };
+    match (path, named) {
+        (".", Some(n)) => n.to_owned(),
+        (".", None) => "body".to_owned(),
+        // A struct read from a JSON array: the body's shape is wrong, not one field.
+        (p, _) if p.starts_with('[') => "body".to_owned(),
+        (p, Some(n)) if !p.ends_with(n) => format!("{p}.{n}"),
+        (p, _) => p.to_owned(),
+    }
+}
+
+/// A request body as a loose JSON object (an empty body is an empty object), for endpoints that
+/// must tolerate fields they do not know (the external broker's hook requests) and name the
+/// offending field themselves.
 pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
@@ -394,5 +439,49 @@ pub(crate) fn opt_str(m: &serde_json::Map<String, serde_json::Value>, field: &st
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(ApiError::invalid(field, format!("must be a string, got {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        title: String,
+        #[serde(default)]
+        tags: Vec<String>,
+        inner: Option<Inner>,
+        #[serde(default)]
+        rows: Vec<Inner>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        kind: String,
+        value: Option<f64>,
+    }
+
+    fn field(body: &str) -> String {
+        json_body::<Outer>(body.as_bytes()).unwrap_err().field.unwrap()
+    }
+
+    #[test]
+    fn body_errors_name_the_field_by_its_path() {
+        assert_eq!(field(r#"{}"#), "title");
+        assert_eq!(field(r#"{"title":"t","colour":1}"#), "colour");
+        assert_eq!(field(r#"{"title":7}"#), "title");
+        assert_eq!(field(r#"{"title":"t","tags":["a",3]}"#), "tags[1]");
+        assert_eq!(field(r#"{"title":"t","inner":{}}"#), "inner.kind");
+        assert_eq!(field(r#"{"title":"t","inner":{"kind":"k","x":1}}"#), "inner.x");
+        assert_eq!(field(r#"{"title":"t","rows":[{"kind":"k"},{"kind":"k","value":"high"}]}"#), "rows[1].value");
+        assert_eq!(field("not json"), "body");
+        assert_eq!(field("[1]"), "body");
+        assert!(json_body_or_default::<Outer>(b"  ").is_ok());
+        assert_eq!(non_blank("title", "  ".into()).unwrap_err().field.as_deref(), Some("title"));
     }
 }

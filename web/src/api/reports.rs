@@ -12,11 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiandu_broker::client::PhoneInbox;
 use jiandu_dispatcher::{DispatchError, hand};
 use jiandu_store::{NewReport, ReportSource, ReportStatus, Role, new_id, now_ms};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{ApiError, Caller, Page};
@@ -198,19 +196,6 @@ struct DispatchBody {
     note: Option<String>,
 }
 
-/// Reads an optional JSON body (empty means defaults), naming an unknown or missing field.
-fn parse_body<T: Default + DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        let named = msg.starts_with("unknown field") || msg.starts_with("missing field");
-        let field = if named { msg.split('`').nth(1) } else { None }.unwrap_or("body").to_owned();
-        ApiError::invalid(field, msg)
-    })
-}
-
 /// `POST /api/v1/reports/{id}/dispatch`: `{"device":…}` offers the report to that device now;
 /// `{}` asks the dispatcher for the nearest available one (202).
 async fn dispatch(
@@ -220,7 +205,7 @@ async fn dispatch(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
     if b.assignment.is_some() {
         return Err(ApiError::invalid("assignment", "only for reassign"));
     }
@@ -230,10 +215,9 @@ async fn dispatch(
 /// Offers the report to the device the body names (201), or asks the dispatcher for the nearest
 /// available one not tried yet (202).
 async fn send(s: &AppState, caller: &Caller, id: &str, b: DispatchBody) -> Result<Response, ApiError> {
-    let phones = PhoneInbox::new(s.mqtt.clone());
     match b.device {
         Some(device) => {
-            let a = hand::offer(&s.store, &phones, id, &device, b.respond_within_s, caller.name()).await?;
+            let a = hand::offer(&s.store, id, &device, b.respond_within_s, caller.name()).await?;
             Ok((StatusCode::CREATED, Json(json!({"assignment": a, "view": report_view(s, id).await?}))).into_response())
         }
         None => {
@@ -252,9 +236,8 @@ async fn cancel(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
-    let phones = PhoneInbox::new(s.mqtt.clone());
-    hand::cancel(&s.store, &phones, &id, caller.name(), b.note.as_deref()).await?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
+    hand::cancel(&s.store, &id, caller.name(), b.note.as_deref()).await?;
     Ok(Json(report_view(&s, &id).await?))
 }
 
@@ -267,10 +250,9 @@ async fn reassign(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(DISPATCHERS, false)?;
-    let b: DispatchBody = parse_body(&body)?;
+    let b: DispatchBody = super::json_body_or_default(&body)?;
     let note = b.note.clone().unwrap_or_else(|| "reassigned".to_owned());
-    let phones = PhoneInbox::new(s.mqtt.clone());
-    hand::withdraw(&s.store, &phones, &id, b.assignment.as_deref(), caller.name(), &note).await?;
+    hand::withdraw(&s.store, &id, b.assignment.as_deref(), caller.name(), &note).await?;
     send(&s, &caller, &id, b).await
 }
 

@@ -39,11 +39,7 @@ async fn login(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let peer = crate::client_ip(&s.ui.trusted_proxies, &headers, peer.ip());
-    let b: Login = serde_json::from_slice(&body).map_err(|e| {
-        let msg = e.to_string();
-        let field = ["name", "password"].into_iter().find(|f| msg.contains(&format!("`{f}`"))).unwrap_or("body");
-        ApiError::invalid(field, msg)
-    })?;
+    let b: Login = super::json_body(&body)?;
     if b.name.is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{ApiError, Caller};
+use super::{ApiError, Caller, json_body};
 use crate::AppState;
 
 /// The administration routes.
@@ -34,22 +34,6 @@ pub fn routes() -> Router<AppState> {
         .route("/devices", post(add_device))
         .route("/devices/{id}/revoke", post(revoke_device))
         .route("/ledger", get(ledger))
-}
-
-/// Reads a JSON body into `T`, naming the field that is missing, unknown or of the wrong type.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = inner.to_string();
-        let field = if path != "." {
-            path
-        } else {
-            msg.split('`').nth(1).filter(|_| msg.contains("field")).unwrap_or("body").to_owned()
-        };
-        ApiError::invalid(field, msg)
-    })
 }
 
 async fn list_users(caller: Caller, State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -70,7 +54,7 @@ struct NewUser {
 /// (generated when absent) is shown this once.
 async fn add_user(caller: Caller, State(s): State<AppState>, bytes: axum::body::Bytes) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin], false)?;
-    let b: NewUser = body(&bytes)?;
+    let b: NewUser = json_body(&bytes)?;
     let role: Role = b.role.parse()?;
     let (user, password) = s.store.create_user(&b.name, role, b.password.as_deref(), caller.name()).await?;
     info!(user = %user.name, %role, by = caller.name(), "user added in the web view");
@@ -120,7 +104,7 @@ async fn set_role(
     bytes: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Admin], false)?;
-    let b: NewRole = body(&bytes)?;
+    let b: NewRole = json_body(&bytes)?;
     let role: Role = b.role.parse()?;
     let user = s.store.set_user_role(&name, role, caller.name()).await?;
     info!(user = %user.name, %role, by = caller.name(), "user role changed in the web view");
@@ -171,7 +155,7 @@ async fn add_device(
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin], false)?;
-    let b: NewDevice = body(&bytes)?;
+    let b: NewDevice = json_body(&bytes)?;
     let staff = b.staff.as_deref().map(str::trim).filter(|v| !v.is_empty());
     let (device, token) = s.store.create_device(&b.name, staff).await?;
     info!(device = %device.id, name = %device.name, by = caller.name(), "device added in the web view");

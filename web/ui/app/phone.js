@@ -425,10 +425,11 @@ export function distance(a, b) {
 export async function report(kind, text, plate, files) {
   if (!state.fix) throw new Error('need_fix');
   const r = { id: `r${ulid()}`, kind, text, lat: state.fix.lat, lon: state.fix.lon, ts: Date.now(), ...(plate ? { plate } : {}) };
-  await keep(`report:${r.id}`, top('report'), r);
+  // Listed before it is sent, so an acknowledgement arriving at once finds it to mark.
   state.reports.unshift({ id: r.id, kind, text, ts: r.ts, acked: false });
   state.reports = state.reports.slice(0, 20);
   await db.set('reports', state.reports);
+  await keep(`report:${r.id}`, top('report'), r);
   for (const f of files) await addEvidence(f, r.id);
   changed();
   return r.id;
