@@ -114,17 +114,20 @@ impl Store {
 
     /// Marks events as delivered to the broker.
     pub async fn mark_events_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        self.mark_published("events", seqs).await
+    }
+
+    /// Sets `published_at` of the rows `seqs` of an outbox table (`events`, `phone_messages`)
+    /// in one transaction: the one marker of both outboxes.
+    pub(crate) async fn mark_published(&self, table: &'static str, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         let now = now_ms();
+        let sql = format!("UPDATE {table} SET published_at = $1 WHERE seq = $2");
         let mut tx = self.pool.begin().await?;
         for seq in seqs {
-            sqlx::query("UPDATE events SET published_at = $1 WHERE seq = $2")
-                .bind(now)
-                .bind(*seq)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&sql).bind(now).bind(*seq).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -439,52 +439,46 @@ impl Store {
     /// Records chunks as durably staged (call after their bytes are written and synced), in one
     /// transaction; chunks recorded before are ignored, so duplicates are harmless.
     pub async fn evidence_chunks_staged(&self, chunks: &[(String, i64)]) -> Result<(), StoreError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let mut last: Option<&str> = None;
-        for (evid, n) in chunks {
-            sqlx::query("INSERT INTO evidence_chunks (evid, n) VALUES ($1, $2) ON CONFLICT (evid, n) DO NOTHING")
-                .bind(evid)
-                .bind(*n)
-                .execute(&mut *tx)
-                .await?;
-            if last != Some(evid.as_str()) {
-                sqlx::query("UPDATE evidence_uploads SET touched_at = $1 WHERE evid = $2")
-                    .bind(now)
-                    .bind(evid)
-                    .execute(&mut *tx)
-                    .await?;
-                last = Some(evid);
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        self.insert_chunks(chunks.iter().map(|(evid, n)| (evid.as_str(), *n, None))).await
     }
 
     /// Stores chunks with their bytes for shared staging (`[evidence] staging = "database"`), in
     /// one transaction, so any ingest process can assemble the upload. Chunks recorded before,
     /// and chunks of an upload no longer open (stored or discarded meanwhile), are ignored.
     pub async fn evidence_chunks_put(&self, chunks: &[(String, i64, &[u8])]) -> Result<(), StoreError> {
-        if chunks.is_empty() {
+        self.insert_chunks(chunks.iter().map(|(evid, n, bytes)| (evid.as_str(), *n, Some(*bytes)))).await
+    }
+
+    /// The one chunk writer of both staging modes: each chunk (with its bytes for shared
+    /// staging, only for an upload still open) and each upload's `touched_at`, once per run of
+    /// chunks of the same upload, in one transaction.
+    async fn insert_chunks<'a>(
+        &self,
+        chunks: impl ExactSizeIterator<Item = (&'a str, i64, Option<&'a [u8]>)>,
+    ) -> Result<(), StoreError> {
+        if chunks.len() == 0 {
             return Ok(());
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let mut last: Option<&str> = None;
         for (evid, n, bytes) in chunks {
-            sqlx::query(
-                "INSERT INTO evidence_chunks (evid, n, bytes) SELECT $1, $2, $3 \
-                 WHERE EXISTS (SELECT 1 FROM evidence_uploads WHERE evid = $1) ON CONFLICT (evid, n) DO NOTHING",
-            )
-            .bind(evid)
-            .bind(*n)
-            .bind(*bytes)
-            .execute(&mut *tx)
-            .await?;
-            if last != Some(evid.as_str()) {
+            let insert = match bytes {
+                None => sqlx::query(
+                    "INSERT INTO evidence_chunks (evid, n) VALUES ($1, $2) ON CONFLICT (evid, n) DO NOTHING",
+                )
+                .bind(evid)
+                .bind(n),
+                Some(bytes) => sqlx::query(
+                    "INSERT INTO evidence_chunks (evid, n, bytes) SELECT $1, $2, $3 \
+                     WHERE EXISTS (SELECT 1 FROM evidence_uploads WHERE evid = $1) ON CONFLICT (evid, n) DO NOTHING",
+                )
+                .bind(evid)
+                .bind(n)
+                .bind(bytes),
+            };
+            insert.execute(&mut *tx).await?;
+            if last != Some(evid) {
                 sqlx::query("UPDATE evidence_uploads SET touched_at = $1 WHERE evid = $2")
                     .bind(now)
                     .bind(evid)

@@ -152,20 +152,7 @@ impl Store {
 
     /// Marks phone messages as delivered to the broker.
     pub async fn mark_phone_messages_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        for seq in seqs {
-            sqlx::query("UPDATE phone_messages SET published_at = $1 WHERE seq = $2")
-                .bind(now)
-                .bind(*seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.mark_published("phone_messages", seqs).await
     }
 
     /// Deletes phone messages published before `before` (epoch ms); returns how many. Unpublished
