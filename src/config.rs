@@ -194,6 +194,7 @@ struct FileConfig {
     max_packet_bytes: Option<usize>,
     max_connections: Option<usize>,
     heartbeat_log_bytes: Option<usize>,
+    evidence_inflight_bytes: Option<usize>,
     max_sessions_per_device: Option<usize>,
     max_sessions_per_integration: Option<usize>,
     #[serde(default)]
@@ -441,6 +442,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Heartbeat bytes the embedded broker keeps for a lagging ingest before dropping the oldest.
     pub heartbeat_log_bytes: usize,
+    /// Evidence bytes admitted from phones and not yet staged by ingest (flow control).
+    pub evidence_inflight_bytes: usize,
     /// Most distinct MQTT client ids one device may hold connected at once.
     pub max_sessions_per_device: usize,
     /// Most distinct MQTT client ids one integration account may hold connected at once.
@@ -579,6 +582,9 @@ impl Config {
             max_packet_bytes: file.max_packet_bytes.unwrap_or(broker_defaults.max_packet_bytes),
             max_connections: file.max_connections.unwrap_or(broker_defaults.max_connections),
             heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(broker_defaults.heartbeat_log_bytes),
+            evidence_inflight_bytes: file
+                .evidence_inflight_bytes
+                .unwrap_or(broker_defaults.evidence_inflight_bytes),
             max_sessions_per_device: file
                 .max_sessions_per_device
                 .unwrap_or(broker_defaults.max_sessions_per_device)
@@ -746,6 +752,7 @@ http_listen = "127.0.0.1:8080"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
 # heartbeat_log_bytes = 67108864              # heartbeats the broker holds for a lagging ingest
+# evidence_inflight_bytes = 16777216          # evidence chunks in flight to ingest, all phones (flow control)
 # max_sessions_per_device = 3                 # client ids one phone may hold connected (CONNACK 0x97 beyond)
 # max_sessions_per_integration = 16           # the same for an integration account
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys

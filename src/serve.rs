@@ -286,6 +286,7 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
                 max_packet_bytes: config.max_packet_bytes,
                 max_connections: config.max_connections,
                 heartbeat_log_bytes: config.heartbeat_log_bytes,
+                evidence_inflight_bytes: config.evidence_inflight_bytes,
                 max_sessions_per_device: config.max_sessions_per_device,
                 max_sessions_per_integration: config.max_sessions_per_integration,
                 // Phones reconnecting to a restarted server wait for this process's ingest.

@@ -18,6 +18,7 @@
 //! has it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -26,6 +27,7 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Packet, Protocol, PubAck, PubAckReason, PubRel, PubRelReason, Publish, PublishProperties};
 use tracing::debug;
 
+use crate::gate::{self, EvidenceGate};
 use crate::wire::{self, Version};
 
 /// Name of the user property holding the front's [`Stamp`]; U+0000 is not allowed in an MQTT
@@ -119,12 +121,16 @@ pub(crate) struct Outbound {
     copies_order: VecDeque<u64>,
     epoch: Instant,
     scratch: BytesMut,
+    /// The evidence budget: an acknowledged evidence chunk gives its permits back.
+    gate: Option<Arc<EvidenceGate>>,
 }
 
 struct Inflight {
     router_pkid: Option<u16>,
     /// QoS 2 after the client's PUBREC: waiting for its PUBCOMP.
     released: bool,
+    /// Message id of an evidence chunk holding permits of the gate.
+    gated: Option<u64>,
 }
 
 struct Held {
@@ -132,6 +138,7 @@ struct Held {
     props: Option<PublishProperties>,
     qos: u8,
     router_pkid: Option<u16>,
+    gated: Option<u64>,
 }
 
 impl Outbound {
@@ -150,6 +157,20 @@ impl Outbound {
             copies_order: VecDeque::new(),
             epoch,
             scratch: BytesMut::new(),
+            gate: None,
+        }
+    }
+
+    /// Gives acknowledged evidence chunks' permits back to `gate`.
+    pub fn with_gate(mut self, gate: Arc<EvidenceGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The chunk `gated` was delivered for good (acknowledged, or sent at QoS 0).
+    fn gate_done(&self, gated: Option<u64>) {
+        if let (Some(gate), Some(id)) = (&self.gate, gated) {
+            gate.done(id);
         }
     }
 
@@ -169,19 +190,21 @@ impl Outbound {
             router_pkid
         });
         let stamp = Stamp::take(&mut props);
+        let gated = stamp.as_ref().filter(|_| self.gate.is_some() && gate::is_chunk(&publish.topic)).map(|s| s.id);
         let at_subscribe = publish.retain;
         match self.decide(&publish, &mut props, stamp.as_ref(), router_qos, subs) {
             Some((qos, retain)) => {
                 publish.retain = retain;
                 if qos == 0 {
-                    self.send(publish, props, 0, None, out);
+                    self.send(publish, props, 0, None, None, out);
                     self.router_done(router_pkid);
+                    self.gate_done(gated);
                 } else if self.inflight.len() < self.receive_max && self.held.is_empty() {
-                    if !self.send(publish, props, qos, router_pkid, out) {
+                    if !self.send(publish, props, qos, router_pkid, gated, out) {
                         self.router_done(router_pkid);
                     }
                 } else {
-                    self.held.push_back(Held { publish, props, qos, router_pkid });
+                    self.held.push_back(Held { publish, props, qos, router_pkid, gated });
                 }
             }
             None => {
@@ -281,6 +304,7 @@ impl Outbound {
         props: Option<PublishProperties>,
         qos: u8,
         router_pkid: Option<u16>,
+        gated: Option<u64>,
         out: &mut BytesMut,
     ) -> bool {
         let pkid = if qos > 0 { self.next_free_pkid() } else { 0 };
@@ -293,10 +317,11 @@ impl Outbound {
             out.truncate(start);
             debug!(max = self.max_packet, "message larger than the client's Maximum Packet Size dropped");
             metrics::counter!("jiandu_broker_dropped_total", "why" => "client_max_packet").increment(1);
+            self.gate_done(gated);
             return false;
         }
         if qos > 0 {
-            self.inflight.insert(pkid, Inflight { router_pkid, released: false });
+            self.inflight.insert(pkid, Inflight { router_pkid, released: false, gated });
         }
         true
     }
@@ -314,9 +339,10 @@ impl Outbound {
     pub fn client_puback(&mut self, pkid: u16, out: &mut BytesMut, to_router: &mut Vec<Packet>) {
         match self.inflight.get(&pkid) {
             Some(f) if !f.released => {
-                let router_pkid = f.router_pkid;
+                let (router_pkid, gated) = (f.router_pkid, f.gated);
                 self.inflight.remove(&pkid);
                 self.router_done(router_pkid);
+                self.gate_done(gated);
             }
             _ => debug!(pkid, "PUBACK for no delivery in flight ignored"),
         }
@@ -328,8 +354,9 @@ impl Outbound {
         let reason = match self.inflight.get_mut(&pkid) {
             Some(f) => {
                 f.released = true;
-                let router_pkid = f.router_pkid.take();
+                let (router_pkid, gated) = (f.router_pkid.take(), f.gated.take());
                 self.router_done(router_pkid);
+                self.gate_done(gated);
                 PubRelReason::Success
             }
             None => PubRelReason::PacketIdentifierNotFound,
@@ -350,7 +377,7 @@ impl Outbound {
     fn release_held(&mut self, out: &mut BytesMut, to_router: &mut Vec<Packet>) {
         while self.inflight.len() < self.receive_max {
             let Some(h) = self.held.pop_front() else { break };
-            if !self.send(h.publish, h.props, h.qos, h.router_pkid, out) {
+            if !self.send(h.publish, h.props, h.qos, h.router_pkid, h.gated, out) {
                 self.router_done(h.router_pkid);
             }
         }

@@ -39,6 +39,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::{self, Acl, Denied};
 use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions};
+use crate::gate::{self, EvidenceGate};
 use crate::saved::{Ending, PendingWill, SavedSessions};
 use crate::sessions::{AccountKey, Registration, Sessions};
 use crate::tls::Transport;
@@ -88,6 +89,8 @@ pub(crate) struct Front {
     pub saved: Arc<SavedSessions>,
     /// Clock of message arrival times (Message Expiry).
     pub epoch: Instant,
+    /// The budget of evidence bytes between phones and ingest (flow control, see `gate`).
+    pub evidence_gate: Arc<EvidenceGate>,
 }
 
 /// The service subscriptions a freshly started broker waits for before it lets devices and
@@ -385,7 +388,10 @@ impl Front {
             link_rx,
             pending_subacks: HashMap::new(),
             subscriptions,
-            outbound: Outbound::new(version, connect.client_id.clone(), receive_max, client_max_packet, self.epoch),
+            outbound: Outbound::new(version, connect.client_id.clone(), receive_max, client_max_packet, self.epoch)
+                .with_gate(self.evidence_gate.clone()),
+            gate: self.evidence_gate.clone(),
+            blocked: None,
             aliases: HashMap::new(),
             refused_qos2: HashSet::new(),
             last_notice: None,
@@ -473,6 +479,11 @@ struct Session {
     last_notice: Option<Instant>,
     /// The client ended with DISCONNECT 0x04: publish the will anyway.
     with_will: bool,
+    /// The evidence budget chunks are admitted against.
+    gate: Arc<EvidenceGate>,
+    /// An evidence chunk waiting for room in the budget (message id, bytes, the packet): the
+    /// socket is not read until it is admitted.
+    blocked: Option<(u64, usize, Packet)>,
 }
 
 impl Session {
@@ -485,8 +496,11 @@ impl Session {
         let idle_limit = self.keep_alive + self.keep_alive / 2;
         let mut last_heard = Instant::now();
         loop {
-            // Packets already buffered (e.g. sent right behind CONNECT) first.
-            let disconnect = match self.drain_client(&mut buf, &mut to_router, &mut out) {
+            // Packets already buffered (e.g. sent right behind CONNECT) first; none while a chunk
+            // waits for room in the evidence budget.
+            let drained =
+                if self.blocked.is_some() { Ok(false) } else { self.drain_client(&mut buf, &mut to_router, &mut out) };
+            let disconnect = match drained {
                 Ok(d) => d,
                 Err(e) => {
                     // The packets before the offending one were fine and are passed on.
@@ -528,11 +542,19 @@ impl Session {
                 // Give back the room a burst (an evidence chunk) needed.
                 buf = BytesMut::with_capacity(512);
             }
+            let waiting = self.blocked.as_ref().map(|(id, len, _)| (*id, *len));
             tokio::select! {
-                read = rd.read_buf(&mut buf) => {
+                read = rd.read_buf(&mut buf), if waiting.is_none() => {
                     if read? == 0 {
                         return Ok(false);
                     }
+                    last_heard = Instant::now();
+                }
+                () = self.gate.admit(waiting.map_or(0, |w| w.0), waiting.map_or(0, |w| w.1)), if waiting.is_some() => {
+                    if let Some((_, _, packet)) = self.blocked.take() {
+                        to_router.push(packet);
+                    }
+                    // The socket went unread by our choice, not the client's silence.
                     last_heard = Instant::now();
                 }
                 notified = self.link_rx.next() => {
@@ -633,6 +655,21 @@ impl Session {
                                 origin: self.client_id.clone(),
                             };
                             stamp.attach(&mut props);
+                            let len = publish.payload.len();
+                            if len > 16 * 1024 {
+                                // The router's log keeps the payload for a while: an exact copy
+                                // lets the read buffer it was cut from be reused at once instead
+                                // of being pinned (with its spare room) until the log moves on.
+                                publish.payload = Bytes::copy_from_slice(&publish.payload);
+                            }
+                            if head_qos > 0
+                                && gate::is_chunk(&publish.topic)
+                                && !self.gate.try_admit(stamp.id, len)
+                            {
+                                // No room: this chunk waits, and so does the rest of the stream.
+                                self.blocked = Some((stamp.id, len, Packet::Publish(publish, props)));
+                                return Ok(false);
+                            }
                             to_router.push(Packet::Publish(publish, props));
                         }
                         Err(denied) => {

@@ -16,6 +16,7 @@ pub mod client;
 mod delivery;
 pub mod dynsec;
 mod front;
+mod gate;
 mod saved;
 mod sessions;
 pub mod tls;
@@ -120,6 +121,10 @@ pub struct BrokerConfig {
     /// Bytes of heartbeats the router keeps for a lagging ingest before it drops the oldest
     /// (although their publishers were acknowledged: phones re-send what is never confirmed).
     pub heartbeat_log_bytes: usize,
+    /// Bytes of evidence chunks admitted from phones and not yet staged by ingest, all phones
+    /// together; a phone's further chunks wait (its socket unread) until ingest catches up, so
+    /// memory stays flat however many phones upload. The router's evidence log is twice this.
+    pub evidence_inflight_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -139,6 +144,7 @@ impl Default for BrokerConfig {
             max_keep_alive_secs: 300,
             max_session_expiry_secs: 24 * 3600,
             heartbeat_log_bytes: 64 * 1024 * 1024,
+            evidence_inflight_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -203,6 +209,8 @@ pub async fn start(
             .map_err(|e| e.to_string())
     });
 
+    let evidence_gate = gate::EvidenceGate::new(config.evidence_inflight_bytes);
+    tokio::spawn(sweep_evidence_gate(evidence_gate.clone(), shutdown.clone()));
     let sessions = Arc::new(sessions::Sessions::default());
     tokio::spawn(watch_revocations(store.clone(), sessions.clone(), config.revocation_poll, shutdown.clone()));
     let front = Arc::new(front::Front {
@@ -219,6 +227,7 @@ pub async fn start(
         max_keep_alive: config.max_keep_alive_secs.max(1),
         max_session_expiry: config.max_session_expiry_secs,
         epoch: std::time::Instant::now(),
+        evidence_gate: evidence_gate.clone(),
     });
     let device_cert_required = config.tls.as_ref().is_some_and(|(_, t)| t.device_cert_required());
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -360,6 +369,25 @@ async fn watch_revocations(
     }
 }
 
+/// Returns the evidence budget's permits of chunks nobody acknowledged (see `gate`).
+async fn sweep_evidence_gate(gate: Arc<gate::EvidenceGate>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let lapsed = gate.sweep();
+                if lapsed > 0 {
+                    debug!(lapsed, "evidence chunks never acknowledged by ingest; their budget returned");
+                }
+            }
+        }
+    }
+}
+
+/// Segment size of the router's evidence log (16 evidence chunks).
+const EVIDENCE_SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+
 fn router_config(config: &BrokerConfig) -> RouterConfig {
     RouterConfig {
         max_connections: config.max_connections + 64,
@@ -370,14 +398,15 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         // The router drops the oldest log entries of a filter whose subscriber lags by more than
         // size × count, although their publishers were acknowledged: give the two bulk streams
         // room. A log keeps what it holds until newer entries push it out (read or not), so its
-        // size is memory the server keeps after a burst (the evidence log is most of what
-        // `bench evidence` reports as RSS growth). A smaller evidence log (32 MiB was tried)
-        // makes a fast phone outrun evidence ingest: most chunks are dropped and re-sent, and
-        // the phone's client stalled waiting for a PUBACK; it needs flow control first.
+        // size is memory the server keeps after a burst. Evidence is admitted against a budget
+        // (`gate`), so its log needs only twice that: it never overflows while ingest runs.
         custom_segment: Some(std::collections::HashMap::from([
             (
                 "jd/v1/dev/+/ev/#".to_owned(),
-                rumqttd::SegmentConfig { max_segment_size: 16 * 1024 * 1024, max_segment_count: 16 },
+                rumqttd::SegmentConfig {
+                    max_segment_size: EVIDENCE_SEGMENT_BYTES,
+                    max_segment_count: (2 * config.evidence_inflight_bytes).div_ceil(EVIDENCE_SEGMENT_BYTES) + 1,
+                },
             ),
             (
                 "jd/v1/dev/+/hb".to_owned(),

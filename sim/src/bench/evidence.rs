@@ -27,6 +27,8 @@ use sha2::{Digest, Sha256};
 use super::{BenchArgs, Report, Row, Stat, SystemUnderTest, measure};
 
 const CHUNK: usize = 256 * 1024;
+/// QoS 1 publishes the uploading client may have unacknowledged.
+const INFLIGHT: u16 = 32;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Writes `size` pseudo-random bytes to `path` and returns their SHA-256.
@@ -78,7 +80,7 @@ async fn upload(
     o.set_credentials(dev, token);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
-    o.set_inflight(32);
+    o.set_inflight(INFLIGHT);
     let (client, mut events) = AsyncClient::new(o, 256);
     client.subscribe(format!("jd/v1/dev/{dev}/inbox/receipt"), QoS::AtLeastOnce).await?;
     loop {
@@ -109,6 +111,21 @@ async fn upload(
         }
         Ok::<_, crate::Error>(())
     });
+    // rumqttc's `EventLoop::poll` is not cancel-safe: dropped while it writes a publish (the
+    // RSS tick below winning a select), the publish has its packet id in the client's state but
+    // never reaches the socket, and 32 publishes later the client waits for that id forever
+    // (CollisionTimeout; seen with 256 KiB chunks in release builds). So the event loop runs in
+    // a task of its own and hands its events over a channel, which is safe to select on.
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        loop {
+            let e = events.poll().await;
+            let failed = e.is_err();
+            if event_tx.send(e).is_err() || failed {
+                return;
+            }
+        }
+    });
     rounds.send((0..chunks).collect()).ok();
     let mut first_partial = true;
     let mut resent = 0usize;
@@ -123,8 +140,10 @@ async fn upload(
                     bail!("no receipt within an hour");
                 }
             }
-            e = events.poll() => {
-                if let Event::Incoming(Packet::Publish(p)) = e.map_err(|e| crate::Error::Failed(format!("phone's MQTT connection: {e:?}")))? {
+            e = event_rx.recv() => {
+                let e = e.context("the phone's event loop ended")?;
+                let e = e.map_err(|e| crate::Error::Failed(format!("phone's MQTT connection: {e:?}")))?;
+                if let Event::Incoming(Packet::Publish(p)) = e {
                     let v: Value = serde_json::from_slice(&p.payload)?;
                     if v["evid"] == evid && v["status"] == "stored" {
                         break start.elapsed().as_secs_f64();
@@ -154,6 +173,7 @@ async fn upload(
     }
     peak = peak.max(sut.rss_bytes().unwrap_or(0));
     client.disconnect().await.ok();
+    pump.abort();
     Ok((elapsed, peak as f64))
 }
 

@@ -192,7 +192,7 @@ impl SystemUnderTest {
         cmd.args(["serve", "--roles", roles, "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .env("JIANDU_DATA_DIR", dir.path())
             .env("JIANDU_DB", &db)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("JIANDU_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in extra_env {
@@ -231,6 +231,10 @@ impl Drop for SystemUnderTest {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+        // The server's log outlives the temporary data dir when asked for (debugging a bench).
+        if let Ok(keep) = std::env::var("JIANDU_BENCH_KEEP_LOG") {
+            std::fs::copy(self.dir.path().join("serve.log"), keep).ok();
+        }
     }
 }
 
