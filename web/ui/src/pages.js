@@ -128,7 +128,8 @@ export async function reportPage(root, id) {
     const where = placed ? `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}`
       : `${t('no_location')} — ${t('place')}: ${v.public?.place || '—'}`;
     const nearest = h('div', { id: 'nearest' });
-    box.replaceChildren(
+    // replaceChildren would print a null as the text "null".
+    box.replaceChildren(...[
       h('h2', {}, `${t('report')} ${r.id}`),
       h('div', { class: 'report-head' },
         h('div', { class: 'card' },
@@ -157,7 +158,7 @@ export async function reportPage(root, id) {
         v.timeline.map((e) => h('li', { 'data-status': e.status },
           h('time', {}, fmtTime(e.ts)), ' ', h('b', {}, t(e.status)), ` · ${e.assignment_id.slice(-6)} · ${e.actor}`,
           e.note ? ` · ${e.note}` : '')))),
-      h('section', {}, h('h3', {}, t('evidence')), h('div', { id: 'evidence' }, t('loading'))));
+      h('section', {}, h('h3', {}, t('evidence')), h('div', { id: 'evidence' }, t('loading')))].filter(Boolean));
     if (miniMap && mapPlaced !== placed) {
       miniMap.remove();
       miniMap = null;
@@ -168,6 +169,7 @@ export async function reportPage(root, id) {
       else drawPicker(mapBox);
     }
     if (canDispatch && !final && placed) showNearest(nearest, r);
+    loadEvidence(box.querySelector('#evidence'));
   }
 
   /** The desk places a tip that named its place in words: a click on the map or typed degrees. */
@@ -195,8 +197,14 @@ export async function reportPage(root, id) {
     const marker = new maplibregl.Marker({ color: '#dc2626' });
     miniMap.on('load', async () => {
       devices ??= await allDevices().catch(() => []);
-      const at = devices.filter((d) => d.position).slice(0, 200).map((d) => display(d.position.lon, d.position.lat));
-      fitTo(miniMap, at, 13);
+      const at = devices.filter((d) => d.position).slice(0, 500);
+      miniMap.addSource('near', { type: 'geojson', data: { type: 'FeatureCollection', features: at.map((d) => ({
+        type: 'Feature', geometry: { type: 'Point', coordinates: display(d.position.lon, d.position.lat) },
+        properties: { id: d.id, state: d.state } })) } });
+      miniMap.addLayer({ id: 'near', type: 'circle', source: 'near', paint: {
+        'circle-radius': 5, 'circle-stroke-color': '#fff', 'circle-stroke-width': 1,
+        'circle-color': ['match', ['get', 'state'], ...Object.entries(STATE_COLOURS).flat(), '#999'] } });
+      fitTo(miniMap, at.map((d) => display(d.position.lon, d.position.lat)), 13);
     });
     if (!canDispatch) return;
     miniMap.on('click', (e) => {
@@ -209,7 +217,6 @@ export async function reportPage(root, id) {
         lon.value = pick[0].toFixed(6);
       }
     });
-    loadEvidence(box.querySelector('#evidence'));
   }
 
   function drawMap(el, r) {
