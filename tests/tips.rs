@@ -464,6 +464,9 @@ async fn a_tip_naming_only_its_place_waits_for_the_desk_to_place_it(db: Db) {
     assert_eq!(v["assignments"], json!([]), "nobody is sent to a place without a point: {v}");
     let (s, e) = staff(&app, &desk, "POST", &format!("/reports/{report_id}/dispatch"), Some(json!({}))).await;
     assert_eq!(s, StatusCode::CONFLICT, "nearest of nowhere: {e}");
+    let (s, e) =
+        staff(&app, &desk, "POST", &format!("/reports/{report_id}/dispatch"), Some(json!({"device": near_id}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a hand offer of nowhere: {e}");
 
     // The same text at the same place in words folds into it; another place does not.
     let again =
