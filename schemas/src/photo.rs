@@ -316,6 +316,29 @@ mod tests {
         }
     }
 
+    /// How long cleaning a phone-sized photo takes next to hashing it (which the server does
+    /// anyway): `cargo test -p jiandu-schemas --release -- --ignored --nocapture photo_cost`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn photo_cost() {
+        use sha2::Digest;
+        let mut b = jpeg_with_metadata();
+        let eoi = b.len() - 2 - b"SEFT trailer Zhang San".len();
+        b.splice(eoi..eoi, std::iter::repeat_n(0x5Au8, 8 * 1024 * 1024 - b.len()));
+        let runs = 20;
+        let t = std::time::Instant::now();
+        for _ in 0..runs {
+            assert_eq!(strip_metadata("image/jpeg", &b).unwrap().removed.len(), 5);
+        }
+        let strip = t.elapsed() / runs;
+        let t = std::time::Instant::now();
+        for _ in 0..runs {
+            std::hint::black_box(sha2::Sha256::digest(&b));
+        }
+        let hash = t.elapsed() / runs;
+        println!("8 MiB JPEG: strip_metadata {strip:?}, SHA-256 of the same bytes (reference) {hash:?}");
+    }
+
     proptest! {
         #[test]
         fn garbage_after_a_magic_number_never_panics(
