@@ -61,8 +61,8 @@ async fn an_offer_committed_without_a_relay_arrives_once_when_one_starts(outbox_
         origin: "12345-hotline".into(),
         kind: "official-car".into(),
         text: "公车停在饭店门口".into(),
-        lat: 36.5,
-        lon: 118.5,
+        lat: Some(36.5),
+        lon: Some(118.5),
         ts: now_ms(),
         plate: None,
         needs: 1,
@@ -76,7 +76,7 @@ async fn an_offer_committed_without_a_relay_arrives_once_when_one_starts(outbox_
         actor: "dispatcher".into(),
     };
     let (a, stored) = store.offer(offer, jiandu_dispatcher::offer_message).await.unwrap();
-    let expected = serde_json::to_value(jiandu_dispatcher::offer_payload(&stored, &a)).unwrap();
+    let expected = serde_json::to_value(jiandu_dispatcher::offer_payload(&stored, &a).unwrap()).unwrap();
     assert_eq!(store.unpublished_phone_messages(10).await.unwrap().len(), 1, "the offer waits in the outbox");
     assert!(arrivals(&mut rx, Duration::from_millis(300)).await.is_empty(), "nothing is sent without a relay");
 

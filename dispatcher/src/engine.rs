@@ -21,8 +21,8 @@ use jiandu_schemas::{
     Ack, AsgStatus, AssignmentOffer, Duty, ErrorNotice, EventKind, InboxKind, Notice, PayloadError, Report, Topic,
 };
 use jiandu_store::{
-    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, PhoneMessage, ReportSource, ReportStatus,
-    RevokedDevices, Store, StoreError, StoredReport, now_ms,
+    Assignment, AssignmentState, DispatchLock, Escalation, NewOffer, NewReport, PhoneMessage, ReportSource,
+    ReportStatus, RevokedDevices, Store, StoreError, StoredReport, now_ms,
 };
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde_json::Value;
@@ -358,8 +358,8 @@ impl Engine {
             origin: device.to_owned(),
             kind: r.kind,
             text: r.text,
-            lat: r.lat,
-            lon: r.lon,
+            lat: Some(r.lat),
+            lon: Some(r.lon),
             ts: r.ts,
             plate: r.plate,
         };
@@ -394,8 +394,8 @@ impl Engine {
             origin: r.source,
             kind: r.kind,
             text: r.text,
-            lat: r.lat,
-            lon: r.lon,
+            lat: Some(r.lat),
+            lon: Some(r.lon),
             ts: r.ts,
             plate: None,
         };
@@ -474,11 +474,14 @@ impl Engine {
         }
     }
 
-    /// Reports stored by the web, and staff asking for "nearest" again, are dispatched here.
+    /// Reports stored by the web and the public tip page, and staff asking for "nearest" again
+    /// (or placing a tip that had no point), are dispatched here.
     async fn report_event(&mut self, payload: &[u8]) {
         let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
         let report = match event["type"].as_str() {
-            Some("report.created") if event["data"]["source"] == "web" => event["data"]["report"]["id"].as_str(),
+            Some("report.created") if matches!(event["data"]["source"].as_str(), Some("web" | "public")) => {
+                event["data"]["report"]["id"].as_str()
+            }
             Some("report.dispatch_requested") => event["data"]["id"].as_str(),
             _ => None,
         };
@@ -495,7 +498,8 @@ impl Engine {
     }
 
     /// Offers the report to the nearest available devices not tried yet until every slot it
-    /// needs is offered or taken; escalates when nobody is left within the radius.
+    /// needs is offered or taken; escalates when nobody is left within the radius, and at once
+    /// when the report has no point (a public tip naming its place in words: the desk places it).
     async fn fill(&mut self, report_id: &str) -> Result<(), StoreError> {
         let mut report = self.store.report(report_id).await?;
         let needs = self.config.needs(&report.kind);
@@ -513,10 +517,17 @@ impl Engine {
                 return Ok(());
             }
             tried.extend(existing.into_iter().map(|a| a.device_id));
+            let Some((lat, lon)) = report.point() else {
+                if self.store.escalate(report_id, Escalation::NoLocation, ACTOR).await? {
+                    metrics::counter!("jiandu_dispatch_escalations_total").increment(1);
+                    info!(report = report_id, "no location; escalated to the desk to place it");
+                }
+                return Ok(());
+            };
             let fresh_since = now_ms() - self.freshness_ms();
-            let Some(candidate) = self.index.nearest(report.lat, report.lon, fresh_since, self.config.radius_m, &tried)
-            else {
-                if self.store.escalate(report_id, self.config.radius_m, ACTOR).await? {
+            let Some(candidate) = self.index.nearest(lat, lon, fresh_since, self.config.radius_m, &tried) else {
+                let why = Escalation::NobodyWithin { radius_m: self.config.radius_m };
+                if self.store.escalate(report_id, why, ACTOR).await? {
                     metrics::counter!("jiandu_dispatch_escalations_total").increment(1);
                     warn!(report = report_id, radius_m = self.config.radius_m, "no inspector left; escalated");
                 }
@@ -568,9 +579,13 @@ impl Engine {
     }
 }
 
-/// The phone outbox message that offers `a` (`inbox/assignment`), recorded with the offer.
+/// The phone outbox message that offers `a` (`inbox/assignment`), recorded with the offer. A
+/// report without a point cannot be offered (the store refuses that before it gets here).
 pub fn offer_message(report: &StoredReport, a: &Assignment) -> Result<PhoneMessage, StoreError> {
-    PhoneMessage::new(&a.device_id, InboxKind::Assignment.as_str(), &offer_payload(report, a))
+    let payload = offer_payload(report, a).ok_or_else(|| StoreError::Conflict {
+        reason: format!("report '{}' has no location to send an inspector to", report.id),
+    })?;
+    PhoneMessage::new(&a.device_id, InboxKind::Assignment.as_str(), &payload)
 }
 
 /// The phone outbox message of a notice (`inbox/notice`), recorded with the change it tells of.
@@ -578,20 +593,22 @@ pub fn notice_message(device: &str, text: String) -> Result<PhoneMessage, StoreE
     PhoneMessage::new(device, InboxKind::Notice.as_str(), &Notice { ts: now_ms(), text })
 }
 
-/// The `inbox/assignment` payload of an offer.
-pub fn offer_payload(report: &StoredReport, a: &Assignment) -> AssignmentOffer {
-    AssignmentOffer {
+/// The `inbox/assignment` payload of an offer; `None` for a report without a point (a phone is
+/// only ever sent to one).
+pub fn offer_payload(report: &StoredReport, a: &Assignment) -> Option<AssignmentOffer> {
+    let (lat, lon) = report.point()?;
+    Some(AssignmentOffer {
         assignment_id: a.id.clone(),
         report: Report {
             id: report.id.clone(),
             kind: report.kind.clone(),
             text: report.text.clone(),
-            lat: report.lat,
-            lon: report.lon,
+            lat,
+            lon,
             ts: report.ts,
             plate: report.plate.clone(),
         },
         distance_m: a.distance_m,
         respond_by: a.respond_by,
-    }
+    })
 }

@@ -52,13 +52,18 @@ pub async fn plan_offer(
         return Err(invalid("device", format!("no active device '{device}'")));
     }
     let report = store.report(report_id).await?;
+    let Some((lat, lon)) = report.point() else {
+        return Err(DispatchError::Conflict {
+            reason: format!("report '{report_id}' has no location yet; place it first (POST …/location)"),
+        });
+    };
     let Some(pos) = store.live_position(device).await?.and_then(|p| p.position) else {
         return Err(invalid("device", format!("no position is known for device '{device}'")));
     };
     let offer = NewOffer {
         report_id: report_id.to_owned(),
         device_id: device.to_owned(),
-        distance_m: haversine_m(report.lat, report.lon, pos.lat, pos.lon),
+        distance_m: haversine_m(lat, lon, pos.lat, pos.lon),
         respond_by: now_ms() + within * 1000,
         actor: actor.to_owned(),
     };

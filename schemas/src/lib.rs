@@ -8,12 +8,14 @@
 //! latitude, timestamps and ids are known to be sane, or a [`PayloadError`] naming the field that
 //! is wrong, which is what gets sent back to the device on `inbox/error`.
 //!
-//! The crate does no I/O.
+//! The crate does no I/O. It also cleans citizens' photos of their metadata ([`photo`]): like
+//! the payloads, hostile bytes from outside, parsed once here.
 
 #![warn(missing_docs)]
 
 pub mod parse;
 pub mod payload;
+pub mod photo;
 pub mod public;
 mod schema;
 pub mod topic;
@@ -23,6 +25,7 @@ pub use parse::{
     parse_lookup, parse_owntracks, parse_presence, parse_report,
 };
 pub use payload::*;
+pub use photo::{STRIPPABLE_PHOTO_TYPES, StrippedPhoto, strip_metadata};
 pub use public::{PUBLIC_TIP_KINDS, PublicTip, parse_public_tip};
 pub use schema::json_schemas;
 pub use topic::{EventKind, InboxKind, Topic};

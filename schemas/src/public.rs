@@ -21,19 +21,17 @@ pub const MAX_CONTACT_CHARS: usize = 100;
 /// Longest licence plate, in characters.
 pub const MAX_PUBLIC_PLATE_CHARS: usize = 16;
 
-/// A citizen's tip, checked: the place is a point, text and labels are within bounds, and an
-/// anonymous tip carries no contact.
+/// A citizen's tip, checked: it says where (a point, or the place in words, or both), text and
+/// labels are within bounds, and an anonymous tip carries no contact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublicTip {
     /// One of [`PUBLIC_TIP_KINDS`].
     pub kind: String,
     /// What the citizen saw, trimmed.
     pub text: String,
-    /// Latitude of the place, WGS-84 degrees.
-    pub lat: f64,
-    /// Longitude of the place, WGS-84 degrees.
-    pub lon: f64,
-    /// The place in words (a street, a school gate), if given.
+    /// The place as a point, WGS-84 `(lat, lon)` degrees, if the citizen shared or picked one.
+    pub point: Option<(f64, f64)>,
+    /// The place in words (a street, a school gate); always there when `point` is not.
     pub place: Option<String>,
     /// The licence plate seen, upper-cased without spaces, if given.
     pub plate: Option<String>,
@@ -89,24 +87,27 @@ pub fn parse_public_tip(value: serde_json::Value) -> Result<PublicTip, PayloadEr
     if has_control(&text, true) {
         return Err(PayloadError::new("text", "contains control characters"));
     }
-    let (lat, lon) = match (raw.lat, raw.lon) {
-        (Some(lat), Some(lon)) => (lat, lon),
+    let point = match (raw.lat, raw.lon) {
+        (Some(lat), Some(lon)) => Some((lat, lon)),
         (None, Some(_)) => return Err(PayloadError::new("lat", "missing; send lat and lon together")),
         (Some(_), None) => return Err(PayloadError::new("lon", "missing; send lat and lon together")),
-        (None, None) => {
-            return Err(PayloadError::new(
-                "lat",
-                "missing: the nearest inspector is sent to a point; share your location or pick the place",
-            ));
-        }
+        (None, None) => None,
     };
-    if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
-        return Err(PayloadError::new("lat", format!("must be within -90..=90 degrees, got {lat}")));
-    }
-    if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
-        return Err(PayloadError::new("lon", format!("must be within -180..=180 degrees, got {lon}")));
+    if let Some((lat, lon)) = point {
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(PayloadError::new("lat", format!("must be within -90..=90 degrees, got {lat}")));
+        }
+        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+            return Err(PayloadError::new("lon", format!("must be within -180..=180 degrees, got {lon}")));
+        }
     }
     let place = bounded("place", raw.place, MAX_PLACE_CHARS)?;
+    if point.is_none() && place.is_none() {
+        return Err(PayloadError::new(
+            "place",
+            "say where: describe the place in words, or share your location (lat and lon)",
+        ));
+    }
     let plate = bounded("plate", raw.plate, MAX_PUBLIC_PLATE_CHARS)?
         .map(|p| p.chars().filter(|c| !c.is_whitespace() && *c != '·' && *c != '-').collect::<String>().to_uppercase());
     if let Some(p) = &plate
@@ -122,7 +123,7 @@ pub fn parse_public_tip(value: serde_json::Value) -> Result<PublicTip, PayloadEr
             "an anonymous tip keeps no contact: leave it empty or send anonymous false",
         ));
     }
-    Ok(PublicTip { kind, text, lat, lon, place, plate, contact, anonymous })
+    Ok(PublicTip { kind, text, point, place, plate, contact, anonymous })
 }
 
 /// An optional single-line field: trimmed, empty means absent, at most `max` characters.
@@ -167,6 +168,14 @@ mod tests {
     }
 
     #[test]
+    fn a_place_in_words_is_enough() {
+        let t = parse_public_tip(json!({"kind": "banquet", "text": "饭店包间公款宴请", "place": " 城关镇幸福饭店 "}))
+            .unwrap();
+        assert_eq!((t.point, t.place.as_deref()), (None, Some("城关镇幸福饭店")));
+        assert_eq!(parse_public_tip(ok()).unwrap().point, Some((36.5, 118.5)));
+    }
+
+    #[test]
     fn each_bad_field_is_named() {
         let cases = [
             ("kind", json!("rocket")),
@@ -185,6 +194,15 @@ mod tests {
         let mut v = ok();
         v.as_object_mut().unwrap().remove("lat");
         assert_eq!(parse_public_tip(v).unwrap_err().field, "lat");
+        let mut v = ok();
+        v.as_object_mut().unwrap().remove("lon");
+        assert_eq!(parse_public_tip(v).unwrap_err().field, "lon", "lat without lon");
+        let mut v = ok();
+        v.as_object_mut().unwrap().remove("lat");
+        v.as_object_mut().unwrap().remove("lon");
+        assert_eq!(parse_public_tip(v.clone()).unwrap_err().field, "place", "neither a point nor a place");
+        v["place"] = json!("   ");
+        assert_eq!(parse_public_tip(v).unwrap_err().field, "place", "a blank place is no place");
         let mut v = ok();
         v["anonymous"] = json!(true);
         v["contact"] = json!("13800000000");

@@ -83,6 +83,42 @@ impl ReportStatus {
     }
 }
 
+/// Why a report goes to the desk instead of to an inspector (see [`Store::escalate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Escalation {
+    /// Nobody available was left within the dispatch radius, in metres.
+    NobodyWithin {
+        /// The dispatcher's radius.
+        radius_m: f64,
+    },
+    /// The report has no point yet: a public tip that named its place in words; the desk
+    /// places it (`POST /api/v1/reports/{id}/location`).
+    NoLocation,
+}
+
+impl Escalation {
+    /// The alarm's `reason`: `nobody_within` or `no_location`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Escalation::NobodyWithin { .. } => "nobody_within",
+            Escalation::NoLocation => "no_location",
+        }
+    }
+
+    /// What the desk reads in the alarm.
+    pub fn message(self) -> String {
+        match self {
+            Escalation::NobodyWithin { radius_m } => format!("no available inspector within {radius_m:.0} m"),
+            Escalation::NoLocation => "no location: the tip names a place in words; place it on the map".into(),
+        }
+    }
+}
+
+/// The refusal for dispatching a report that has no point yet.
+fn unlocated(id: &str) -> String {
+    format!("report '{id}' has no location yet; place it first (POST /api/v1/reports/{id}/location)")
+}
+
 stored_enum! {
     /// Where an assignment stands.
     pub enum AssignmentState {
@@ -141,10 +177,11 @@ pub struct NewReport {
     pub kind: String,
     /// Free text.
     pub text: String,
-    /// Latitude, WGS-84 degrees.
-    pub lat: f64,
-    /// Longitude, WGS-84 degrees.
-    pub lon: f64,
+    /// Latitude, WGS-84 degrees; `None` (with `lon`) only for a public tip that named the place
+    /// in words, which the desk places later.
+    pub lat: Option<f64>,
+    /// Longitude, WGS-84 degrees; `None` exactly when `lat` is.
+    pub lon: Option<f64>,
     /// When it was made (Unix ms).
     pub ts: i64,
     /// Licence plate involved, if any.
@@ -166,10 +203,10 @@ pub struct StoredReport {
     pub kind: String,
     /// Free text.
     pub text: String,
-    /// Latitude.
-    pub lat: f64,
-    /// Longitude.
-    pub lon: f64,
+    /// Latitude; `None` for a public tip not placed yet.
+    pub lat: Option<f64>,
+    /// Longitude; `None` exactly when `lat` is.
+    pub lon: Option<f64>,
     /// When it was made (Unix ms).
     pub ts: i64,
     /// Licence plate, if any.
@@ -185,7 +222,13 @@ pub struct StoredReport {
 }
 
 impl StoredReport {
-    /// The report as the wire shows it (`{id,kind,text,lat,lon,ts,plate?}`), for events.
+    /// Where to send an inspector, once the report has a point (`None`: the desk must place it).
+    pub fn point(&self) -> Option<(f64, f64)> {
+        self.lat.zip(self.lon)
+    }
+
+    /// The report as the wire shows it (`{id,kind,text,lat,lon,ts,plate?}`, `lat`/`lon` null for
+    /// a public tip not placed yet), for events.
     pub fn wire(&self) -> Value {
         let mut v = json!({"id": self.id, "kind": self.kind, "text": self.text, "lat": self.lat, "lon": self.lon,
             "ts": self.ts});
@@ -385,6 +428,28 @@ impl Store {
                 reason: format!("must be 1 or 2, got {}", r.needs),
             });
         }
+        match (r.lat, r.lon) {
+            (Some(_), Some(_)) => {}
+            (None, None) if r.source == ReportSource::Public => {}
+            (None, None) => {
+                return Err(StoreError::InvalidInput {
+                    field: "lat",
+                    reason: format!("a report from source {} needs a point", r.source.as_str()),
+                });
+            }
+            (Some(_), None) => {
+                return Err(StoreError::InvalidInput {
+                    field: "lon",
+                    reason: "missing; send lat and lon together".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(StoreError::InvalidInput {
+                    field: "lat",
+                    reason: "missing; send lat and lon together".into(),
+                });
+            }
+        }
         let now = now_ms();
         let inserted = sqlx::query(&format!(
             "INSERT INTO reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'new', $11, $11) \
@@ -567,6 +632,9 @@ impl Store {
                 reason: format!("report '{}' is {}; nothing to dispatch", report.id, report.status.as_str()),
             });
         }
+        if report.point().is_none() {
+            return Err(StoreError::Conflict { reason: unlocated(&report.id) });
+        }
         let existing = fetch_report_assignments(&mut tx, &report.id).await?;
         let live = AssignmentState::filled_slots(&existing);
         if live >= report.needs {
@@ -682,10 +750,11 @@ impl Store {
         Ok(Transition { assignment, changed: true, report })
     }
 
-    /// Marks a report `unassigned` because nobody is left within `radius_m`, raising an alarm
-    /// (`jd/v1/events/alarm`). Returns false when it was not waiting for dispatch (already
-    /// escalated, finished, or fully staffed), so each escalation alarms once.
-    pub async fn escalate(&self, report_id: &str, radius_m: f64, actor: &str) -> Result<bool, StoreError> {
+    /// Marks a report `unassigned` and raises an alarm (`jd/v1/events/alarm`, `alarm.unassigned`)
+    /// so the desk acts: nobody is left within the radius, or the report has no point to send
+    /// anyone to. Returns false when it was not waiting for dispatch (already escalated,
+    /// finished, or fully staffed), so each escalation alarms once.
+    pub async fn escalate(&self, report_id: &str, why: Escalation, actor: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let report = lock_report(&mut tx, report_id, now).await?;
@@ -698,15 +767,19 @@ impl Store {
             return Ok(false);
         }
         let report = set_report_status(&mut tx, report, ReportStatus::Unassigned, actor, now).await?;
+        let mut alarm = json!({"report": report.id, "kind": report.kind, "lat": report.lat, "lon": report.lon,
+            "needs": report.needs, "filled": filled, "reason": why.reason(), "message": why.message()});
+        let mut body = json!({"needs": report.needs, "filled": filled});
+        match why {
+            Escalation::NobodyWithin { radius_m } => {
+                alarm["radius_m"] = json!(radius_m);
+                body["radius_m"] = json!(radius_m.round() as i64);
+            }
+            Escalation::NoLocation => body["reason"] = json!(why.reason()),
+        }
         Store::append_event_in(
             &mut tx,
-            NewEvent {
-                kind: "alarm".into(),
-                r#type: "alarm.unassigned".into(),
-                data: json!({"report": report.id, "kind": report.kind, "lat": report.lat, "lon": report.lon,
-                    "needs": report.needs, "filled": filled, "radius_m": radius_m,
-                    "message": format!("no available inspector within {:.0} m", radius_m)}),
-            },
+            NewEvent { kind: "alarm".into(), r#type: "alarm.unassigned".into(), data: alarm },
         )
         .await?;
         Store::ledger_append_in(
@@ -715,13 +788,91 @@ impl Store {
                 kind: "report.escalated".into(),
                 actor: actor.to_owned(),
                 subject: report.id.clone(),
-                body: json!({"needs": report.needs, "filled": filled, "radius_m": radius_m.round() as i64}),
+                body,
             },
         )
         .await?;
         tx.commit().await?;
-        info!(report = %report_id, filled, "report escalated: nobody left within the radius");
+        info!(report = %report_id, filled, reason = why.reason(), "report escalated to the desk");
         Ok(true)
+    }
+
+    /// Gives a report that has no point (a public tip that named its place in words) the point
+    /// the desk found, and puts it back in the dispatcher's queue: the `report.located` event
+    /// and ledger entry, status `new` and `report.dispatch_requested`, in one transaction, so the
+    /// dispatcher of whichever process is active offers it to the nearest inspector. Refused
+    /// with [`StoreError::Conflict`] when the report has a point already or is finished.
+    pub async fn place_report(
+        &self,
+        report_id: &str,
+        lat: f64,
+        lon: f64,
+        actor: &str,
+    ) -> Result<StoredReport, StoreError> {
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(StoreError::InvalidInput {
+                field: "lat",
+                reason: format!("must be within -90..=90, got {lat}"),
+            });
+        }
+        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+            return Err(StoreError::InvalidInput {
+                field: "lon",
+                reason: format!("must be within -180..=180, got {lon}"),
+            });
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut report = lock_report(&mut tx, report_id, now).await?;
+        if report.point().is_some() {
+            return Err(StoreError::Conflict { reason: format!("report '{}' has a location already", report.id) });
+        }
+        if report.status.is_final() {
+            return Err(StoreError::Conflict {
+                reason: format!("report '{}' is {}; nothing to place", report.id, report.status.as_str()),
+            });
+        }
+        sqlx::query("UPDATE reports SET lat = $1, lon = $2 WHERE id = $3")
+            .bind(lat)
+            .bind(lon)
+            .bind(report_id)
+            .execute(&mut *tx)
+            .await?;
+        report.lat = Some(lat);
+        report.lon = Some(lon);
+        Store::append_event_in(
+            &mut tx,
+            NewEvent {
+                kind: "report".into(),
+                r#type: "report.located".into(),
+                data: json!({"id": report.id, "lat": lat, "lon": lon, "actor": actor}),
+            },
+        )
+        .await?;
+        // Integers in the ledger: a float's text differs between JSON writers, the hash must not.
+        Store::ledger_append_in(
+            &mut tx,
+            NewLedgerEntry {
+                kind: "report.located".into(),
+                actor: actor.to_owned(),
+                subject: report.id.clone(),
+                body: json!({"lat_e6": (lat * 1e6).round() as i64, "lon_e6": (lon * 1e6).round() as i64}),
+            },
+        )
+        .await?;
+        let report = set_report_status(&mut tx, report, ReportStatus::New, actor, now).await?;
+        Store::append_event_in(
+            &mut tx,
+            NewEvent {
+                kind: "report".into(),
+                r#type: "report.dispatch_requested".into(),
+                data: json!({"id": report.id, "status": report.status, "actor": actor}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        info!(report = %report_id, %actor, "report placed by the desk; back to dispatch");
+        Ok(report)
     }
 
     /// Raises the number of inspectors a report needs (a web report of a kind configured for
@@ -755,6 +906,9 @@ impl Store {
             return Err(StoreError::Conflict {
                 reason: format!("report '{}' is {}; nothing to dispatch", report.id, report.status.as_str()),
             });
+        }
+        if report.point().is_none() {
+            return Err(StoreError::Conflict { reason: unlocated(&report.id) });
         }
         let report = set_report_status(&mut tx, report, ReportStatus::New, actor, now).await?;
         Store::append_event_in(

@@ -548,10 +548,24 @@ impl Store {
     /// queues the `evidence.stored` event and drops the upload, all in one transaction. Calling
     /// it again for a stored id returns the stored record unchanged.
     pub async fn evidence_record(&self, upload: &OpenUpload, key: &PlatformKey) -> Result<Evidence, StoreError> {
+        self.evidence_record_noted(upload, key, serde_json::Map::new()).await
+    }
+
+    /// [`Store::evidence_record`] with `note` added to the `evidence.stored` ledger entry's body:
+    /// a public tip's photo records there that its metadata was removed before it was hashed
+    /// (`{"metadata_removed": true, "removed": [...]}`), so the custody log says the stored bytes
+    /// are not the bytes the citizen's camera wrote. The note cannot override the entry's own
+    /// fields.
+    pub async fn evidence_record_noted(
+        &self,
+        upload: &OpenUpload,
+        key: &PlatformKey,
+        note: serde_json::Map<String, Value>,
+    ) -> Result<Evidence, StoreError> {
         if let Some(e) = self.evidence_find(&upload.evid).await? {
             return Ok(e);
         }
-        match self.evidence_record_once(upload, key).await {
+        match self.evidence_record_once(upload, key, note).await {
             Ok(e) => Ok(e),
             // Two ingest processes raced to record it: the evidence row's key decided; the loser
             // returns the winner's record (and re-sends its receipt).
@@ -562,12 +576,23 @@ impl Store {
         }
     }
 
-    async fn evidence_record_once(&self, upload: &OpenUpload, key: &PlatformKey) -> Result<Evidence, StoreError> {
+    async fn evidence_record_once(
+        &self,
+        upload: &OpenUpload,
+        key: &PlatformKey,
+        note: serde_json::Map<String, Value>,
+    ) -> Result<Evidence, StoreError> {
         let spec = &upload.spec;
-        let mut body = json!({
-            "sha256": spec.sha256, "size": spec.size, "mime": spec.mime, "captured_at": spec.captured_at,
-            "key_id": key.key_id(),
-        });
+        let mut body = Value::Object(note);
+        for (k, v) in [
+            ("sha256", json!(spec.sha256)),
+            ("size", json!(spec.size)),
+            ("mime", json!(spec.mime)),
+            ("captured_at", json!(spec.captured_at)),
+            ("key_id", json!(key.key_id())),
+        ] {
+            body[k] = v;
+        }
         if let Some(r) = &spec.report_id {
             body["report_id"] = json!(r);
         }

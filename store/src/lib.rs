@@ -95,8 +95,8 @@ pub use cases::{
 pub use checkpoint::{CHECKPOINT_TYPE, Checkpoint};
 pub use devices::Device;
 pub use dispatch::{
-    Assignment, AssignmentState, DispatchLock, NewOffer, NewReport, ReportSource, ReportStatus, StoredReport,
-    TimelineEntry, Transition,
+    Assignment, AssignmentState, DispatchLock, Escalation, NewOffer, NewReport, ReportSource, ReportStatus,
+    StoredReport, TimelineEntry, Transition,
 };
 pub use error::StoreError;
 pub use events::{NewEvent, StoredEvent};
@@ -418,6 +418,61 @@ mod tests {
         let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
         assert_eq!(store.report("r1").await.unwrap().source, ReportSource::Device);
         assert_eq!(store.report("r2").await.unwrap().source, ReportSource::Public);
+    }
+
+    /// Migration 0016 drops the NOT NULL of `reports.lat`/`lon` on SQLite by editing the schema
+    /// text: rows and references stay, SQLite's checks pass, a report without a point is taken
+    /// at once (on pooled connections opened before it ran too), and the other constraints hold.
+    #[tokio::test]
+    async fn sqlite_migration_0016_lets_a_report_go_without_a_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap();
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(3)
+            .after_connect(|conn, _| {
+                Box::pin(async move { conn.execute(sqlx::raw_sql(SQLITE_PRAGMAS)).await.map(|_| ()) })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: SQLITE_MIGRATIONS.iter().filter(|m| m.version < 16).cloned().collect::<Vec<_>>().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        let report = "INSERT INTO reports (id, source, origin, kind, text, lat, lon, ts, plate, needs, status, \
+                      created_at, updated_at) VALUES ($1, 'public', 'o', 'k', 't', $2, $3, 1, NULL, 1, 'new', 1, 1)";
+        let placed = |id: &'static str| sqlx::query(report).bind(id).bind(Some(36.5)).bind(Some(118.5));
+        let unplaced = |id: &'static str| sqlx::query(report).bind(id).bind(None::<f64>).bind(None::<f64>);
+        placed("r1").execute(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO assignments (id, report_id, device_id, status, distance_m, offered_at, respond_by, \
+             updated_at, actor) VALUES ('a1', 'r1', 'd1', 'accepted', 10.0, 1, 2, 1, 'x')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert!(unplaced("r0").execute(&pool).await.is_err(), "refused before 0016");
+        drop(pool.acquire().await.unwrap()); // a connection opened before the migration stays pooled
+
+        let mut conn = pool.acquire().await.unwrap().detach();
+        SQLITE_MIGRATIONS.run(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+
+        for id in ["r2", "r3", "r4"] {
+            unplaced(id).execute(&pool).await.unwrap();
+        }
+        let bad = "INSERT INTO reports (id, source, origin, kind, text, lat, lon, ts, needs, status, created_at, \
+                   updated_at) VALUES ('r5', 'public', 'o', 'k', NULL, 1, 1, 1, 1, 'new', 1, 1)";
+        assert!(sqlx::query(bad).execute(&pool).await.is_err(), "text is still NOT NULL");
+        let orphans = sqlx::query("PRAGMA foreign_key_check").fetch_all(&pool).await.unwrap();
+        assert!(orphans.is_empty(), "foreign keys intact");
+        let ok: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&pool).await.unwrap();
+        assert_eq!(ok, "ok");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
+        assert_eq!(store.report("r1").await.unwrap().point(), Some((36.5, 118.5)));
+        assert_eq!(store.report("r2").await.unwrap().point(), None);
     }
 
     #[test]

@@ -29,11 +29,11 @@ pub struct NewPublicTip {
     pub kind: String,
     /// What the citizen saw.
     pub text: String,
-    /// Latitude, WGS-84.
-    pub lat: f64,
-    /// Longitude, WGS-84.
-    pub lon: f64,
-    /// The place in words.
+    /// Latitude, WGS-84; `None` (with `lon`) when the citizen named the place in words only.
+    pub lat: Option<f64>,
+    /// Longitude, WGS-84; `None` exactly when `lat` is.
+    pub lon: Option<f64>,
+    /// The place in words (always there when the point is not).
     pub place: Option<String>,
     /// Licence plate.
     pub plate: Option<String>,

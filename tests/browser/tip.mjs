@@ -4,7 +4,9 @@
 // code and secret shown once. Then the desk: the report shows "contact on file" and never the
 // contact; the desk writes feedback. A leader reveals the contact. The citizen reads the
 // feedback with code and secret; a wrong secret gets nothing. The desk closes the report, asked
-// for feedback on the way; the citizen sees it closed. Prints `result {json}` last.
+// for feedback on the way; the citizen sees it closed. A second citizen names the place only in
+// words (no location): the desk sees "no location — place: …", places it on the report page,
+// and the nearest phone gets it. Prints `result {json}` last.
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 
@@ -17,6 +19,15 @@ const OUT = process.env.JD_ARTIFACTS;
 const CONTACT = '13912345678';
 const FEEDBACK = '经核实，该车为私家车，感谢您的监督。';
 const WAIT = { timeout: 30000 };
+// An 8×8 JPEG (327 bytes) as a camera library writes it; the test adds an EXIF block with a GPS
+// position, which the server removes before storing the photo.
+const JPEG_8X8 = Buffer.from('ffd8ffe000104a46494600010100000100010000ffdb0043000a07070807060a0808080b0a0a0b0e18100e0d0d0e1d15161118231f2524221f2221262b372f26293429212230413134393b3e3e3e252e4449433c48373d3e3bffdb0043010a0b0b0e0d0e1c10101c3b2822283b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3b3bffc00011080008000803012200021101031101ffc4001500010100000000000000000000000000000005ffc4001b10000104030000000000000000000000000031337173b1b2e1ffc4001501010100000000000000000000000000000506ffc4001e110001040203010000000000000000000001020304110061213141f0ffda000c03010002110311003f0086ed9b7732a00116a2934329664c722381b6c0aabe7cd0d7dd50cfffd9', 'hex');
+function withExif(jpeg) {
+  const exif = Buffer.concat([Buffer.from('Exif\0\0MM\0*\0\0\0\x08', 'binary'), Buffer.from('GPSLatitude 36.5012N')]);
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(exif.length + 2);
+  return Buffer.concat([jpeg.subarray(0, 2), Buffer.from([0xff, 0xe1]), len, exif, jpeg.subarray(2)]);
+}
 
 function check(cond, msg) {
   if (!cond) throw new Error(msg);
@@ -73,8 +84,7 @@ try {
   await page.waitForFunction(() => document.querySelector('#tip-lat').value !== '', null, WAIT);
   await page.fill('#tip-plate', '鲁G 12345');
   await page.fill('#tip-contact', CONTACT);
-  const jpeg = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 16, 0x4a, 0x46, 0x49, 0x46, 0]), Buffer.alloc(3000, 7), Buffer.from([0xff, 0xd9])]);
-  await page.setInputFiles('#tip-photos', { name: 'gate.jpg', mimeType: 'image/jpeg', buffer: jpeg });
+  await page.setInputFiles('#tip-photos', { name: 'gate.jpg', mimeType: 'image/jpeg', buffer: withExif(JPEG_8X8) });
   await page.screenshot({ path: path.join(OUT, 'tip-form-390.png'), fullPage: true });
   await page.click('#tip-submit');
   // The server asks this address for a proof of work (the test sets challenge_after = 1); the
@@ -165,13 +175,49 @@ try {
   check((await page.textContent('#follow-feedback')).includes(CLOSING), 'the closing feedback is shown');
   console.log('desk: closed with feedback; citizen sees it closed');
 
+  // A citizen without location: the page says a description is enough; with neither, the
+  // place is asked for; with the place in words the tip is received.
+  await page.goto(`${URL}/tip`);
+  await page.waitForSelector('#tip-form', WAIT);
+  check((await page.textContent('#tip-where')).includes('只写地点也可以'), 'the page explains that the place in words is enough');
+  await page.selectOption('#tip-kind', 'gift');
+  await page.fill('#tip-text', '县财政局三楼有人在办公室收受购物卡');
+  await page.click('#tip-submit');
+  await page.waitForSelector('#tip-error[data-field="place"]', { timeout: 120000 });
+  await page.fill('#tip-place', '县财政局三楼东侧办公室');
+  await page.click('#tip-submit');
+  await page.waitForSelector('#tip-receipt', { timeout: 120000 });
+  const placeOnly = await until('the place-only report', async () => {
+    const list = await admin('/reports');
+    return list.items.find((r) => r.source === 'public' && r.text.includes('购物卡') && r.status === 'unassigned');
+  });
+  check(placeOnly.lat === null && placeOnly.lon === null, `coordinates of a place-only tip: ${JSON.stringify(placeOnly)}`);
+  // The desk: "no location — place: …"; a click on the map fills the form; the desk sets it.
+  await desk.goto(`${URL}/#/reports/${placeOnly.id}`);
+  await desk.waitForSelector('#report-unlocated', WAIT);
+  check((await desk.textContent('#report-unlocated')).includes('县财政局三楼东侧办公室'), 'the place in words is shown');
+  check(!(await desk.$('#dispatch-nearest')), 'no "nearest" for a report without a point');
+  await desk.waitForSelector('#report-map canvas', WAIT);
+  await desk.click('#report-map canvas', { position: { x: 40, y: 40 } });
+  await desk.waitForFunction(() => /^-?\d+\.\d+$/.test(document.querySelector('#locate-lat')?.value || ''), null, WAIT);
+  await desk.fill('#locate-lat', '36.5000');
+  await desk.fill('#locate-lon', '118.5000');
+  await desk.screenshot({ path: path.join(OUT, 'tip-desk-place-390.png'), fullPage: true });
+  await desk.click('#locate-submit');
+  await desk.waitForSelector('#report-point', WAIT);
+  await until('the nearest phone accepting the placed tip', async () => {
+    const v = await admin(`/reports/${placeOnly.id}`);
+    return v.assignments.find((a) => a.status === 'accepted' && a.device_id === NEAREST);
+  });
+  console.log('desk: placed a place-only tip; the nearest phone took it');
+
   // English.
   await page.goto(`${URL}/tip?lang=en`);
   await page.waitForSelector('#tip-form', WAIT);
   check((await page.textContent('h1')).includes('Report a concern'), 'English with ?lang=en');
 
   check(errors.length === 0, `page errors: ${errors.join('; ')}`);
-  console.log(`result ${JSON.stringify({ code, report: report.id })}`);
+  console.log(`result ${JSON.stringify({ code, report: report.id, place_only: placeOnly.id })}`);
 } finally {
   await browser.close();
 }

@@ -3,7 +3,7 @@
 //! cancellation, and the events, timeline and ledger every change leaves behind.
 
 use jiandu_store::{
-    Assignment, AssignmentState, NewOffer, NewReport, PhoneMessage, ReportSource, ReportStatus, StoreError,
+    Assignment, AssignmentState, Escalation, NewOffer, NewReport, PhoneMessage, ReportSource, ReportStatus, StoreError,
     StoredReport, now_ms,
 };
 use serde_json::{Value, json};
@@ -15,6 +15,7 @@ on_both!(
     reports_are_stored_once_and_listed,
     assignments_follow_the_state_machine,
     escalation_and_cancellation,
+    an_unlocated_public_report_waits_for_the_desk_to_place_it,
     one_dispatcher_holds_the_lock,
     phone_messages_commit_with_the_change_and_only_with_it
 );
@@ -26,8 +27,8 @@ fn report(id: &str, needs: i64) -> NewReport {
         origin: "dphone".into(),
         kind: "official-car".into(),
         text: "公车停在饭店门口".into(),
-        lat: 36.51,
-        lon: 118.54,
+        lat: Some(36.51),
+        lon: Some(118.54),
         ts: 1_750_000_000_000,
         plate: Some("鲁G·12345".into()),
         needs,
@@ -161,8 +162,14 @@ async fn escalation_and_cancellation(db: &TestDb) {
     s.insert_report(report("two", 2)).await.unwrap();
     let (a, _) = s.offer(offer("two", "dA"), tell).await.unwrap();
     s.transition(&a.id, None, AssignmentState::Accepted, "dA", None, None).await.unwrap();
-    assert!(s.escalate("two", 5000.0, "dispatcher").await.unwrap(), "one of two slots is empty: escalate");
-    assert!(!s.escalate("two", 5000.0, "dispatcher").await.unwrap(), "an escalation alarms once");
+    assert!(
+        s.escalate("two", Escalation::NobodyWithin { radius_m: 5000.0 }, "dispatcher").await.unwrap(),
+        "one of two slots is empty: escalate"
+    );
+    assert!(
+        !s.escalate("two", Escalation::NobodyWithin { radius_m: 5000.0 }, "dispatcher").await.unwrap(),
+        "an escalation alarms once"
+    );
     assert_eq!(s.report("two").await.unwrap().status, ReportStatus::Unassigned);
     let alarms: Vec<_> = s.events_after(0, 100).await.unwrap().into_iter().filter(|e| e.kind == "alarm").collect();
     assert_eq!(alarms.len(), 1);
@@ -186,6 +193,52 @@ async fn escalation_and_cancellation(db: &TestDb) {
     let cancel = ledger.iter().find(|e| e.kind == "report.cancelled").unwrap();
     assert_eq!((cancel.actor.as_str(), cancel.body["reason"].as_str()), ("desk", Some("duplicate tip")));
     assert_eq!(s.report_timeline("two").await.unwrap().last().unwrap().actor, "desk");
+}
+
+/// A public tip that names its place in words only: stored without a point (no other source may
+/// be), never offered, escalated with reason `no_location`, placed once by the desk (ledgered,
+/// back to `new` with `report.dispatch_requested`), then offered like any other.
+async fn an_unlocated_public_report_waits_for_the_desk_to_place_it(db: &TestDb) {
+    let s = &db.store;
+    let unplaced = |id: &str, source| NewReport { id: id.into(), source, lat: None, lon: None, ..report(id, 1) };
+    let e = s.insert_report(unplaced("web-nowhere", ReportSource::Web)).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidInput { field: "lat", .. }), "{e:?}");
+    let half = NewReport { lon: None, ..report("half", 1) };
+    assert!(matches!(s.insert_report(half).await, Err(StoreError::InvalidInput { field: "lon", .. })));
+    let (r, _) = s.insert_report(unplaced("tip", ReportSource::Public)).await.unwrap();
+    assert_eq!((r.lat, r.lon, r.point()), (None, None, None));
+    let created = s.events_after(0, 100).await.unwrap().into_iter().find(|e| e.r#type == "report.created").unwrap();
+    assert!(created.data["report"]["lat"].is_null() && created.data["report"]["lon"].is_null(), "{created:?}");
+    assert!(matches!(s.offer(offer("tip", "dA"), tell).await, Err(StoreError::Conflict { .. })), "no point, no offer");
+    assert!(matches!(s.redispatch("tip", "desk").await, Err(StoreError::Conflict { .. })));
+
+    assert!(s.escalate("tip", Escalation::NoLocation, "dispatcher").await.unwrap());
+    assert_eq!(s.report("tip").await.unwrap().status, ReportStatus::Unassigned);
+    let alarm = s.events_after(0, 100).await.unwrap().into_iter().find(|e| e.kind == "alarm").unwrap();
+    assert_eq!((alarm.data["report"].as_str(), alarm.data["reason"].as_str()), (Some("tip"), Some("no_location")));
+
+    assert!(matches!(
+        s.place_report("tip", 91.0, 118.5, "desk").await,
+        Err(StoreError::InvalidInput { field: "lat", .. })
+    ));
+    let placed = s.place_report("tip", 36.5, 118.5, "desk").await.unwrap();
+    assert_eq!((placed.point(), placed.status), (Some((36.5, 118.5)), ReportStatus::New));
+    assert_eq!(s.report("tip").await.unwrap().point(), Some((36.5, 118.5)));
+    let again = s.place_report("tip", 36.6, 118.6, "desk").await.unwrap_err();
+    assert!(matches!(again, StoreError::Conflict { .. }), "placed once: {again:?}");
+    assert!(matches!(s.place_report("r-none", 36.6, 118.6, "desk").await, Err(StoreError::NotFound { .. })));
+    let types: Vec<String> = s.events_after(0, 100).await.unwrap().into_iter().map(|e| e.r#type).collect();
+    assert!(
+        types.ends_with(&["report.located".into(), "report.updated".into(), "report.dispatch_requested".into()]),
+        "{types:?}"
+    );
+    let ledger = s.ledger_entries(0, 100).await.unwrap();
+    let located = ledger.iter().find(|e| e.kind == "report.located").unwrap();
+    assert_eq!((located.actor.as_str(), located.body["lat_e6"].as_i64()), ("desk", Some(36_500_000)));
+    let escalated = ledger.iter().find(|e| e.kind == "report.escalated").unwrap();
+    assert_eq!(escalated.body["reason"], "no_location");
+    s.offer(offer("tip", "dA"), tell).await.unwrap();
+    assert!(s.ledger_verify(|_, _| {}).await.unwrap().is_empty(), "the chain holds");
 }
 
 async fn one_dispatcher_holds_the_lock(db: &TestDb) {

@@ -2,8 +2,10 @@
 //!
 //! `POST /public/tips` takes a tip as JSON or as a multipart form (its text fields plus up to
 //! [`MAX_PHOTOS`] `photo` parts) and answers `{code, secret, status}` once; the tip becomes a
-//! report of source `public` that the dispatcher offers like any other, and its photos become
-//! evidence with their ledger entries and signed receipts like a phone's upload.
+//! report of source `public` that the dispatcher offers like any other (or, when it names its
+//! place only in words, that the desk places first), and its photos become evidence with their
+//! ledger entries and signed receipts like a phone's upload, after their metadata (EXIF GPS,
+//! camera serial, owner) is removed: the hash and receipt cover the bytes kept.
 //! `GET /public/tips/{code}` with `X-Tip-Secret` tells the reporter where the tip stands and
 //! what the office answered, nothing internal. [`crate::abuse`] limits both.
 //!
@@ -17,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use jiandu_schemas::{EVIDENCE_MIME_TYPES, PublicTip, parse_public_tip};
+use jiandu_schemas::{PublicTip, STRIPPABLE_PHOTO_TYPES, parse_public_tip, strip_metadata};
 use jiandu_store::{NewPublicTip, OpenUpload, ReportStatus, StoreError, UploadSpec, blob_key, new_id, now_ms};
 use rand::Rng;
 use serde_json::{Map, Value, json};
@@ -88,11 +90,19 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The fold key: the text with whitespace and case evened out, and the place to about 100 m.
+/// Whitespace and case evened out, for comparing what two citizens typed.
+fn evened(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// The fold key: the text evened out, and the place: the point to about 100 m, or for a tip
+/// without one the place in words evened out.
 fn fold_key(t: &PublicTip) -> String {
-    let text: String = t.text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
-    let key = format!("{}|{:.3}|{:.3}", text, t.lat, t.lon);
-    hex::encode(Sha256::digest(key.as_bytes()))
+    let place = match (t.point, &t.place) {
+        (Some((lat, lon)), _) => format!("{lat:.3}|{lon:.3}"),
+        (None, place) => format!("place|{}", evened(place.as_deref().unwrap_or_default())),
+    };
+    hex::encode(Sha256::digest(format!("{}|{place}", evened(&t.text)).as_bytes()))
 }
 
 /// The submitter's address for the limiter: the peer, or through `[web] trusted_proxies` the
@@ -135,10 +145,12 @@ async fn challenge(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"token": s.tips.challenge(), "difficulty": s.tips.limits().difficulty}))
 }
 
-/// A photo as received, checked.
+/// A photo as received, checked, its metadata removed.
 struct Photo {
     mime: String,
     bytes: axum::body::Bytes,
+    /// What [`strip_metadata`] removed (`exif`, `xmp`…).
+    removed: Vec<&'static str>,
 }
 
 /// The magic numbers of the photo types we take: the declared type must match the bytes, so a
@@ -174,12 +186,11 @@ async fn read_form(mut form: Multipart) -> Result<(Value, Vec<Photo>), ApiError>
                 return Err(ApiError::invalid("photos", format!("at most {MAX_PHOTOS} photos")));
             }
             let mime = field.content_type().unwrap_or_default().to_ascii_lowercase();
-            if !mime.starts_with("image/") || !EVIDENCE_MIME_TYPES.contains(&mime.as_str()) {
-                let allowed: Vec<&str> =
-                    EVIDENCE_MIME_TYPES.iter().copied().filter(|m| m.starts_with("image/")).collect();
+            // The evidence allow-list's image types whose metadata we can remove.
+            if !STRIPPABLE_PHOTO_TYPES.contains(&mime.as_str()) {
                 return Err(ApiError::invalid(
                     at,
-                    format!("{mime:?} is not accepted as a photo; one of {}", allowed.join(", ")),
+                    format!("{mime:?} is not accepted as a photo; one of {}", STRIPPABLE_PHOTO_TYPES.join(", ")),
                 ));
             }
             let mut field = field;
@@ -202,7 +213,10 @@ async fn read_form(mut form: Multipart) -> Result<(Value, Vec<Photo>), ApiError>
             if !sniffed_matches(&mime, &bytes) {
                 return Err(ApiError::invalid(at, format!("the content is not {mime}")));
             }
-            photos.push(Photo { mime, bytes: bytes.into() });
+            // Before anything hashes or keeps the bytes: where the citizen stood, the camera's
+            // serial and the owner's name must not reach the office (DESIGN §4).
+            let clean = strip_metadata(&mime, &bytes).map_err(|e| ApiError::invalid(at, e.message))?;
+            photos.push(Photo { mime, bytes: clean.bytes.into(), removed: clean.removed });
             continue;
         }
         if !matches!(name.as_str(), "kind" | "text" | "lat" | "lon" | "place" | "plate" | "contact" | "anonymous") {
@@ -249,8 +263,9 @@ fn form_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::invalid("body", format!("not a readable multipart form: {}", clip(&e.body_text())))
 }
 
-/// `POST /api/v1/public/tips`: JSON `{kind,text,lat,lon,place?,plate?,contact?,anonymous?}` or a
-/// multipart form of the same fields plus `photo` parts. 201 `{code,secret,status,photos}`.
+/// `POST /api/v1/public/tips`: JSON `{kind,text,lat?,lon?,place?,plate?,contact?,anonymous?}`
+/// (a point, or the place in words, or both) or a multipart form of the same fields plus
+/// `photo` parts. 201 `{code,secret,status,photos}`.
 async fn submit(State(s): State<AppState>, req: Request) -> Response {
     let resp = match submit_inner(&s, req).await {
         Ok(r) | Err(r) => r,
@@ -324,8 +339,8 @@ async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> 
             secret_sha256: secret_hash(&secret),
             kind: tip.kind.clone(),
             text: tip.text.clone(),
-            lat: tip.lat,
-            lon: tip.lon,
+            lat: tip.point.map(|p| p.0),
+            lon: tip.point.map(|p| p.1),
             place: tip.place.clone(),
             plate: tip.plate.clone(),
             contact: tip.contact.clone(),
@@ -350,8 +365,8 @@ async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> 
                     size,
                     mime: p.mime.clone(),
                     captured_at: now,
-                    lat: Some(tip.lat),
-                    lon: Some(tip.lon),
+                    lat: tip.point.map(|p| p.0),
+                    lon: tip.point.map(|p| p.1),
                     report_id: Some(stored.report_id.clone()),
                     chunk_size: size,
                     chunks: 1,
@@ -360,7 +375,10 @@ async fn submit_inner(s: &AppState, req: Request) -> Result<Response, Response> 
                 opened_at: now,
                 touched_at: now,
             };
-            match s.store.evidence_record(&upload, key).await {
+            let mut note = Map::new();
+            note.insert("metadata_removed".into(), json!(true));
+            note.insert("removed".into(), json!(p.removed));
+            match s.store.evidence_record_noted(&upload, key, note).await {
                 Ok(e) => evidence.push(e.evid),
                 Err(e) => error!(report = %stored.report_id, error = %e, "recording a public tip's photo failed"),
             }

@@ -5,7 +5,9 @@
 //! from phones. Staff can also act by hand: send a chosen device, ask the dispatcher for the
 //! nearest again, reassign, or cancel; the rules of each are the dispatcher's
 //! (`jiandu_dispatcher::hand`), this module only routes. Every such change is stored with the
-//! caller's name, lands in the report's timeline and in the ledger (through the store).
+//! caller's name, lands in the report's timeline and in the ledger (through the store). A public
+//! tip that named its place only in words has no point; the dispatcher escalates it and the desk
+//! places it here (`…/location`), after which it is dispatched like any other.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -33,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/reports/{id}/dispatch", post(dispatch))
         .route("/reports/{id}/cancel", post(cancel))
         .route("/reports/{id}/reassign", post(reassign))
+        .route("/reports/{id}/location", post(locate))
         .route("/reports/{id}/feedback", post(feedback))
         .route("/reports/{id}/contacts", get(contacts))
 }
@@ -171,8 +174,8 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
         origin: caller.name().to_owned(),
         kind: r.kind,
         text: r.text,
-        lat: r.lat,
-        lon: r.lon,
+        lat: Some(r.lat),
+        lon: Some(r.lon),
         ts: r.ts,
         plate: r.plate,
         needs,
@@ -180,6 +183,32 @@ async fn create(caller: Caller, State(s): State<AppState>, body: axum::body::Byt
     let (report, created) = s.store.insert_report(new).await?;
     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((code, Json(json!({"report": report}))).into_response())
+}
+
+/// Body of `…/location`: the point the desk found for a tip that named its place in words.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationBody {
+    /// Latitude, WGS-84 degrees.
+    lat: f64,
+    /// Longitude, WGS-84 degrees.
+    lon: f64,
+}
+
+/// `POST /api/v1/reports/{id}/location` `{lat, lon}`: places a report that has no point (a
+/// public tip naming its place in words); ledgered with the caller, then the dispatcher offers
+/// it to the nearest available inspector. 409 when the report has a point already or is
+/// finished.
+async fn locate(
+    caller: Caller,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(DISPATCHERS, false)?;
+    let b: LocationBody = super::json_body(&body)?;
+    s.store.place_report(&id, b.lat, b.lon, caller.name()).await?;
+    Ok(Json(report_view(&s, &id).await?))
 }
 
 /// Body of `…/dispatch` and `…/reassign`.

@@ -112,6 +112,9 @@ pub fn openapi_document() -> Value {
             "/reports/{id}/cancel": {"post": op("Cancel a report and withdraw its offers", DESK, &[id], Some("{note?}"))},
             "/reports/{id}/reassign": {"post": op("Withdraw and offer again", DESK, &[id],
                 Some("{assignment?,device?,respond_within_s?,note?}"))},
+            "/reports/{id}/location": {"post": op("Place a report that has no location (a public tip naming its place \
+                in words; lat and lon are null until then): ledgered, then dispatched to the nearest inspector. 409 when \
+                it has a location already or is finished", DESK, &[id], Some("{lat,lon}"))},
             "/evidence": {"get": op("Evidence items, newest first", "dispatcher, leader, admin, auditor",
                 &[("report", "query", "report id"), page[0], page[1]], None)},
             "/evidence/{id}": {"get": op("An evidence item with its receipt and chain of custody (audited)",
@@ -167,13 +170,15 @@ pub fn openapi_document() -> Value {
                 tip-contact)", "leader, admin", &[id], None)},
             "/public/tips": {"post": public_op(
                 "A citizen's tip, without an account. JSON, or multipart/form-data with the same fields and up to 3 \
-                 `photo` parts (image/jpeg|png|webp|heic|heif|gif, 8 MiB each, content must match the type). 201 \
+                 `photo` parts (image/jpeg|png|webp, 8 MiB each, content must match the type; EXIF, XMP, IPTC and \
+                 text metadata are removed before the photo is hashed and stored). Say where with lat and lon, or \
+                 place in words, or both (neither: 422 on place). 201 \
                  {code,secret,status,photos}: the secret is shown only here. Limits per address and overall: 429 with \
                  Retry-After; when the rate is high, 428 with {challenge:{token,difficulty}} (also in X-Tip-Challenge): \
                  send again with X-Tip-Proof: {token}:{nonce}, where SHA-256 of that text starts with `difficulty` \
                  zero bits.",
                 &[("X-Tip-Proof", "header", "{challenge}:{nonce}, when a challenge was given")],
-                Some("{kind: official-car|banquet|gift|other, text, lat, lon, place?, plate?, contact?, anonymous?}"))},
+                Some("{kind: official-car|banquet|gift|other, text, lat?, lon?, place?, plate?, contact?, anonymous?}"))},
             "/public/tips/challenge": {"get": public_op("A fresh proof-of-work challenge {token,difficulty}", &[], None)},
             "/public/tips/{code}": {"get": public_op(
                 "Where a tip stands {code,status: received|being_handled|closed,submitted_at,feedback:[{text,ts}]}; \

@@ -36,3 +36,15 @@ export function wgsToGcj(lon, lat) {
   dLon = (dLon * 180.0) / ((A / sqrtMagic) * Math.cos(radLat) * Math.PI);
   return [lon + dLon, lat + dLat];
 }
+
+/** [lon, lat] in GCJ-02 → [lon, lat] in WGS-84: the forward transform inverted by fixed-point
+ * iteration (a few centimetres after three rounds), for a point the desk clicks on the map. */
+export function gcjToWgs(lon, lat) {
+  let [x, y] = [lon, lat];
+  for (let i = 0; i < 3; i++) {
+    const [gx, gy] = wgsToGcj(x, y);
+    x -= gx - lon;
+    y -= gy - lat;
+  }
+  return [x, y];
+}

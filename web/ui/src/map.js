@@ -5,7 +5,7 @@ import maplibregl from 'maplibre-gl';
 import 'maplibre-gl/dist/maplibre-gl.css';
 import { t } from './i18n.js';
 import { h, api, allDevices, onEvent, fmtTime, session, stateFromDuty, STATE_COLOURS } from './core.js';
-import { wgsToGcj } from './gcj02.js';
+import { gcjToWgs, wgsToGcj } from './gcj02.js';
 
 const STATES = ['available', 'busy', 'off_duty', 'offline', 'stale', 'unknown'];
 
@@ -24,6 +24,11 @@ export function baseStyle() {
 /** WGS-84 → display coordinates. */
 export function display(lon, lat) {
   return session.ui?.gcj02 ? wgsToGcj(lon, lat) : [lon, lat];
+}
+
+/** Display coordinates (a click on the map) → WGS-84 [lon, lat]. */
+export function fromDisplay(lon, lat) {
+  return session.ui?.gcj02 ? gcjToWgs(lon, lat) : [lon, lat];
 }
 
 /** Fits the map to a list of [lon, lat]. */

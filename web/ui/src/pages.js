@@ -4,7 +4,7 @@ import maplibregl from 'maplibre-gl';
 import QRCode from 'qrcode';
 import { t } from './i18n.js';
 import { h, api, table, errorBox, fmtTime, fmtDist, haversine, onEvent, allDevices, session, STATE_COLOURS } from './core.js';
-import { baseStyle, display, fitTo } from './map.js';
+import { baseStyle, display, fitTo, fromDisplay } from './map.js';
 
 const QUEUE = ['', 'new', 'dispatching', 'unassigned', 'assigned', 'completed', 'cancelled'];
 
@@ -92,6 +92,8 @@ export async function reportPage(root, id) {
   root.append(box);
   let devices = null;
   let miniMap = null;
+  let mapPlaced = null; // whether the mini map was drawn around the report's point
+  let pick = null; // the desk's clicked point on the map of a report without one
   const msg = h('div', { id: 'action-message' });
   const mapBox = h('div', { class: 'mini-map', id: 'report-map' });
   let pending = null;
@@ -118,12 +120,16 @@ export async function reportPage(root, id) {
     const r = v.report;
     const open = v.assignments.some((a) => ['offered', 'accepted', 'arrived'].includes(a.status));
     const final = ['completed', 'cancelled'].includes(r.status);
+    const placed = r.lat !== null && r.lat !== undefined;
     const actions = canDispatch && !final ? h('div', { class: 'actions' },
-      h('button', { id: 'dispatch-nearest', onclick: () => act(open ? 'reassign' : 'dispatch', {}) },
-        open ? `${t('reassign')} → ${t('dispatch_nearest')}` : t('dispatch_nearest')),
+      placed ? h('button', { id: 'dispatch-nearest', onclick: () => act(open ? 'reassign' : 'dispatch', {}) },
+        open ? `${t('reassign')} → ${t('dispatch_nearest')}` : t('dispatch_nearest')) : null,
       h('button', { class: 'danger', id: 'cancel-report', onclick: () => closeReport(v) }, t('cancel_report'))) : null;
+    const where = placed ? `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}`
+      : `${t('no_location')} — ${t('place')}: ${v.public?.place || '—'}`;
     const nearest = h('div', { id: 'nearest' });
-    box.replaceChildren(
+    // replaceChildren would print a null as the text "null".
+    box.replaceChildren(...[
       h('h2', {}, `${t('report')} ${r.id}`),
       h('div', { class: 'report-head' },
         h('div', { class: 'card' },
@@ -132,14 +138,15 @@ export async function reportPage(root, id) {
             h('dt', {}, t('kind')), h('dd', {}, r.kind),
             h('dt', {}, t('text')), h('dd', {}, r.text),
             h('dt', {}, t('plate')), h('dd', {}, r.plate || '—'),
-            h('dt', {}, `${t('lat')}, ${t('lon')}`), h('dd', {}, `${r.lat.toFixed(5)}, ${r.lon.toFixed(5)}`),
+            h('dt', {}, `${t('lat')}, ${t('lon')}`), h('dd', { id: placed ? 'report-point' : 'report-unlocated' }, where),
             h('dt', {}, t('time')), h('dd', {}, fmtTime(r.ts)),
             h('dt', {}, t('origin')), h('dd', {}, `${r.source} · ${r.origin}`),
             h('dt', {}, t('needs')), h('dd', {}, String(r.needs))),
+          canDispatch && !final && !placed ? placeForm() : null,
           actions, msg),
         mapBox),
       v.public ? publicSection(id, v) : null,
-      canDispatch && !final ? h('section', {}, h('h3', {}, t('nearest_available')), nearest) : null,
+      canDispatch && !final && placed ? h('section', {}, h('h3', {}, t('nearest_available')), nearest) : null,
       h('section', {}, h('h3', {}, t('assignments')), table([
         [t('device'), (a) => a.device_id],
         [t('status'), (a) => h('span', { class: `badge a-${a.status}` }, t(a.status))],
@@ -151,10 +158,65 @@ export async function reportPage(root, id) {
         v.timeline.map((e) => h('li', { 'data-status': e.status },
           h('time', {}, fmtTime(e.ts)), ' ', h('b', {}, t(e.status)), ` · ${e.assignment_id.slice(-6)} · ${e.actor}`,
           e.note ? ` · ${e.note}` : '')))),
-      h('section', {}, h('h3', {}, t('evidence')), h('div', { id: 'evidence' }, t('loading'))));
-    if (!miniMap) drawMap(mapBox, r);
-    if (canDispatch && !final) showNearest(nearest, r);
+      h('section', {}, h('h3', {}, t('evidence')), h('div', { id: 'evidence' }, t('loading')))].filter(Boolean));
+    if (miniMap && mapPlaced !== placed) {
+      miniMap.remove();
+      miniMap = null;
+    }
+    if (!miniMap) {
+      mapPlaced = placed;
+      if (placed) drawMap(mapBox, r);
+      else drawPicker(mapBox);
+    }
+    if (canDispatch && !final && placed) showNearest(nearest, r);
     loadEvidence(box.querySelector('#evidence'));
+  }
+
+  /** The desk places a tip that named its place in words: a click on the map or typed degrees. */
+  function placeForm() {
+    const f = h('form', { id: 'locate-form', class: 'form-grid' },
+      h('p', { class: 'muted' }, t('place_hint')),
+      h('label', {}, t('lat'), h('input', { id: 'locate-lat', name: 'lat', required: true, inputmode: 'decimal' })),
+      h('label', {}, t('lon'), h('input', { id: 'locate-lon', name: 'lon', required: true, inputmode: 'decimal' })),
+      h('button', { type: 'submit', id: 'locate-submit' }, t('set_location')));
+    if (pick) {
+      f.querySelector('#locate-lat').value = pick[1].toFixed(6);
+      f.querySelector('#locate-lon').value = pick[0].toFixed(6);
+    }
+    f.addEventListener('submit', (e) => {
+      e.preventDefault();
+      act('location', { lat: Number(f.querySelector('#locate-lat').value), lon: Number(f.querySelector('#locate-lon').value) });
+    });
+    return f;
+  }
+
+  /** The map of a report without a point: where the inspectors are; a click picks the place. */
+  function drawPicker(el) {
+    miniMap = new maplibregl.Map({ container: el, style: baseStyle(), center: [118.3, 35.1], zoom: 9, attributionControl: false });
+    miniMap.addControl(new maplibregl.ScaleControl({ unit: 'metric' }), 'bottom-left');
+    const marker = new maplibregl.Marker({ color: '#dc2626' });
+    miniMap.on('load', async () => {
+      devices ??= await allDevices().catch(() => []);
+      const at = devices.filter((d) => d.position).slice(0, 500);
+      miniMap.addSource('near', { type: 'geojson', data: { type: 'FeatureCollection', features: at.map((d) => ({
+        type: 'Feature', geometry: { type: 'Point', coordinates: display(d.position.lon, d.position.lat) },
+        properties: { id: d.id, state: d.state } })) } });
+      miniMap.addLayer({ id: 'near', type: 'circle', source: 'near', paint: {
+        'circle-radius': 5, 'circle-stroke-color': '#fff', 'circle-stroke-width': 1,
+        'circle-color': ['match', ['get', 'state'], ...Object.entries(STATE_COLOURS).flat(), '#999'] } });
+      fitTo(miniMap, at.map((d) => display(d.position.lon, d.position.lat)), 13);
+    });
+    if (!canDispatch) return;
+    miniMap.on('click', (e) => {
+      pick = fromDisplay(e.lngLat.lng, e.lngLat.lat);
+      marker.setLngLat(e.lngLat).addTo(miniMap);
+      const lat = box.querySelector('#locate-lat');
+      const lon = box.querySelector('#locate-lon');
+      if (lat && lon) {
+        lat.value = pick[1].toFixed(6);
+        lon.value = pick[0].toFixed(6);
+      }
+    });
   }
 
   function drawMap(el, r) {
