@@ -582,9 +582,7 @@ impl Config {
             max_packet_bytes: file.max_packet_bytes.unwrap_or(broker_defaults.max_packet_bytes),
             max_connections: file.max_connections.unwrap_or(broker_defaults.max_connections),
             heartbeat_log_bytes: file.heartbeat_log_bytes.unwrap_or(broker_defaults.heartbeat_log_bytes),
-            evidence_inflight_bytes: file
-                .evidence_inflight_bytes
-                .unwrap_or(broker_defaults.evidence_inflight_bytes),
+            evidence_inflight_bytes: file.evidence_inflight_bytes.unwrap_or(broker_defaults.evidence_inflight_bytes),
             max_sessions_per_device: file
                 .max_sessions_per_device
                 .unwrap_or(broker_defaults.max_sessions_per_device)

@@ -662,10 +662,7 @@ impl Session {
                                 // of being pinned (with its spare room) until the log moves on.
                                 publish.payload = Bytes::copy_from_slice(&publish.payload);
                             }
-                            if head_qos > 0
-                                && gate::is_chunk(&publish.topic)
-                                && !self.gate.try_admit(stamp.id, len)
-                            {
+                            if head_qos > 0 && gate::is_chunk(&publish.topic) && !self.gate.try_admit(stamp.id, len) {
                                 // No room: this chunk waits, and so does the rest of the stream.
                                 self.blocked = Some((stamp.id, len, Packet::Publish(publish, props)));
                                 return Ok(false);
