@@ -269,7 +269,10 @@ enum LookupAction {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Heartbeats persisted/s end to end with many phones, beside the bare broker relay,
-    /// Mosquitto and raw inserts; server memory per idle phone
+    /// Mosquitto and raw inserts; server memory per idle phone. With --broker mosquitto (a
+    /// private Mosquitto 2 with dynamic security) or --broker mqtt://HOST:PORT (a running one;
+    /// --broker-pid for its memory): persisted heartbeats/s and broker memory per idle phone
+    /// through that broker, beside the embedded broker's
     Ingest(jiandu_sim::bench::ingest::IngestBenchArgs),
     /// Registry look-ups over MQTT at the phone (p50/p99, throughput) and import time
     Lookup(jiandu_sim::bench::BenchArgs),
@@ -435,7 +438,12 @@ enum IntegrationAction {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `bench ingest --broker` names the broker to benchmark (possibly "mosquitto", one the
+    // bench starts itself), not a broker for this process's roles.
+    if let Command::Bench { which: BenchCommand::Ingest(args) } = &mut cli.command {
+        args.broker = cli.common.broker.take();
+    }
     let config = Config::load(&cli.common)?;
     telemetry::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new()?;

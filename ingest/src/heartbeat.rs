@@ -93,6 +93,13 @@ pub async fn run(
         INCOMING_CAPACITY,
         session_stop.clone(),
     );
+    // Acks to phones, position events and errors go out through a session of their own: the
+    // receiving session's request channel then holds only PUBACKs, which the receiver can always
+    // queue. Sharing it, a burst of commits for many devices filled it with QoS 0 publishes, the
+    // receiver waited to queue a PUBACK, the session waited to hand over the next message, and
+    // ingest stalled for good (found by `jiandu bench ingest --broker mosquitto`).
+    let outgoing =
+        RoleSession::start(&broker, "ingest-out", Vec::new(), false, OUTGOING_CAPACITY, session_stop.clone());
     let background = tokio::spawn(background_tasks(store.clone(), config.clone(), shutdown.clone()));
     let known = match store.active_device_ids().await {
         Ok(ids) => ids.into_iter().collect(),
@@ -101,6 +108,7 @@ pub async fn run(
             background.abort();
             session_stop.cancel();
             session.stopped().await;
+            outgoing.stopped().await;
             return Err(e.into());
         }
     };
@@ -108,6 +116,7 @@ pub async fn run(
     let writer = Writer {
         store: store.clone(),
         client: session.client.clone(),
+        publisher: outgoing.client.clone(),
         config: config.clone(),
         shared: shared.clone(),
         seq_due: HashMap::new(),
@@ -121,6 +130,7 @@ pub async fn run(
     let mut receiver = Receiver {
         store,
         client: session.client.clone(),
+        publisher: outgoing.client.clone(),
         config,
         shared: shared.clone(),
         last_error: HashMap::new(),
@@ -162,6 +172,7 @@ pub async fn run(
     background.abort();
     session_stop.cancel();
     session.stopped().await;
+    outgoing.stopped().await;
     match outcome {
         Ok(Ok(())) => {
             info!("heartbeat ingest stopped");
@@ -176,6 +187,8 @@ pub async fn run(
 /// (acks, publishes) is larger, so the receiver's acks can always be queued while the session
 /// waits for the receiver: the two never wait for each other.
 const INCOMING_CAPACITY: usize = 1024;
+/// Capacity of the outgoing session (its request channel holds four times this many publishes).
+const OUTGOING_CAPACITY: usize = 1024;
 
 /// The batch being filled and what the writer has taken but not yet acknowledged; shared by the
 /// receiver and the writer under a short lock.
@@ -224,7 +237,10 @@ enum Outcome {
 /// allowed; waits (taking nothing more from the broker) while the batch is full.
 struct Receiver {
     store: Store,
+    /// The receiving session: PUBACKs only.
     client: AsyncClient,
+    /// The outgoing session: `inbox/error`.
+    publisher: AsyncClient,
     config: HeartbeatConfig,
     shared: Arc<Shared>,
     /// When each device was last sent an `inbox/error`.
@@ -425,9 +441,12 @@ impl Receiver {
         }
         self.last_error.insert(device.to_owned(), Instant::now());
         let body = json!({"topic": topic, "error": error});
-        if let Err(e) =
-            self.client.try_publish(topic::inbox(device, InboxKind::Error), QoS::AtLeastOnce, false, body.to_string())
-        {
+        if let Err(e) = self.publisher.try_publish(
+            topic::inbox(device, InboxKind::Error),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        ) {
             warn!(device, error = %e, "could not send inbox/error");
         }
     }
@@ -437,7 +456,10 @@ impl Receiver {
 /// the phones (`hb_seq` / `hb_upto`, throttled per device).
 struct Writer {
     store: Store,
+    /// The receiving session: PUBACKs only.
     client: AsyncClient,
+    /// The outgoing session: `inbox/ack` and position events.
+    publisher: AsyncClient,
     config: HeartbeatConfig,
     shared: Arc<Shared>,
     /// Committed `seq`s per device not yet confirmed by `inbox/ack`.
@@ -618,7 +640,7 @@ impl Writer {
                     let chunk = ranges.take(MAX_ACK_RANGES);
                     let body = json!({ "hb_seq": chunk }).to_string();
                     // QoS 0: a lost ack only costs a re-send, which is stored once.
-                    if let Err(e) = self.client.try_publish(&topic, QoS::AtMostOnce, false, body) {
+                    if let Err(e) = self.publisher.try_publish(&topic, QoS::AtMostOnce, false, body) {
                         debug!(device = %device, error = %e, "inbox/ack not queued; retrying later");
                         for [from, to] in chunk {
                             ranges.insert_range(from, to);
@@ -633,7 +655,7 @@ impl Writer {
             }
             if let Some(upto) = self.upto_due.remove(&device) {
                 let body = json!({ "hb_upto": upto }).to_string();
-                match self.client.try_publish(&topic, QoS::AtMostOnce, false, body) {
+                match self.publisher.try_publish(&topic, QoS::AtMostOnce, false, body) {
                     Ok(()) => sent = true,
                     Err(e) => {
                         debug!(device = %device, error = %e, "inbox/ack not queued; retrying later");
@@ -662,7 +684,7 @@ impl Writer {
             "data": {"device": row.device_id, "ts": row.ts, "lat": row.lat, "lon": row.lon, "spd": row.spd,
                      "hdg": row.hdg, "duty": row.duty},
         });
-        self.client
+        self.publisher
             .try_publish(topic::event(topic::EventKind::Position), QoS::AtMostOnce, false, event.to_string())
             .ok();
     }

@@ -174,6 +174,12 @@ fn open_staging(path: &Path) -> std::io::Result<File> {
 const SHARED: &str = "database";
 /// Chunks read from the database at a time while assembling.
 const ASSEMBLY_PAGE: i64 = 16;
+/// Shared staging: how long a chunk whose upload is not open yet waits for another process to
+/// open it (its `meta` went to that process a moment before).
+const EARLY_CHUNK_WAIT: Duration = Duration::from_millis(500);
+/// How long an upload that did not open in time is remembered, so its other chunks do not
+/// wait again.
+const UNOPENED_MEMORY: Duration = Duration::from_secs(10);
 
 /// The state of one ingest process's uploads.
 pub(super) struct Assembly {
@@ -187,6 +193,9 @@ pub(super) struct Assembly {
     /// here are then only a cache of the database's state.
     shared: bool,
     uploads: HashMap<String, Upload>,
+    /// Shared staging: uploads a chunk arrived for that no process had opened even after
+    /// waiting [`EARLY_CHUNK_WAIT`], and when; their further chunks are dropped at once.
+    unopened: HashMap<String, std::time::Instant>,
     done_tx: mpsc::UnboundedSender<Finished>,
     done_rx: mpsc::UnboundedReceiver<Finished>,
     handovers: JoinSet<()>,
@@ -213,6 +222,7 @@ impl Assembly {
             staging,
             client,
             uploads: HashMap::new(),
+            unopened: HashMap::new(),
             done_tx,
             done_rx,
             handovers: JoinSet::new(),
@@ -449,6 +459,24 @@ impl Assembly {
         }
     }
 
+    /// Answers a `meta` from the database's state of the upload: `partial` for one this device
+    /// has open (adopted here), its `stored` receipt, else `rejected` (another device's id).
+    async fn answer_from_database(&mut self, device: &str, evid: &str) {
+        match self.store.evidence_upload_state(evid).await {
+            Ok(UploadState::Open { upload, received }) if upload.device == device => {
+                self.adopt(upload, &received).await;
+                if let Some(up) = self.uploads.get(evid) {
+                    let missing = up.missing();
+                    self.send(device, &Receipt::Partial { evid: evid.to_owned(), missing }).await;
+                }
+            }
+            Ok(UploadState::Stored(e)) if e.device == device => self.send(device, &stored_receipt(&e)).await,
+            Ok(UploadState::Unknown) => warn!(evid, "an upload vanished while being opened; the phone re-sends meta"),
+            Ok(_) => self.reject(device, evid, taken(evid)).await,
+            Err(e) => warn!(evid, error = %e, "looking up an upload failed"),
+        }
+    }
+
     /// Opens a new upload within the limits.
     async fn open(&mut self, device: &str, evid: &str, meta: EvidenceMeta) {
         let (open, mine, used) = if self.shared {
@@ -522,6 +550,9 @@ impl Assembly {
                     std::fs::remove_file(&path).ok();
                 }
                 return match e {
+                    // Shared staging: the phone's meta reached two processes at once (its first
+                    // and its repeat), and the other one opened the upload first.
+                    StoreError::Conflict { .. } if self.shared => self.answer_from_database(device, evid).await,
                     StoreError::Conflict { .. } => self.reject(device, evid, taken(evid)).await,
                     other => warn!(evid, error = %other, "opening an upload failed"),
                 };
@@ -544,19 +575,50 @@ impl Assembly {
         self.send(device, &Receipt::Partial { evid: evid.to_owned(), missing }).await;
     }
 
-    /// Writes a chunk into its staging file; true when it was new (and must be synced and
-    /// recorded before it is acknowledged).
-    async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &[u8]) -> bool {
-        if self.shared && !self.uploads.contains_key(evid) {
-            // Opened by another ingest process: take it from the database.
+    /// Shared staging: takes an upload another ingest process opened from the database for a
+    /// chunk of it. The shared group may hand `meta` to one process and the chunks right behind
+    /// it to another, so a chunk can arrive before its upload is open anywhere: the database is
+    /// asked again for up to [`EARLY_CHUNK_WAIT`] (once per upload; the batch waits, acks keep
+    /// their order). False when the chunk must be dropped: no upload to put it in (nothing is
+    /// answered, as the meta may only be late or lost with a killed process; the phone's next
+    /// `meta` lists the chunk as missing) or the database failed.
+    async fn adopt_shared(&mut self, device: &str, evid: &str, n: u32) -> bool {
+        let started = std::time::Instant::now();
+        self.unopened.retain(|_, at| at.elapsed() < UNOPENED_MEMORY);
+        let mut pause = Duration::from_millis(10);
+        loop {
             match self.store.evidence_upload_state(evid).await {
-                Ok(UploadState::Open { upload, received }) => self.adopt(upload, &received).await,
-                Ok(_) => {}
+                Ok(UploadState::Open { upload, received }) => {
+                    self.unopened.remove(evid);
+                    self.adopt(upload, &received).await;
+                    return true;
+                }
+                Ok(UploadState::Unknown)
+                    if !self.unopened.contains_key(evid) && started.elapsed() < EARLY_CHUNK_WAIT =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Ok(UploadState::Unknown) => {
+                    self.unopened.entry(evid.to_owned()).or_insert_with(std::time::Instant::now);
+                    debug!(device, evid, chunk = n, "chunk of an upload no ingest process has opened; dropped");
+                    return false;
+                }
+                // Stored (a late duplicate) or another device's: answered below.
+                Ok(_) => return true,
                 Err(e) => {
                     warn!(evid, error = %e, "looking up an upload failed");
                     return false;
                 }
             }
+        }
+    }
+
+    /// Writes a chunk into its staging file; true when it was new (and must be synced and
+    /// recorded before it is acknowledged).
+    async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &[u8]) -> bool {
+        if self.shared && !self.uploads.contains_key(evid) && !self.adopt_shared(device, evid, n).await {
+            return false;
         }
         let Some(up) = self.uploads.get_mut(evid) else {
             match self.store.evidence_upload_state(evid).await {
@@ -657,6 +719,18 @@ impl Assembly {
         } else {
             metrics::counter!("jiandu_evidence_chunks_total").increment(rows.len() as u64);
             metrics::counter!("jiandu_evidence_chunk_bytes_total").increment(bytes as u64);
+            // Which uploads this process took chunks of: with several ingest processes, the
+            // chunks of one upload show up in more than one log (tests/scaleout.rs).
+            let mut per_upload: Vec<(&str, usize)> = Vec::new();
+            for (evid, _, _) in &shared {
+                match per_upload.iter_mut().find(|(e, _)| *e == evid.as_str()) {
+                    Some((_, k)) => *k += 1,
+                    None => per_upload.push((evid.as_str(), 1)),
+                }
+            }
+            for (evid, chunks) in per_upload {
+                debug!(evid, chunks, "shared chunks staged in the database");
+            }
         }
         let mut touched: Vec<String> = Vec::new();
         for (_, evid, _) in &batch {

@@ -6,6 +6,17 @@
 //! Load: `--phones` MQTT connections (QoS 1), each publishing `--points` single-point heartbeats
 //! with `seq` as fast as the broker takes them; the ingest figure counts rows in
 //! `position_history`, once with one ingest process and once with a second one in the group.
+//!
+//! With `--broker` the run compares an external broker with the embedded one instead (issue
+//! 17): heartbeats persisted per second by a `serve --roles ingest` process logged in to the
+//! external broker as a service account, with the phones connected there too, beside the same
+//! load through the embedded broker; and the external broker's memory per idle connected phone
+//! (RSS of its process before and after `--idle` phones log in, from `/proc/PID/status`) beside
+//! the embedded broker's, measured the same way. `--broker mosquitto` starts a private Mosquitto
+//! 2 with its dynamic-security plugin (Debian's package) and lets jiandu keep its clients in
+//! step (`jiandu broker sync`); `--broker mqtt://HOST:PORT` uses a running Mosquitto with
+//! dynamic security (admin password in `JIANDU_MOSQUITTO_ADMIN_PASSWORD`; `--broker-pid` for
+//! the memory row).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -34,6 +45,17 @@ pub struct IngestBenchArgs {
     /// Idle connections for the memory-per-phone figure (capped by the open-files limit)
     #[arg(long, default_value_t = 50_000)]
     idle: usize,
+    /// The external broker to compare with the embedded one: the global `--broker` option
+    /// (`JIANDU_BROKER`), handed over by the command line, where it may also be "mosquitto" (a
+    /// private Mosquitto 2 with dynamic security, started here) besides mqtt://HOST:PORT of a
+    /// running Mosquitto with dynamic security (admin password in
+    /// JIANDU_MOSQUITTO_ADMIN_PASSWORD).
+    #[arg(skip)]
+    pub broker: Option<String>,
+    /// With --broker mqtt://…: process id of that broker, for its memory per idle phone
+    /// (/proc/PID/status); --broker mosquitto measures its own
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
 }
 
 /// Points per raw insert batch: heartbeat ingest's default `batch_points`, the most it commits
@@ -47,6 +69,12 @@ const T0: i64 = 1_780_272_000_000;
 pub async fn run(args: IngestBenchArgs) -> Result<()> {
     let fd_limit = raise_open_files_limit();
     eprintln!("[bench] open-files limit: {fd_limit}");
+    if let Some(broker) = args.broker.clone() {
+        return run_external(&args, &broker, fd_limit).await;
+    }
+    if args.broker_pid.is_some() {
+        bail!("--broker-pid: only with --broker mqtt://HOST:PORT");
+    }
     let mut rows = Vec::new();
     let reps = args.common.repetitions;
 
@@ -205,7 +233,6 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
 /// Heartbeats persisted per second through `broker,ingest` (and, with `second_ingest`, one more
 /// `serve --roles ingest` process in the same group, logged in as its own service account).
 async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<Stat> {
-    let total = (args.phones * args.points) as f64;
     let db = bench_database(&args.common.db).await?;
     let sut = SystemUnderTest::start(&db, "broker,ingest", &[])?;
     let store = Store::connect(&sut.db).await?;
@@ -226,13 +253,30 @@ async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<S
             .spawn()
             .context("starting the second ingest process")?;
         wait_for_file(&dir.path().join("serve.json"), Duration::from_secs(60)).await?;
-        second = Some(SecondIngest { child, _dir: dir });
+        second = Some(IngestProcess { child, _dir: Some(dir) });
     }
     let creds = register(&store, args.phones).await?;
     let phones = connect_phones(&sut.mqtt, &creds).await?;
     let label =
         if second_ingest { "two ingest processes: persisted heartbeats/s" } else { "ingest: persisted heartbeats/s" };
-    let rate = measure(label, args.common.repetitions, |rep| {
+    let rate = measure_persisted(label, &store, &phones, args).await?;
+    drop(phones);
+    store.close().await;
+    drop(second);
+    drop(sut);
+    Ok(rate)
+}
+
+/// Heartbeats persisted per second: every phone publishes `--points` points, timed until the
+/// database holds them all (a warm-up, then `--repetitions` runs).
+async fn measure_persisted(
+    label: &str,
+    store: &Store,
+    phones: &Arc<Vec<Phone>>,
+    args: &IngestBenchArgs,
+) -> Result<Stat> {
+    let total = (phones.len() * args.points) as f64;
+    measure(label, args.common.repetitions, |rep| {
         let phones = phones.clone();
         let store = store.clone();
         let points = args.points;
@@ -249,21 +293,17 @@ async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<S
             Ok(total / started.elapsed().as_secs_f64())
         }
     })
-    .await?;
-    drop(phones);
-    store.close().await;
-    drop(second);
-    drop(sut);
-    Ok(rate)
+    .await
 }
 
-/// The extra `serve --roles ingest` process of the two-process row; killed on drop.
-struct SecondIngest {
+/// A `serve --roles ingest` process of its own (the two-process row, the external broker's
+/// run) and its data dir, if it has one of its own; killed on drop.
+struct IngestProcess {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
-impl Drop for SecondIngest {
+impl Drop for IngestProcess {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
@@ -473,8 +513,8 @@ where
     Ok(())
 }
 
-/// Server RSS growth per connected idle phone, with raw MQTT connections from several
-/// 127.0.0.x source addresses (past the ephemeral-port range of one address).
+/// Embedded broker RSS growth per connected idle phone: a fresh `serve --roles broker` with `n`
+/// phones registered, measured by [`idle_rss`].
 async fn idle_rss_per_phone(n: usize) -> Result<f64> {
     if n == 0 {
         return Ok(f64::NAN);
@@ -482,9 +522,22 @@ async fn idle_rss_per_phone(n: usize) -> Result<f64> {
     let sut = SystemUnderTest::start("sqlite", "broker", &[])?;
     let store = Store::connect(&sut.db).await?;
     let creds = register(&store, n).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = sut.rss_bytes().context("no RSS for the server")? as f64;
     let server = SocketAddr::new(sut.mqtt.0.parse()?, sut.mqtt.1);
+    let per_phone = idle_rss(server, sut.child_id(), &creds).await;
+    store.close().await;
+    per_phone
+}
+
+/// RSS growth of the broker process `pid` per connected idle phone: its RSS (from /proc) before
+/// and one second after every login in `creds` is connected, with raw MQTT 3.1.1 connections
+/// from several 127.0.0.x source addresses (past the ephemeral-port range of one address).
+async fn idle_rss(server: SocketAddr, pid: u32, creds: &[(String, String)]) -> Result<f64> {
+    let n = creds.len();
+    if n == 0 {
+        return Ok(f64::NAN);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = super::rss_of(pid).context("no RSS for the broker process")? as f64;
     let mut sockets = Vec::with_capacity(n);
     for (i, (id, token)) in creds.iter().enumerate() {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8));
@@ -503,10 +556,13 @@ async fn idle_rss_per_phone(n: usize) -> Result<f64> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = sut.rss_bytes().context("no RSS for the server")? as f64;
-    eprintln!("[bench] server RSS {:.1} MiB → {:.1} MiB with {n} idle phones", before / 1048576.0, after / 1048576.0);
+    let after = super::rss_of(pid).context("no RSS for the broker process")? as f64;
+    eprintln!(
+        "[bench] broker (pid {pid}) RSS {:.1} MiB → {:.1} MiB with {n} idle phones",
+        before / 1048576.0,
+        after / 1048576.0
+    );
     drop(sockets);
-    store.close().await;
     Ok((after - before) / n as f64)
 }
 
@@ -541,6 +597,227 @@ fn connect_packet(id: &str, token: &str) -> Vec<u8> {
     out
 }
 
+/// `--broker`: persisted heartbeats/s and memory per idle phone on the external broker, each
+/// beside the same figure of the embedded broker measured in this run.
+async fn run_external(args: &IngestBenchArgs, broker: &str, fd_limit: u64) -> Result<()> {
+    let reps = args.common.repetitions;
+    let idle = args.idle.min(fd_limit.saturating_sub(2_000) as usize);
+    if idle < args.idle {
+        eprintln!("[bench] idle connections capped at {idle} (asked {}) by the open-files limit {fd_limit}", args.idle);
+    }
+    let mut external = ExternalBroker::open(broker, args.broker_pid)?;
+    let name = external.name.clone();
+
+    // Ours: the external broker, phones and ingest both logged in to it.
+    let (ext_rate, ext_rss) = external_run(args, &mut external, idle).await?;
+    drop(external);
+    // The reference: the same load and the same memory measurement on the embedded broker.
+    let embedded = persisted_rate(args, false).await?;
+    let embedded_rss = if idle > 0 { Some(idle_rss_per_phone(idle).await?) } else { None };
+
+    let mut rows = vec![Row {
+        metric: format!("heartbeats persisted/s through {name}"),
+        unit: "points/s".into(),
+        ours: ext_rate,
+        reference: Some(("embedded broker".into(), embedded)),
+        goal: None,
+    }];
+    match (ext_rss, embedded_rss) {
+        (Some(ext), Some(emb)) => rows.push(Row {
+            metric: format!("broker RSS per idle connected phone, {name} ({idle} phones)"),
+            unit: "KiB".into(),
+            ours: Stat::of(vec![ext / 1024.0]),
+            reference: Some(("embedded broker".into(), Stat::of(vec![emb / 1024.0]))),
+            goal: None,
+        }),
+        (None, Some(emb)) => {
+            eprintln!("[bench] no --broker-pid: the external broker's memory per phone is not measured");
+            rows.push(Row {
+                metric: format!("embedded broker RSS per idle connected phone ({idle} phones)"),
+                unit: "KiB".into(),
+                ours: Stat::of(vec![emb / 1024.0]),
+                reference: None,
+                goal: Some("≤ 20 KiB".into()),
+            });
+        }
+        _ => {}
+    }
+    Report {
+        bench: "ingest".into(),
+        setup: json!({"broker": name, "phones": args.phones, "points_per_phone": args.points, "db": args.common.db,
+                      "repetitions": reps, "idle_phones": idle, "open_files_limit": fd_limit}),
+        rows,
+    }
+    .print(&args.common);
+    Ok(())
+}
+
+/// The external broker of `--broker`: a private Mosquitto with dynamic security started for
+/// the run, or a running one named by URL.
+struct ExternalBroker {
+    /// How the report names it.
+    name: String,
+    host: String,
+    port: u16,
+    /// Its process, for the memory figure.
+    pid: Option<u32>,
+    /// The dynsec admin password, when the bench started the broker (else from the environment).
+    admin_password: Option<String>,
+    own: Option<Mosquitto>,
+}
+
+impl ExternalBroker {
+    fn open(broker: &str, pid: Option<u32>) -> Result<ExternalBroker> {
+        if broker == "mosquitto" {
+            let m = Mosquitto::start_dynsec()?;
+            return Ok(ExternalBroker {
+                name: format!("Mosquitto {} + dynsec", m.version),
+                host: "127.0.0.1".into(),
+                port: m.port,
+                pid: Some(m.child.id()),
+                admin_password: m.admin_password.clone(),
+                own: Some(m),
+            });
+        }
+        let Some(rest) = broker.strip_prefix("mqtt://") else {
+            return Err(crate::Error::Invalid(format!(
+                "--broker: \"mosquitto\" or mqtt://HOST:PORT (plain MQTT), got {broker:?}"
+            )));
+        };
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or_else(|| crate::Error::Invalid(format!("--broker: mqtt://HOST:PORT needs a port, got {broker:?}")))?;
+        if std::env::var("JIANDU_MOSQUITTO_ADMIN_PASSWORD").is_err() {
+            return Err(crate::Error::Invalid(
+                "--broker URL: set JIANDU_MOSQUITTO_ADMIN_PASSWORD to the broker's dynsec admin password \
+                 (the bench registers its phones there)"
+                    .into(),
+            ));
+        }
+        if let Some(pid) = pid
+            && super::rss_of(pid).is_none()
+        {
+            return Err(crate::Error::Invalid(format!("--broker-pid {pid}: no such process (or /proc unreadable)")));
+        }
+        Ok(ExternalBroker {
+            name: broker.to_owned(),
+            host: host.to_owned(),
+            port: port.parse()?,
+            pid,
+            admin_password: None,
+            own: None,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://{}:{}", self.host, self.port)
+    }
+
+    /// A broker this bench started is restarted (same clients, fresh process) so its RSS
+    /// before the idle phones holds none of the memory the sync used and freed; a running one
+    /// named by URL cannot be, and its figure may read low for that reason.
+    fn fresh(&mut self) -> Result<()> {
+        if let Some(m) = self.own.as_mut() {
+            m.restart()?;
+            self.pid = Some(m.child.id());
+        }
+        Ok(())
+    }
+}
+
+/// One run against the external broker: a data dir whose config points at it, `jiandu broker
+/// sync` (service account and phones become Mosquitto clients), the idle-memory figure on the
+/// broker before anything else connects, then `serve --roles ingest` and the persisted rate.
+async fn external_run(args: &IngestBenchArgs, broker: &mut ExternalBroker, idle: usize) -> Result<(Stat, Option<f64>)> {
+    let dir = tempfile::Builder::new().prefix("jiandu-bench-ext-").tempdir()?;
+    let db = match bench_database(&args.common.db).await?.as_str() {
+        "sqlite" => format!("sqlite://{}", dir.path().join("jiandu.db").display()),
+        url => url.to_owned(),
+    };
+    super::run_cli(dir.path(), &db, &["init"])?;
+    {
+        use std::io::Write;
+        let password = hex::encode(rand::random::<[u8; 16]>());
+        let mut toml = format!(
+            "\nbroker = \"{}\"\nbroker_username = \"bench-svc\"\nbroker_password = \"{password}\"\nmosquitto_dynsec = true\n",
+            broker.url()
+        );
+        if let Some(admin) = &broker.admin_password {
+            toml.push_str(&format!("mosquitto_admin_password = \"{admin}\"\n"));
+        }
+        std::fs::OpenOptions::new().append(true).open(dir.path().join("jiandu.toml"))?.write_all(toml.as_bytes())?;
+    }
+    super::run_cli(dir.path(), &db, &["broker", "sync"])?;
+    let n = args.phones.max(idle);
+    let file = dir.path().join("phones.jsonl");
+    let started = Instant::now();
+    super::run_cli(dir.path(), &db, &["device", "add-bulk", &n.to_string(), "--out", &file.display().to_string()])?;
+    let synced = super::run_cli(dir.path(), &db, &["broker", "sync"])?;
+    eprintln!(
+        "[bench] {n} phones registered and made {} clients in {:.1}s",
+        synced["created"].as_array().map_or(0, Vec::len),
+        started.elapsed().as_secs_f64()
+    );
+    let creds: Vec<(String, String)> = std::fs::read_to_string(&file)?
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok((
+                v["device"].as_str().unwrap_or_default().to_owned(),
+                v["password"].as_str().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+
+    // Memory first, while nothing else is connected to the broker.
+    broker.fresh()?;
+    let rss = match broker.pid {
+        Some(pid) if idle > 0 => {
+            let server = SocketAddr::new(broker.host.parse()?, broker.port);
+            Some(idle_rss(server, pid, &creds[..idle]).await?)
+        }
+        _ => None,
+    };
+
+    // Ingest logged in to the broker as the service account; the phones connect there too.
+    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--roles", "ingest", "--http-listen", "off"])
+        .env("JIANDU_DATA_DIR", dir.path())
+        .env("JIANDU_DB", &db)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting serve --roles ingest against the external broker")?;
+    let ingest = IngestProcess { child, _dir: None };
+    super::wait_for_json(&dir.path().join("serve.json"), Duration::from_secs(60))?;
+    let store = Store::connect(&db).await?;
+    let phones = connect_phones(&(broker.host.clone(), broker.port), &creds[..args.phones]).await?;
+    // Ingest may still be subscribing: a probe point is re-sent until it is stored.
+    let probe = &phones[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.history_count(None).await? == 0 {
+        if Instant::now() > deadline {
+            bail!(
+                "ingest on {} stored nothing within 60 s; see {}",
+                broker.name,
+                dir.path().join("serve.log").display()
+            );
+        }
+        let body = json!({"seq": 1, "ts": T0 - 1000, "lat": 36.5, "lon": 118.5, "duty": "on"});
+        probe.client.publish(format!("jd/v1/dev/{}/hb", probe.id), QoS::AtLeastOnce, false, body.to_string()).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let label = format!("{}: persisted heartbeats/s", broker.name);
+    let rate = measure_persisted(&label, &store, &phones, args).await?;
+    drop(phones);
+    store.close().await;
+    drop(ingest);
+    Ok((rate, rss))
+}
+
 /// Raises this process's soft open-files limit to the hard limit; returns the new limit.
 fn raise_open_files_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
@@ -555,40 +832,115 @@ fn raise_open_files_limit() -> u64 {
     }
 }
 
-/// A private Mosquitto on a free loopback port, anonymous, no connection limit.
+/// A private Mosquitto on a free loopback port, no connection limit: anonymous (the relay
+/// reference) or with its dynamic-security plugin (`--broker mosquitto`).
 struct Mosquitto {
     port: u16,
     child: std::process::Child,
+    bin: &'static str,
+    conf: std::path::PathBuf,
+    /// `mosquitto -h`'s version, e.g. "2.0.11".
+    version: String,
+    /// The dynsec admin's password, with dynamic security.
+    admin_password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     fn start() -> Result<Mosquitto> {
+        Mosquitto::spawn(None)
+    }
+
+    /// With the dynamic-security plugin (`mosquitto_ctrl dynsec init`, admin `admin`); every
+    /// client must log in, and jiandu's sync makes the clients and their ACLs.
+    fn start_dynsec() -> Result<Mosquitto> {
+        let plugin = [
+            "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+            "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context(
+            "mosquitto_dynamic_security.so not found (Debian package mosquitto; scripts/services.sh installs it)",
+        )?;
+        Mosquitto::spawn(Some(plugin))
+    }
+
+    fn spawn(dynsec_plugin: Option<&str>) -> Result<Mosquitto> {
         let bin = ["mosquitto", "/usr/sbin/mosquitto"]
             .into_iter()
             .find(|b| std::process::Command::new(b).arg("-h").output().is_ok())
             .context("mosquitto is not installed (scripts/services.sh installs it)")?;
+        let help = std::process::Command::new(bin).arg("-h").output()?;
+        let version = String::from_utf8_lossy(&help.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("2")
+            .to_owned();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
+        // Started as root, Mosquitto drops to its own user, which must reach its dynsec file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\nmax_inflight_messages 1000\nmax_queued_messages 0\n"
-            ),
-        )?;
+        // No queue limit: a QoS 1 subscriber (ingest) that lags must not lose messages here.
+        // The relay reference lets 1,000 messages be in flight to its bare subscriber; with
+        // jiandu's ingest as the subscriber the default (20) stays: with 1,000 ingest's session
+        // stalled on a 10,000-message burst (docs/deploy.md).
+        let mut text = format!("listener {port} 127.0.0.1\nmax_connections -1\nmax_queued_messages 0\n");
+        if dynsec_plugin.is_none() {
+            text.push_str("max_inflight_messages 1000\n");
+        }
+        let mut admin_password = None;
+        match dynsec_plugin {
+            None => text.push_str("allow_anonymous true\n"),
+            Some(plugin) => {
+                let password = hex::encode(rand::random::<[u8; 12]>());
+                let file = dir.path().join("dynsec.json");
+                let out = std::process::Command::new("mosquitto_ctrl")
+                    .args(["dynsec", "init", &file.display().to_string(), "admin", &password])
+                    .output()
+                    .context("running mosquitto_ctrl dynsec init (Debian package mosquitto-clients)")?;
+                if !file.exists() {
+                    bail!("mosquitto_ctrl dynsec init failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))?;
+                text.push_str(&format!(
+                    "allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {}\n",
+                    file.display()
+                ));
+                admin_password = Some(password);
+            }
+        }
+        std::fs::write(&conf, text)?;
+        let child = Mosquitto::run(bin, &conf, port)?;
+        Ok(Mosquitto { port, child, bin, conf, version, admin_password, _dir: dir })
+    }
+
+    fn run(bin: &str, conf: &std::path::Path, port: u16) -> Result<std::process::Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(conf.with_file_name("mosquitto.log"))?;
         let child = std::process::Command::new(bin)
             .args(["-c", &conf.display().to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()?;
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Mosquitto { port, child, _dir: dir });
+                return Ok(child);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("mosquitto did not start on port {port}")
+    }
+
+    /// Stops it and starts it again on the same port and configuration (the dynsec clients are
+    /// in its file): a fresh process whose RSS holds no memory freed by earlier work.
+    fn restart(&mut self) -> Result<()> {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = Mosquitto::run(self.bin, &self.conf, self.port)?;
+        Ok(())
     }
 }
 

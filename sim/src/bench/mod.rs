@@ -221,6 +221,11 @@ impl SystemUnderTest {
         rss_of(self.child.id())
     }
 
+    /// Process id of the server (for figures read from /proc).
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
@@ -246,7 +251,9 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn run_cli(dir: &Path, db: &str, args: &[&str]) -> Result<Value> {
+/// Runs `jiandu ARGS` (this binary) on a data dir and database; returns the last stdout line as
+/// JSON.
+pub(crate) fn run_cli(dir: &Path, db: &str, args: &[&str]) -> Result<Value> {
     let out = Command::new(std::env::current_exe()?)
         .args(args)
         .env("JIANDU_DATA_DIR", dir)
@@ -260,7 +267,8 @@ fn run_cli(dir: &Path, db: &str, args: &[&str]) -> Result<Value> {
     Ok(stdout.lines().last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null))
 }
 
-fn wait_for_json(path: &PathBuf, limit: Duration) -> Result<Value> {
+/// Waits until `path` holds a JSON document (e.g. `serve.json`) and returns it.
+pub(crate) fn wait_for_json(path: &PathBuf, limit: Duration) -> Result<Value> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
