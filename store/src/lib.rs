@@ -278,8 +278,9 @@ impl Store {
     /// Closes every connection and waits for them to finish; clones of the store stop working.
     pub async fn close(&self) {
         self.pool.close().await;
-        if let Some(writer) = &self.history_writer {
-            writer.close();
+        if let Some(writer) = self.history_writer.clone() {
+            // It may be finishing a batch: wait for it off the async threads.
+            tokio::task::spawn_blocking(move || writer.close()).await.ok();
         }
         debug!(backend = %self.backend, "database closed");
     }
@@ -428,6 +429,64 @@ mod tests {
         let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
         assert_eq!(store.report("r1").await.unwrap().source, ReportSource::Device);
         assert_eq!(store.report("r2").await.unwrap().source, ReportSource::Public);
+    }
+
+    /// Migration 0017 re-keys the history in time order on SQLite: every stored point stays,
+    /// tracks read the same, and a point stored before it is still refused as a duplicate by the
+    /// heartbeat writer after it.
+    #[tokio::test]
+    async fn sqlite_migration_0017_keeps_the_history_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap().0;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: SQLITE_MIGRATIONS.iter().filter(|m| m.version < 17).cloned().collect::<Vec<_>>().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for (dev, ts) in [("b", 3), ("a", 2), ("b", 1), ("a", 4)] {
+            sqlx::query(
+                "INSERT INTO position_history (device_id, ts, lat, lon, acc, duty, received_at) \
+                 VALUES ($1, $2, 36.5, 118.5, 5.0, 'on', 10)",
+            )
+            .bind(dev)
+            .bind(ts)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
+        assert_eq!(store.history_count(None).await.unwrap(), 4);
+        let ts = |rows: Vec<PositionRow>| rows.into_iter().map(|r| r.ts).collect::<Vec<_>>();
+        assert_eq!(ts(store.track("a", 0, 10, 10).await.unwrap()), vec![2, 4]);
+        assert_eq!(ts(store.track("b", 0, 10, 10).await.unwrap()), vec![1, 3]);
+        let again = PositionRow {
+            device_id: "a".into(),
+            ts: 2,
+            lat: 1.0,
+            lon: 1.0,
+            acc: None,
+            spd: None,
+            hdg: None,
+            alt: None,
+            bat: None,
+            duty: None,
+        };
+        let new = PositionRow { ts: 5, ..again.clone() };
+        assert_eq!(store.store_heartbeats(&[again, new], 20).await.unwrap(), 1, "the stored point is kept once");
+        assert_eq!(store.history_count(Some("a")).await.unwrap(), 3);
+        let key: Vec<String> = sqlx::query_scalar(
+            "SELECT ii.name FROM pragma_index_list('position_history') il, pragma_index_info(il.name) ii \
+                 WHERE il.origin = 'pk' ORDER BY ii.seqno",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(key, vec!["ts", "device_id"]);
+        store.close().await;
     }
 
     /// Migration 0016 drops the NOT NULL of `reports.lat`/`lon` on SQLite by editing the schema
