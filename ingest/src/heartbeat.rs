@@ -690,6 +690,9 @@ impl Writer {
     }
 }
 
+/// Points pruned per transaction.
+const PRUNE_CHUNK: i64 = 10_000;
+
 /// Stale marking every 30 s and history pruning every hour, off the ingest path.
 async fn background_tasks(store: Store, config: HeartbeatConfig, shutdown: CancellationToken) {
     let mut stale_tick = tokio::time::interval(Duration::from_secs(30));
@@ -707,12 +710,10 @@ async fn background_tasks(store: Store, config: HeartbeatConfig, shutdown: Cance
             }
             _ = prune_tick.tick(), if config.retention_days > 0 => {
                 let before = now_ms() - (config.retention_days as i64) * 86_400_000;
-                let mut after = String::new();
                 let mut total = 0;
                 loop {
-                    match store.prune_history(before, &after, 200).await {
-                        Ok((n, Some(last))) => { total += n; after = last; }
-                        Ok((n, None)) => { total += n; break; }
+                    match store.prune_history(before, PRUNE_CHUNK).await {
+                        Ok(n) => { total += n; if n < PRUNE_CHUNK as u64 { break; } }
                         Err(e) => { warn!(error = %e, "pruning history failed"); break; }
                     }
                     if shutdown.is_cancelled() { return; }

@@ -62,6 +62,10 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A heartbeat batch failed on the SQLite connection that writes them (see
+    /// `Store::store_heartbeats`).
+    #[error("database error writing heartbeats: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The schema could not be brought up to date.
     #[error("database migration failed (is this database from a newer jiandu?): {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),

@@ -70,6 +70,7 @@ mod dispatch;
 mod error;
 mod events;
 mod evidence;
+mod history_writer;
 mod integrity;
 mod ledger;
 mod phones;
@@ -130,11 +131,8 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// Per-connection settings for SQLite: concurrent readers with one writer (WAL), durable enough
 /// at commit for a WAL database, waiting up to 5 s for the write lock instead of failing, and
-/// enforced foreign keys. A heartbeat batch from thousands of phones dirties about one history
-/// page per point (the history is ordered by device): a page cache of 32 MiB (the default is
-/// 2 MiB) holds a whole batch instead of spilling it to the WAL mid-transaction and reading it
-/// back, and pages are read through a memory map instead of a `pread` each (growing only
-/// with what a connection touches).
+/// enforced foreign keys. A page cache of 32 MiB (the default is 2 MiB) and pages read through a
+/// memory map instead of a `pread` each (growing only with what a connection touches).
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; \
      PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = NORMAL; \
@@ -183,6 +181,8 @@ pub struct Store {
     credentials: Option<CredentialKey>,
     /// Wakes the outbox relay of this process after a commit (see [`Store::outbox_written`]).
     outbox: std::sync::Arc<tokio::sync::Notify>,
+    /// SQLite only: the connection heartbeat batches are written on.
+    history_writer: Option<std::sync::Arc<history_writer::HistoryWriter>>,
 }
 
 impl Store {
@@ -191,9 +191,12 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
-        let url = match backend {
-            Backend::Sqlite => prepare_sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+        let (url, history_writer) = match backend {
+            Backend::Sqlite => {
+                let (url, path) = prepare_sqlite_url(url)?;
+                (url, Some(std::sync::Arc::new(history_writer::HistoryWriter::new(path))))
+            }
+            Backend::Postgres => (url.to_owned(), None),
         };
 
         let mut options = AnyPoolOptions::new().max_connections(10);
@@ -217,7 +220,7 @@ impl Store {
         migrator.run(&mut conn).await?;
         conn.close().await?;
         info!(%backend, migrations = migrator.iter().count(), "database ready");
-        Ok(Store { pool, backend, blobs: None, credentials: None, outbox: Default::default() })
+        Ok(Store { pool, backend, blobs: None, credentials: None, outbox: Default::default(), history_writer })
     }
 
     /// The same store deriving new device and account tokens from `key` (see
@@ -275,13 +278,17 @@ impl Store {
     /// Closes every connection and waits for them to finish; clones of the store stop working.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(writer) = self.history_writer.clone() {
+            // It may be finishing a batch: wait for it off the async threads.
+            tokio::task::spawn_blocking(move || writer.close()).await.ok();
+        }
         debug!(backend = %self.backend, "database closed");
     }
 }
 
 /// Adds `mode=rwc` (create the file if missing) unless the URL chose a mode, and creates the
-/// file's parent directory.
-fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+/// file's parent directory; returns the URL and the file's path (`None` in memory).
+fn prepare_sqlite_url(url: &str) -> Result<(String, Option<std::path::PathBuf>), StoreError> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     let (path, query) = match rest.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -296,11 +303,12 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
             .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
     }
     let chose_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
-    Ok(match (query, chose_mode) {
+    let url = match (query, chose_mode) {
         (_, true) => format!("sqlite://{rest}"),
         (None, false) => format!("sqlite://{path}?mode=rwc"),
         (Some(q), false) => format!("sqlite://{path}?{q}&mode=rwc"),
-    })
+    };
+    Ok((url, (!in_memory).then(|| std::path::PathBuf::from(path))))
 }
 
 /// Takes the row lock of `table`'s row `id` (on SQLite, the database write lock) by touching
@@ -356,12 +364,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sub/j.db");
         let url = format!("sqlite://{}", file.display());
-        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert_eq!(prepare_sqlite_url(&url).unwrap().0, format!("{url}?mode=rwc"));
         assert!(file.parent().unwrap().is_dir());
         let plain = format!("sqlite:{}", file.display());
-        assert_eq!(prepare_sqlite_url(&plain).unwrap(), format!("{url}?mode=rwc"));
-        assert_eq!(prepare_sqlite_url(&format!("{url}?cache=shared")).unwrap(), format!("{url}?cache=shared&mode=rwc"));
-        assert_eq!(prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap(), format!("{url}?mode=ro"));
+        assert_eq!(prepare_sqlite_url(&plain).unwrap().0, format!("{url}?mode=rwc"));
+        assert_eq!(
+            prepare_sqlite_url(&format!("{url}?cache=shared")).unwrap().0,
+            format!("{url}?cache=shared&mode=rwc")
+        );
+        assert_eq!(prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap().0, format!("{url}?mode=ro"));
     }
 
     /// Migration 0012 widens the CHECK of `reports.source` on SQLite by editing the schema text:
@@ -371,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_migration_0012_keeps_existing_reports_and_takes_public_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap().0;
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(3)
@@ -420,13 +431,71 @@ mod tests {
         assert_eq!(store.report("r2").await.unwrap().source, ReportSource::Public);
     }
 
+    /// Migration 0017 re-keys the history in time order on SQLite: every stored point stays,
+    /// tracks read the same, and a point stored before it is still refused as a duplicate by the
+    /// heartbeat writer after it.
+    #[tokio::test]
+    async fn sqlite_migration_0017_keeps_the_history_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap().0;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().max_connections(2).connect(&url).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: SQLITE_MIGRATIONS.iter().filter(|m| m.version < 17).cloned().collect::<Vec<_>>().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for (dev, ts) in [("b", 3), ("a", 2), ("b", 1), ("a", 4)] {
+            sqlx::query(
+                "INSERT INTO position_history (device_id, ts, lat, lon, acc, duty, received_at) \
+                 VALUES ($1, $2, 36.5, 118.5, 5.0, 'on', 10)",
+            )
+            .bind(dev)
+            .bind(ts)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("j.db").display())).await.unwrap();
+        assert_eq!(store.history_count(None).await.unwrap(), 4);
+        let ts = |rows: Vec<PositionRow>| rows.into_iter().map(|r| r.ts).collect::<Vec<_>>();
+        assert_eq!(ts(store.track("a", 0, 10, 10).await.unwrap()), vec![2, 4]);
+        assert_eq!(ts(store.track("b", 0, 10, 10).await.unwrap()), vec![1, 3]);
+        let again = PositionRow {
+            device_id: "a".into(),
+            ts: 2,
+            lat: 1.0,
+            lon: 1.0,
+            acc: None,
+            spd: None,
+            hdg: None,
+            alt: None,
+            bat: None,
+            duty: None,
+        };
+        let new = PositionRow { ts: 5, ..again.clone() };
+        assert_eq!(store.store_heartbeats(&[again, new], 20).await.unwrap(), 1, "the stored point is kept once");
+        assert_eq!(store.history_count(Some("a")).await.unwrap(), 3);
+        let key: Vec<String> = sqlx::query_scalar(
+            "SELECT ii.name FROM pragma_index_list('position_history') il, pragma_index_info(il.name) ii \
+                 WHERE il.origin = 'pk' ORDER BY ii.seqno",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(key, vec!["ts", "device_id"]);
+        store.close().await;
+    }
+
     /// Migration 0016 drops the NOT NULL of `reports.lat`/`lon` on SQLite by editing the schema
     /// text: rows and references stay, SQLite's checks pass, a report without a point is taken
     /// at once (on pooled connections opened before it ran too), and the other constraints hold.
     #[tokio::test]
     async fn sqlite_migration_0016_lets_a_report_go_without_a_point() {
         let dir = tempfile::tempdir().unwrap();
-        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap();
+        let url = prepare_sqlite_url(&format!("sqlite://{}", dir.path().join("j.db").display())).unwrap().0;
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(3)

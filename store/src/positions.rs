@@ -2,17 +2,20 @@
 //! (every point once). Written in batches by ingest, read by the dispatcher on start and by the
 //! web view.
 //!
-//! A batch is one transaction of two statements whatever its size, each binding the batch as
-//! one JSON parameter: an insert into history (`ON CONFLICT DO NOTHING`, so a point re-sent
-//! after a lost ack is stored once) and an upsert of each device's newest point whose position
-//! columns change only when the new point is newer than the stored one.
+//! A batch is one transaction: an insert into history (`ON CONFLICT DO NOTHING`, so a point
+//! re-sent after a lost ack is stored once) and an upsert of each device's newest point whose
+//! position columns change only when the new point is newer than the stored one. The history is
+//! keyed in time order, `(ts, device_id)`, so a batch from thousands of phones writes the few
+//! pages at the table's end. On SQLite a batch is prepared statements on a connection of its
+//! own (see `history_writer`); on PostgreSQL two statements whatever the batch size, each column
+//! bound as one array.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::events::NewEvent;
-use crate::{Backend, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// One stored point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,35 +70,118 @@ pub struct PresenceChange {
 
 const HISTORY_COLUMNS: &str = "device_id, ts, lat, lon, acc, spd, hdg, alt, bat, duty";
 
-/// One point as the JSON array a batch is bound as, in `HISTORY_COLUMNS` order.
-type PointJson<'a> =
-    (&'a str, i64, f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<f64>, Option<&'a str>);
-
-/// A batch as one JSON parameter: `[[device_id, ts, lat, …, duty], …]`. One parameter per
-/// statement keeps binding constant-time whatever the batch size (sqlx's Any driver binds each
-/// value as its own `$N`, which SQLite resolves by a linear scan: quadratic in the batch).
-fn points_json<'a>(rows: impl Iterator<Item = &'a PositionRow>) -> Result<String, StoreError> {
-    let points: Vec<PointJson<'a>> = rows
-        .map(|r| (r.device_id.as_str(), r.ts, r.lat, r.lon, r.acc, r.spd, r.hdg, r.alt, r.bat, r.duty.as_deref()))
-        .collect();
-    serde_json::to_string(&points)
-        .map_err(|e| StoreError::InvalidInput { field: "heartbeat batch", reason: e.to_string() })
+/// The newest point of each device in `rows`, ordered by device id: one fixed order, so two
+/// writers lock the live rows in the same order.
+pub(crate) fn newest_per_device(rows: &[PositionRow]) -> Vec<&PositionRow> {
+    let mut newest: std::collections::HashMap<&str, &PositionRow> = std::collections::HashMap::new();
+    for r in rows {
+        newest
+            .entry(&r.device_id)
+            .and_modify(|e| {
+                if r.ts > e.ts {
+                    *e = r
+                }
+            })
+            .or_insert(r);
+    }
+    let mut newest: Vec<&PositionRow> = newest.into_values().collect();
+    newest.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    newest
 }
 
-/// `SELECT <the ten point columns> FROM <the rows of JSON parameter $1>`, for the backend:
-/// SQLite's `json_each` with `->>` (which yields SQL integers, reals, text or NULL), PostgreSQL's
-/// `json_array_elements` with casts; the eleventh column is the time parameter `$2`.
-fn select_points_json(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => {
-            "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, \
-             value->>8, value->>9, $2 FROM json_each($1) WHERE true"
+/// The upsert of live positions from `source` (rows of the ten point columns and `last_seen`):
+/// `last_seen` always moves, the point only when it is newer than the stored one.
+pub(crate) fn live_upsert_sql(source: &str) -> String {
+    let newer = "(device_position.ts IS NULL OR excluded.ts > device_position.ts)";
+    let mut set = vec!["last_seen = excluded.last_seen".to_owned(), "stale = 0".to_owned()];
+    for c in ["ts", "lat", "lon", "acc", "spd", "hdg", "alt", "bat", "duty"] {
+        set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE device_position.{c} END"));
+    }
+    format!(
+        "INSERT INTO device_position ({HISTORY_COLUMNS}, last_seen) {source} ON CONFLICT (device_id) DO UPDATE SET {}",
+        set.join(", ")
+    )
+}
+
+/// A batch as PostgreSQL array literals, one per point column (`{"d1","d2"}`, `{1,2}`,
+/// `{5.0,NULL}`): ten parameters whatever the batch size, unnested side by side. Text in
+/// quotes with `\` and `"` escaped; numbers in Rust's shortest round-trip form.
+struct PgColumns {
+    columns: [String; 10],
+}
+
+impl PgColumns {
+    fn of<'a>(rows: impl ExactSizeIterator<Item = &'a PositionRow>) -> PgColumns {
+        let n = rows.len();
+        let mut columns: [String; 10] = std::array::from_fn(|_| String::with_capacity(n * 12 + 2));
+        for c in &mut columns {
+            c.push('{');
         }
-        Backend::Postgres => {
-            "SELECT e->>0, (e->>1)::bigint, (e->>2)::float8, (e->>3)::float8, (e->>4)::float8, (e->>5)::float8, \
-             (e->>6)::float8, (e->>7)::float8, (e->>8)::float8, e->>9, $2::bigint FROM json_array_elements($1::json) e"
+        for r in rows {
+            let [dev, ts, lat, lon, acc, spd, hdg, alt, bat, duty] = &mut columns;
+            push_text(dev, Some(&r.device_id));
+            push_num(ts, Some(r.ts));
+            push_num(lat, Some(r.lat));
+            push_num(lon, Some(r.lon));
+            push_num(acc, r.acc);
+            push_num(spd, r.spd);
+            push_num(hdg, r.hdg);
+            push_num(alt, r.alt);
+            push_num(bat, r.bat);
+            push_text(duty, r.duty.as_deref());
+        }
+        for c in &mut columns {
+            if c.ends_with(',') {
+                c.pop();
+            }
+            c.push('}');
+        }
+        PgColumns { columns }
+    }
+
+    /// The ten columns unnested, then `$11` as the eleventh.
+    const SELECT: &'static str = "SELECT d, t, la, lo, ac, sp, hd, al, ba, du, $11::bigint FROM unnest($1::text[], \
+         $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], \
+         $9::float8[], $10::text[]) AS u(d, t, la, lo, ac, sp, hd, al, ba, du)";
+
+    fn bind<'q>(
+        self,
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        received_at: i64,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for c in self.columns {
+            query = query.bind(c);
+        }
+        query.bind(received_at)
+    }
+}
+
+fn push_text(out: &mut String, value: Option<&str>) {
+    match value {
+        None => out.push_str("NULL"),
+        Some(v) => {
+            out.push('"');
+            for ch in v.chars() {
+                if ch == '"' || ch == '\\' {
+                    out.push('\\');
+                }
+                out.push(ch);
+            }
+            out.push('"');
         }
     }
+    out.push(',');
+}
+
+fn push_num<T: std::fmt::Display>(out: &mut String, value: Option<T>) {
+    use std::fmt::Write;
+    match value {
+        None => out.push_str("NULL"),
+        Some(v) => {
+            let _ = write!(out, "{v}");
+        }
+    }
+    out.push(',');
 }
 
 fn position_from_row(row: &AnyRow) -> Result<PositionRow, StoreError> {
@@ -137,44 +223,24 @@ impl Store {
         if rows.is_empty() {
             return Ok(0);
         }
+        if let Some(writer) = &self.history_writer {
+            let writer = writer.clone();
+            let rows = rows.to_vec();
+            return match tokio::task::spawn_blocking(move || writer.store(&rows, received_at)).await {
+                Ok(result) => result,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+        }
         let mut tx = self.pool.begin().await?;
         let sql = format!(
-            "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) {} ON CONFLICT (device_id, ts) DO NOTHING",
-            select_points_json(self.backend)
+            "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) {} ON CONFLICT (ts, device_id) DO NOTHING",
+            PgColumns::SELECT
         );
-        let inserted = sqlx::query(&sql)
-            .bind(points_json(rows.iter())?)
-            .bind(received_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-
-        // Newest point per device in this batch.
-        let mut newest: std::collections::HashMap<&str, &PositionRow> = std::collections::HashMap::new();
-        for r in rows {
-            newest
-                .entry(&r.device_id)
-                .and_modify(|e| {
-                    if r.ts > e.ts {
-                        *e = r
-                    }
-                })
-                .or_insert(r);
-        }
-        let mut newest: Vec<&PositionRow> = newest.into_values().collect();
-        // A fixed order, so two writers lock the live rows in the same order.
-        newest.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        let newer = "(device_position.ts IS NULL OR excluded.ts > device_position.ts)";
-        let mut set = vec!["last_seen = excluded.last_seen".to_owned(), "stale = 0".to_owned()];
-        for c in ["ts", "lat", "lon", "acc", "spd", "hdg", "alt", "bat", "duty"] {
-            set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE device_position.{c} END"));
-        }
-        let sql = format!(
-            "INSERT INTO device_position ({HISTORY_COLUMNS}, last_seen) {} ON CONFLICT (device_id) DO UPDATE SET {}",
-            select_points_json(self.backend),
-            set.join(", ")
-        );
-        sqlx::query(&sql).bind(points_json(newest.into_iter())?).bind(received_at).execute(&mut *tx).await?;
+        let inserted =
+            PgColumns::of(rows.iter()).bind(sqlx::query(&sql), received_at).execute(&mut *tx).await?.rows_affected();
+        let newest = newest_per_device(rows);
+        let sql = live_upsert_sql(PgColumns::SELECT);
+        PgColumns::of(newest.into_iter()).bind(sqlx::query(&sql), received_at).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(inserted)
     }
@@ -310,36 +376,19 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
-    /// Deletes history older than `before` for up to `devices_per_call` devices after
-    /// `after_device` (walk the devices in calls so ingest is never blocked for long); returns
-    /// the rows deleted and the last device handled (`None` when the walk is complete).
-    pub async fn prune_history(
-        &self,
-        before: i64,
-        after_device: &str,
-        devices_per_call: i64,
-    ) -> Result<(u64, Option<String>), StoreError> {
-        let rows =
-            sqlx::query("SELECT device_id FROM device_position WHERE device_id > $1 ORDER BY device_id LIMIT $2")
-                .bind(after_device)
-                .bind(devices_per_call.max(1))
-                .fetch_all(&self.pool)
-                .await?;
-        let mut deleted = 0;
-        let mut last = None;
-        let mut tx = self.pool.begin().await?;
-        for row in &rows {
-            let id: String = row.try_get("device_id")?;
-            deleted += sqlx::query("DELETE FROM position_history WHERE device_id = $1 AND ts < $2")
-                .bind(&id)
-                .bind(before)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            last = Some(id);
-        }
-        tx.commit().await?;
-        Ok((deleted, last))
+    /// Deletes up to `limit` of the oldest points older than `before`; returns how many went.
+    /// Call it until it returns less than `limit`: each call is one short transaction at the
+    /// table's old end, so ingest at the other end is never held up for long.
+    pub async fn prune_history(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM position_history WHERE (ts, device_id) IN \
+             (SELECT ts, device_id FROM position_history WHERE ts < $1 ORDER BY ts LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit.max(1))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Registered devices with their live state, ordered by id, `limit` after the id `after`.

@@ -9,7 +9,7 @@ on_both!(
     history_is_idempotent_and_live_follows_the_newest_point,
     presence_transitions_are_recorded_once_with_events,
     silent_online_devices_become_stale_until_they_report,
-    history_is_pruned_per_device,
+    history_is_pruned_oldest_first_in_chunks,
     devices_are_listed_with_their_live_state,
     a_batch_is_stored_exactly_whatever_its_size_and_content,
 );
@@ -103,19 +103,27 @@ async fn silent_online_devices_become_stale_until_they_report(db: &TestDb) {
     assert!(s.events_after(0, 10).await.unwrap().iter().any(|e| e.r#type == "device.stale"));
 }
 
-async fn history_is_pruned_per_device(db: &TestDb) {
+async fn history_is_pruned_oldest_first_in_chunks(db: &TestDb) {
     let s = &db.store;
     for dev in ["p1", "p2", "p3"] {
         let pts: Vec<_> = (0..10).map(|i| point(dev, 1_000_000 + i * 1000, 36.0)).collect();
         s.store_heartbeats(&pts, 2_000_000).await.unwrap();
     }
-    let (deleted, last) = s.prune_history(1_005_000, "", 2).await.unwrap();
-    assert_eq!((deleted, last.as_deref()), (10, Some("p2")));
-    let (deleted, last) = s.prune_history(1_005_000, "p2", 2).await.unwrap();
-    assert_eq!((deleted, last.as_deref()), (5, Some("p3")));
-    let (deleted, last) = s.prune_history(1_005_000, "p3", 2).await.unwrap();
-    assert_eq!((deleted, last), (0, None));
+    // 15 points are older than 1_005_000 (ts 1_000_000..=1_004_000 of each device).
+    assert_eq!(s.prune_history(1_005_000, 10).await.unwrap(), 10);
+    assert_eq!(s.history_count(None).await.unwrap(), 20);
+    // The oldest went first: every device lost its points up to 1_002_000 and one more device
+    // its 1_003_000 point.
+    for dev in ["p1", "p2", "p3"] {
+        assert!(s.track(dev, 0, 1_002_000, 10).await.unwrap().is_empty(), "{dev}");
+    }
+    assert_eq!(s.prune_history(1_005_000, 10).await.unwrap(), 5);
+    assert_eq!(s.prune_history(1_005_000, 10).await.unwrap(), 0);
     assert_eq!(s.history_count(None).await.unwrap(), 15);
+    for dev in ["p1", "p2", "p3"] {
+        let left: Vec<i64> = s.track(dev, 0, i64::MAX, 100).await.unwrap().iter().map(|p| p.ts).collect();
+        assert_eq!(left, (5..10).map(|i| 1_000_000 + i * 1000).collect::<Vec<_>>(), "{dev}");
+    }
 }
 
 async fn devices_are_listed_with_their_live_state(db: &TestDb) {
@@ -139,9 +147,9 @@ async fn devices_are_listed_with_their_live_state(db: &TestDb) {
     assert_eq!(page[0].0.id, ids[1]);
 }
 
-/// A batch is bound as one JSON parameter: values must come back bit for bit (absent fields
-/// absent, awkward floats exact), duplicates inside one batch are stored once, and size is no
-/// limit.
+/// Values must come back bit for bit (absent fields absent, awkward floats exact, text that
+/// means something in PostgreSQL's array literals or SQL), duplicates inside one batch are
+/// stored once, and size is no limit.
 async fn a_batch_is_stored_exactly_whatever_its_size_and_content(db: &TestDb) {
     let s = &db.store;
     let t0 = 1_780_000_000_000;
@@ -157,13 +165,22 @@ async fn a_batch_is_stored_exactly_whatever_its_size_and_content(db: &TestDb) {
         bat: None,
         duty: None,
     };
-    let mut batch = vec![odd.clone(), odd.clone()];
+    let awkward = PositionRow {
+        device_id: r#"q"u\o,t{e}d NULL 'x'"#.into(),
+        ts: t0,
+        duty: Some(r#"NULL"#.into()),
+        ..odd.clone()
+    };
+    let empty_text = PositionRow { device_id: "e".into(), duty: Some(String::new()), ..odd.clone() };
+    let mut batch = vec![odd.clone(), odd.clone(), awkward.clone(), empty_text.clone()];
     batch.extend((0..20_000).map(|i| point(&format!("bulk{}", i % 50), t0 + i, 36.0 + i as f64 * 1e-6)));
-    assert_eq!(s.store_heartbeats(&batch, t0 + 1).await.unwrap(), 20_001, "the duplicate is stored once");
+    assert_eq!(s.store_heartbeats(&batch, t0 + 1).await.unwrap(), 20_003, "the duplicate is stored once");
+    assert_eq!(s.track(&awkward.device_id, t0, t0, 10).await.unwrap(), vec![awkward.clone()]);
+    assert_eq!(s.track("e", t0, t0, 10).await.unwrap(), vec![empty_text]);
     assert_eq!(s.track("dev.odd-name_1", t0, t0, 10).await.unwrap(), vec![odd.clone()]);
     let live = s.live_position("dev.odd-name_1").await.unwrap().unwrap();
     assert_eq!(live.position, Some(odd));
-    assert_eq!(s.history_count(None).await.unwrap(), 20_001);
+    assert_eq!(s.history_count(None).await.unwrap(), 20_003);
     let last = s.track("bulk49", t0, t0 + 20_000, 1000).await.unwrap();
     assert_eq!(last.len(), 400);
     assert_eq!(last[399], point("bulk49", t0 + 19_999, 36.0 + 19_999.0 * 1e-6));
