@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use crate::StoreError;
 use crate::positions::{PositionRow, live_upsert_sql, newest_per_device};
@@ -59,36 +59,12 @@ impl HistoryWriter {
             let mut ordered: Vec<&PositionRow> = rows.iter().collect();
             ordered.sort_unstable_by(|a, b| (a.ts, &a.device_id).cmp(&(b.ts, &b.device_id)));
             for r in ordered {
-                inserted += history.execute(params![
-                    r.device_id,
-                    r.ts,
-                    r.lat,
-                    r.lon,
-                    r.acc,
-                    r.spd,
-                    r.hdg,
-                    r.alt,
-                    r.bat,
-                    r.duty,
-                    received_at
-                ])? as u64;
+                inserted += history.execute(&point_params(r, &received_at)[..])? as u64;
             }
             let mut live =
                 tx.prepare_cached(&live_upsert_sql("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"))?;
             for r in newest_per_device(rows) {
-                live.execute(params![
-                    r.device_id,
-                    r.ts,
-                    r.lat,
-                    r.lon,
-                    r.acc,
-                    r.spd,
-                    r.hdg,
-                    r.alt,
-                    r.bat,
-                    r.duty,
-                    received_at
-                ])?;
+                live.execute(&point_params(r, &received_at)[..])?;
             }
         }
         tx.commit()?;
@@ -112,4 +88,9 @@ impl HistoryWriter {
         )?;
         Ok(conn)
     }
+}
+
+/// The eleven parameters of both statements: the point's ten columns, then `received_at`.
+fn point_params<'a>(r: &'a PositionRow, received_at: &'a i64) -> [&'a dyn ToSql; 11] {
+    [&r.device_id, &r.ts, &r.lat, &r.lon, &r.acc, &r.spd, &r.hdg, &r.alt, &r.bat, &r.duty, received_at]
 }
