@@ -282,7 +282,10 @@ async fn sim_drives_phones_from_a_credentials_file_against_serve() {
     let summary: Value =
         serde_json::from_str(&lines.recv_timeout(Duration::from_secs(5)).expect("counters printed")).unwrap();
     assert!(summary["connects"].as_u64().unwrap() >= 5, "{summary}");
-    assert!(summary["heartbeats"].as_u64().unwrap() >= 5, "{summary}");
+    // A phone that lost its connection (seen under load) sends what it measured meanwhile from
+    // its backlog once back: count points however they went out.
+    let sent = summary["heartbeats"].as_u64().unwrap() + summary["backlog_points"].as_u64().unwrap();
+    assert!(sent >= 5, "{summary}");
     assert!(summary["heartbeats_acked"].as_u64().unwrap() >= 1, "hb_upto acks reach the phones: {summary}");
     // Refused input is named: too few phones in the file.
     let out = Command::new(bin()).args(["sim", "--devices", "9", "--credentials"]).arg(&creds).output().unwrap();

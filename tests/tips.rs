@@ -519,10 +519,10 @@ async fn a_tip_naming_only_its_place_waits_for_the_desk_to_place_it(db: Db) {
     events_until(&mut events, 10, &mut seen, |s| s.iter().any(|e| e["type"] == "report.located")).await;
 
     // A report that came with a point cannot be placed again either.
-    let (_, web) =
+    let (s, web) =
         staff(&app, &desk, "POST", "/reports", Some(json!({"kind": "gift", "text": "t", "lat": 36.5, "lon": 118.5})))
             .await;
-    let web_id = web["report"]["id"].as_str().unwrap();
+    let web_id = web["report"]["id"].as_str().unwrap_or_else(|| panic!("creating a report: {s} {web}\n{}", app.log()));
     let (s, _) = staff(&app, &desk, "POST", &format!("/reports/{web_id}/location"), Some(at)).await;
     assert_eq!(s, StatusCode::CONFLICT);
 

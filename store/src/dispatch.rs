@@ -20,6 +20,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use tracing::{debug, info};
 
+use crate::BindOptF64;
 use crate::{Backend, NewEvent, NewLedgerEntry, PhoneMessage, Store, StoreError, now_ms};
 
 /// Where a report came from.
@@ -460,8 +461,8 @@ impl Store {
         .bind(&r.origin)
         .bind(&r.kind)
         .bind(&r.text)
-        .bind(r.lat)
-        .bind(r.lon)
+        .bind_opt_f64(r.lat)
+        .bind_opt_f64(r.lon)
         .bind(r.ts)
         .bind(&r.plate)
         .bind(r.needs)

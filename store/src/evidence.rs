@@ -30,6 +30,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use tracing::{debug, info};
 
+use crate::BindOptF64;
 use crate::{LedgerEntry, NewEvent, NewLedgerEntry, Store, StoreError, canonical_json, now_ms};
 
 /// The `meta` of an upload as the store keeps it (checked by `schemas` before it gets here).
@@ -409,8 +410,8 @@ impl Store {
         .bind(spec.size)
         .bind(&spec.mime)
         .bind(spec.captured_at)
-        .bind(spec.lat)
-        .bind(spec.lon)
+        .bind_opt_f64(spec.lat)
+        .bind_opt_f64(spec.lon)
         .bind(spec.report_id.clone())
         .bind(spec.chunk_size)
         .bind(spec.chunks)
@@ -634,8 +635,8 @@ impl Store {
         .bind(evidence.size)
         .bind(&evidence.mime)
         .bind(evidence.captured_at)
-        .bind(evidence.lat)
-        .bind(evidence.lon)
+        .bind_opt_f64(evidence.lat)
+        .bind_opt_f64(evidence.lon)
         .bind(evidence.report_id.clone())
         .bind(evidence.received_at)
         .bind(evidence.ledger_seq)

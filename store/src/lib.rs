@@ -333,6 +333,26 @@ pub(crate) async fn lock_row(
     Ok(())
 }
 
+/// Binds an optional `f64` so that a NULL reaches PostgreSQL as `float8`. sqlx 0.8.6's Any
+/// driver swaps its `Real` and `Double` null kinds on the way to PostgreSQL (sqlx-postgres
+/// `any.rs`): a `None::<f64>` is sent as a `float4` NULL, the statement is cached on that
+/// connection with a `float4` parameter, and the next non-NULL `f64` in it fails with
+/// "incorrect binary data format in bind parameter". `None::<f32>` takes the swapped path to
+/// `float8`; SQLite binds either as NULL.
+pub(crate) trait BindOptF64 {
+    /// `bind(value)`, with the NULL typed as above.
+    fn bind_opt_f64(self, value: Option<f64>) -> Self;
+}
+
+impl<'q> BindOptF64 for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    fn bind_opt_f64(self, value: Option<f64>) -> Self {
+        match value {
+            Some(v) => self.bind(v),
+            None => self.bind(None::<f32>),
+        }
+    }
+}
+
 /// A fresh ULID: the id of every row the platform creates (reports from the web, assignments,
 /// cases, events, index runs), sortable by creation time.
 pub fn new_id() -> String {
