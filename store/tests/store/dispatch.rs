@@ -53,7 +53,7 @@ async fn reports_with_and_without_a_point_alternate_on_every_connection(db: &Tes
     }
     for i in 0..40 {
         let stored = s.report(&format!("alt-{i}")).await.unwrap();
-        let want = (i % 2 == 1).then(|| (36.5 + i as f64 * 1e-3, 118.54));
+        let want = (i % 2 == 1).then_some((36.5 + i as f64 * 1e-3, 118.54));
         assert_eq!(stored.point(), want, "report {i}");
     }
 }
