@@ -84,19 +84,23 @@ export async function confirmPoints(ranges) {
   return n;
 }
 
-/** Adds the next heartbeat with its seq in one transaction with the counter, so a reload never
- * reuses a seq. `make(seq)` builds the point. */
+/** Adds the next heartbeat with its seq in one transaction with the counters, so a reload never
+ * reuses a seq nor loses a count. `make(seq)` builds the point; returns it with the number of
+ * points made so far. */
 export async function addPoint(make) {
   const db = await open();
   const tx = db.transaction(['kv', 'points'], 'readwrite');
   const kv = tx.objectStore('kv');
   const last = (await req(kv.get('lastSeq'))) ?? Date.now() * 1000;
   const seq = last + 1;
+  // Counted in the same transaction as the point, so a reload between the two cannot lose one.
+  const generated = ((await req(kv.get('generated'))) ?? 0) + 1;
   const point = make(seq);
   kv.put(seq, 'lastSeq');
+  kv.put(generated, 'generated');
   tx.objectStore('points').put(point);
   await new Promise((ok, no) => { tx.oncomplete = ok; tx.onerror = () => no(tx.error); });
-  return point;
+  return { point, generated };
 }
 
 /** Logout: everything this phone held (credentials, queues, evidence) is deleted. */

@@ -196,10 +196,9 @@ async function beat(d) {
   lastTs = ts;
   const f = state.fix;
   const bat = battery ? Math.round(battery.level * 100) : undefined;
-  const point = await db.addPoint((seq) => JSON.parse(JSON.stringify(
+  const { point, generated } = await db.addPoint((seq) => JSON.parse(JSON.stringify(
     { seq, ts, lat: f.lat, lon: f.lon, acc: f.acc, spd: f.spd, hdg: f.hdg, alt: f.alt, bat, duty: d, sentAt: 0 })));
-  state.generated += 1;
-  await db.set('generated', state.generated);
+  state.generated = generated;
   if (publish(top('hb'), wire(point))) {
     point.sentAt = Date.now();
     await db.put('points', point);
