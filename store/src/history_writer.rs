@@ -10,12 +10,11 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use rusqlite::{Connection, ToSql, TransactionBehavior};
 
 use crate::StoreError;
-use crate::positions::{PositionRow, live_upsert_sql, newest_per_device};
+use crate::positions::{PositionRow, history_insert_sql, live_upsert_sql, newest_per_device};
 
 /// Writes heartbeat batches to one SQLite file; shared by every clone of a store.
 #[derive(Debug)]
@@ -25,9 +24,8 @@ pub(crate) struct HistoryWriter {
     conn: Mutex<Option<Connection>>,
 }
 
-/// How long a batch waits for the write lock before failing (ingest then retries it), as the
-/// pool's connections do.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The row both statements take, bound by [`point_params`].
+const POINT_VALUES: &str = "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 impl HistoryWriter {
     /// A writer for the file at `path` (nothing is opened until the first batch).
@@ -51,18 +49,14 @@ impl HistoryWriter {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         {
-            let mut history = tx.prepare_cached(
-                "INSERT INTO position_history (device_id, ts, lat, lon, acc, spd, hdg, alt, bat, duty, received_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (ts, device_id) DO NOTHING",
-            )?;
+            let mut history = tx.prepare_cached(&history_insert_sql(POINT_VALUES))?;
             // In key order, so consecutive inserts land on the same page.
             let mut ordered: Vec<&PositionRow> = rows.iter().collect();
             ordered.sort_unstable_by(|a, b| (a.ts, &a.device_id).cmp(&(b.ts, &b.device_id)));
             for r in ordered {
                 inserted += history.execute(&point_params(r, &received_at)[..])? as u64;
             }
-            let mut live =
-                tx.prepare_cached(&live_upsert_sql("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"))?;
+            let mut live = tx.prepare_cached(&live_upsert_sql(POINT_VALUES))?;
             for r in newest_per_device(rows) {
                 live.execute(&point_params(r, &received_at)[..])?;
             }
@@ -79,13 +73,11 @@ impl HistoryWriter {
             });
         };
         let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // As the pool's connections (crate::SQLITE_PRAGMAS), with a larger page cache: a batch's
-        // pages stay in memory until the commit writes them once.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; \
-             PRAGMA mmap_size = 268435456;",
-        )?;
+        // The pool's settings (a batch waits up to 5 s for the write lock, then fails and ingest
+        // retries it), with a larger page cache: a batch's pages stay in memory until the
+        // commit writes them once.
+        conn.execute_batch(crate::SQLITE_PRAGMAS)?;
+        conn.execute_batch("PRAGMA cache_size = -65536;")?;
         Ok(conn)
     }
 }

@@ -89,6 +89,14 @@ pub(crate) fn newest_per_device(rows: &[PositionRow]) -> Vec<&PositionRow> {
     newest
 }
 
+/// The insert into history from `source` (rows of the ten point columns and `received_at`); a
+/// point stored already is skipped.
+pub(crate) fn history_insert_sql(source: &str) -> String {
+    format!(
+        "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) {source} ON CONFLICT (ts, device_id) DO NOTHING"
+    )
+}
+
 /// The upsert of live positions from `source` (rows of the ten point columns and `last_seen`):
 /// `last_seen` always moves, the point only when it is newer than the stored one.
 pub(crate) fn live_upsert_sql(source: &str) -> String {
@@ -232,10 +240,7 @@ impl Store {
             };
         }
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "INSERT INTO position_history ({HISTORY_COLUMNS}, received_at) {} ON CONFLICT (ts, device_id) DO NOTHING",
-            PgColumns::SELECT
-        );
+        let sql = history_insert_sql(PgColumns::SELECT);
         let inserted =
             PgColumns::of(rows.iter()).bind(sqlx::query(&sql), received_at).execute(&mut *tx).await?.rows_affected();
         let newest = newest_per_device(rows);
