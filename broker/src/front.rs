@@ -644,10 +644,16 @@ impl Session {
                     let topic_str = std::str::from_utf8(&publish.topic).unwrap_or("");
                     match self.acl.check_publish(topic_str, publish.payload.len(), publish.retain) {
                         Ok(()) => {
+                            let len = publish.payload.len();
+                            let large = len > 16 * 1024;
+                            // The topic is cut from the read buffer and a slice pins all of it:
+                            // an alias keeps it for the connection's life, the router's log keeps
+                            // a large message for a while. One exact copy serves both.
+                            if alias.is_some() || large {
+                                publish.topic = Bytes::copy_from_slice(&publish.topic);
+                            }
                             if let Some(a) = alias {
-                                // Its own copy: kept for the connection's life, a slice would pin
-                                // the read buffer it was cut from.
-                                self.aliases.insert(a, Bytes::copy_from_slice(&publish.topic));
+                                self.aliases.insert(a, publish.topic.clone());
                             }
                             let stamp = Stamp {
                                 qos: head_qos,
@@ -657,17 +663,15 @@ impl Session {
                                 origin: self.client_id.clone(),
                             };
                             stamp.attach(&mut props);
-                            let len = publish.payload.len();
-                            if len > 16 * 1024 {
+                            if large {
                                 // The router's log keeps the message for a while: exact copies
-                                // of its payload and its topic (both are cut from the read
-                                // buffer, and either one pins all of it) let the read buffer be
-                                // reused at once instead of being held, with its spare room,
-                                // until the log moves on. Copying the payload alone left every
-                                // logged chunk pinning a read buffer through its topic (74 MiB of
-                                // a 128 MiB upload's peak heap, heaptrack).
+                                // of its payload (and topic, above, and correlation data), all
+                                // cut from the read buffer where any one pins all of it, let the
+                                // read buffer be reused at once instead of being held, with its
+                                // spare room, until the log moves on. Copying the payload alone
+                                // left every logged chunk pinning a read buffer through its
+                                // topic (74 MiB of a 128 MiB upload's peak heap, heaptrack).
                                 publish.payload = Bytes::copy_from_slice(&publish.payload);
-                                publish.topic = Bytes::copy_from_slice(&publish.topic);
                                 if let Some(data) = props.as_mut().and_then(|p| p.correlation_data.as_mut()) {
                                     *data = Bytes::copy_from_slice(data);
                                 }
