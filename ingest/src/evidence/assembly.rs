@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use jiandu_broker::client::PhoneInbox;
 use jiandu_schemas::topic::{InboxKind, Topic};
 use jiandu_schemas::{EvidenceMeta, Receipt, check_chunk, parse_evidence_meta};
@@ -17,7 +18,7 @@ use jiandu_store::{
 };
 use rumqttc::{AsyncClient, Publish};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -69,8 +70,9 @@ struct Upload {
     /// The staging file, or (shared staging) where this process assembles the upload.
     path: PathBuf,
     received: ChunkSet,
-    /// SHA-256 state over chunks `0..hashed`, fed as in-order chunks arrive.
-    hasher: Sha256,
+    /// SHA-256 state over chunks `0..hashed`, fed (on the hashing thread) as in-order chunks
+    /// arrive.
+    hash: RunningHash,
     hashed: u32,
     finalizing: bool,
     touched: i64,
@@ -106,10 +108,66 @@ struct Handover {
     client: AsyncClient,
     record: OpenUpload,
     path: PathBuf,
-    hasher: Sha256,
+    /// The hash of the in-order chunks (`hashed_bytes` of them), still being computed.
+    hash: RunningHash,
+    hashing: Hashing,
     hashed_bytes: u64,
     /// The chunks are in the database: assemble them into `path` first.
     shared: bool,
+}
+
+/// SHA-256 state of one upload, updated only on the hashing thread.
+type RunningHash = Arc<std::sync::Mutex<Sha256>>;
+
+/// Chunks queued for hashing at most (the assembly waits when the thread is this far behind).
+const HASH_QUEUE: usize = 64;
+
+/// What the hashing thread does, in the order queued.
+enum HashJob {
+    /// Feeds the next in-order chunk of an upload.
+    Update(RunningHash, Bytes),
+    /// Answers with the upload's state once every update queued before it is applied.
+    Snapshot(RunningHash, oneshot::Sender<Sha256>),
+}
+
+/// SHA-256 of uploads' in-order chunks, computed on a thread of its own. Hashing costs about as
+/// much as receiving the bytes; done on the assembly's task it held up staging and
+/// acknowledging the next chunks (and with them the phone), here it overlaps with them. Only the
+/// hand-over waits for the hash.
+#[derive(Clone)]
+struct Hashing {
+    jobs: mpsc::Sender<HashJob>,
+}
+
+impl Hashing {
+    /// Starts the thread; it ends when the last sender is dropped.
+    fn start() -> std::io::Result<Hashing> {
+        let (jobs, mut rx) = mpsc::channel::<HashJob>(HASH_QUEUE);
+        std::thread::Builder::new().name("evidence-hash".into()).spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                match job {
+                    HashJob::Update(state, bytes) => state.lock().unwrap_or_else(|e| e.into_inner()).update(&bytes),
+                    HashJob::Snapshot(state, reply) => {
+                        reply.send(state.lock().unwrap_or_else(|e| e.into_inner()).clone()).ok();
+                    }
+                }
+            }
+        })?;
+        Ok(Hashing { jobs })
+    }
+
+    /// Queues the next in-order chunk of an upload (waits while the queue is full).
+    async fn update(&self, state: &RunningHash, bytes: Bytes) {
+        // The thread lives as long as any sender; a send cannot fail while `self` exists.
+        self.jobs.send(HashJob::Update(state.clone(), bytes)).await.ok();
+    }
+
+    /// The upload's hash state after every chunk queued so far.
+    async fn snapshot(&self, state: &RunningHash) -> Option<Sha256> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(HashJob::Snapshot(state.clone(), reply)).await.ok()?;
+        answer.await.ok()
+    }
 }
 
 fn spec_of(m: &EvidenceMeta) -> UploadSpec {
@@ -157,6 +215,42 @@ fn differing_field(a: &EvidenceMeta, b: &EvidenceMeta) -> Option<&'static str> {
     .find_map(|(field, differs)| differs.then_some(field))
 }
 
+/// A new chunk's bytes and where they go in its upload's staging file.
+struct StagedWrite {
+    evid: String,
+    file: Arc<File>,
+    offset: u64,
+    bytes: Bytes,
+}
+
+/// Writes chunks into their staging files and syncs each file written to (blocking); returns the
+/// uploads that failed, with the reason (their other chunks are not written).
+fn write_and_sync(writes: Vec<StagedWrite>) -> Vec<(String, std::io::Error)> {
+    let mut failed: Vec<(String, std::io::Error)> = Vec::new();
+    let mut files: Vec<(String, Arc<File>)> = Vec::new();
+    for w in writes {
+        if failed.iter().any(|(evid, _)| *evid == w.evid) {
+            continue;
+        }
+        if let Err(e) = write_chunk(&w.file, &w.bytes, w.offset) {
+            failed.push((w.evid, e));
+            continue;
+        }
+        if !files.iter().any(|(evid, _)| *evid == w.evid) {
+            files.push((w.evid, w.file));
+        }
+    }
+    for (evid, file) in files {
+        if failed.iter().any(|(e, _)| *e == evid) {
+            continue;
+        }
+        if let Err(e) = file.sync_data() {
+            failed.push((evid, e));
+        }
+    }
+    failed
+}
+
 /// Words for an I/O failure on the staging disk, for the phone.
 fn storage_error(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::StorageFull {
@@ -166,8 +260,80 @@ fn storage_error(e: &std::io::Error) -> String {
     }
 }
 
-fn open_staging(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new().read(true).write(true).open(path).or_else(|_| File::open(path))
+/// Alignment of direct staging writes (offset, length and buffer address).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Opens an upload's staging file for writing (read-only when an interrupted hand-over already
+/// made it so). Uploads whose chunk size is a multiple of [`DIRECT_ALIGN`] bypass the page
+/// cache (`O_DIRECT`) where the filesystem allows it: staged evidence is written once and read
+/// back at most for an out-of-order tail, so caching it only evicts the database's pages, and
+/// copying every byte into fresh page-cache memory cost more than hashing it.
+fn open_staging(path: &Path, chunk_size: u32, create: bool) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true);
+    if create {
+        options.create(true).truncate(true);
+    }
+    if (chunk_size as usize).is_multiple_of(DIRECT_ALIGN) {
+        let mut direct = options.clone();
+        direct.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+        match direct.open(path) {
+            Ok(f) => return Ok(f),
+            // The filesystem has no direct I/O (tmpfs, some FUSE): buffered below.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            Err(e) if !create && e.kind() == std::io::ErrorKind::PermissionDenied => return File::open(path),
+            Err(e) => return Err(e),
+        }
+    }
+    match options.open(path) {
+        Err(e) if !create && e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+        other => other,
+    }
+}
+
+/// Cuts the zero padding of a last chunk written directly off a complete staging file of `size`
+/// announced bytes; returns the file's length.
+fn cut_padding(path: &Path, size: u64) -> std::io::Result<u64> {
+    let len = std::fs::metadata(path)?.len();
+    if len > size && len == size.next_multiple_of(DIRECT_ALIGN as u64) {
+        std::fs::OpenOptions::new().write(true).open(path)?.set_len(size)?;
+        return Ok(size);
+    }
+    Ok(len)
+}
+
+thread_local! {
+    /// An aligned copy of the chunk being written directly, reused by each blocking thread.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes one chunk at `offset`. A file opened with `O_DIRECT` takes the bytes from an aligned
+/// buffer, the last chunk zero-padded to [`DIRECT_ALIGN`] (cut off again at the hand-over); a
+/// filesystem that took the flag but refuses the write gets the file switched to buffered writes.
+fn write_chunk(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    let direct = rustix::fs::fcntl_getfl(file).is_ok_and(|f| f.contains(rustix::fs::OFlags::DIRECT));
+    if !direct || !offset.is_multiple_of(DIRECT_ALIGN as u64) {
+        return file.write_all_at(bytes, offset);
+    }
+    BOUNCE.with_borrow_mut(|bounce| {
+        let padded = bytes.len().next_multiple_of(DIRECT_ALIGN);
+        if bounce.len() < padded + DIRECT_ALIGN {
+            bounce.resize(padded + DIRECT_ALIGN, 0);
+        }
+        let start = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &mut bounce[start..start + padded];
+        aligned[..bytes.len()].copy_from_slice(bytes);
+        aligned[bytes.len()..].fill(0);
+        match file.write_all_at(aligned, offset) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                let flags = rustix::fs::fcntl_getfl(file)?;
+                rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+                warn!("the staging filesystem refused a direct write; writing through the page cache");
+                file.write_all_at(bytes, offset)
+            }
+            other => other,
+        }
+    })
 }
 
 /// What `evidence_uploads.staging` says for an upload whose chunks are in the database.
@@ -189,6 +355,7 @@ pub(super) struct Assembly {
     config: EvidenceConfig,
     staging: PathBuf,
     client: AsyncClient,
+    hashing: Hashing,
     /// Chunks are staged in the database (`[evidence] staging = "database"`); the uploads held
     /// here are then only a cache of the database's state.
     shared: bool,
@@ -221,6 +388,8 @@ impl Assembly {
             config,
             staging,
             client,
+            hashing: Hashing::start()
+                .map_err(|e| IngestError::Config(format!("cannot start the evidence hashing thread: {e}")))?,
             uploads: HashMap::new(),
             unopened: HashMap::new(),
             done_tx,
@@ -249,7 +418,7 @@ impl Assembly {
             (self.assembly_path(&record.device, &record.evid), None)
         } else {
             let path = PathBuf::from(&record.staging);
-            match open_staging(&path) {
+            match open_staging(&path, u32::try_from(record.spec.chunk_size).unwrap_or(0), false) {
                 Ok(f) => (path, Some(Arc::new(f))),
                 Err(e) => {
                     warn!(evid = %record.evid, path = %path.display(), error = %e, "staging file lost; upload discarded");
@@ -272,7 +441,7 @@ impl Assembly {
                 file,
                 path,
                 received: set,
-                hasher: Sha256::new(),
+                hash: RunningHash::default(),
                 hashed: 0,
                 finalizing: false,
                 touched,
@@ -532,9 +701,7 @@ impl Assembly {
         } else {
             let dir = self.staging.join(device);
             let path = dir.join(evid);
-            let file = std::fs::create_dir_all(&dir).and_then(|()| {
-                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)
-            });
+            let file = std::fs::create_dir_all(&dir).and_then(|()| open_staging(&path, meta.chunk_size, true));
             match file {
                 Ok(f) => {
                     let staging = path.to_string_lossy().into_owned();
@@ -566,7 +733,7 @@ impl Assembly {
             meta,
             file,
             path,
-            hasher: Sha256::new(),
+            hash: RunningHash::default(),
             hashed: 0,
             finalizing: false,
         };
@@ -614,9 +781,10 @@ impl Assembly {
         }
     }
 
-    /// Writes a chunk into its staging file; true when it was new (and must be synced and
-    /// recorded before it is acknowledged).
-    async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &[u8]) -> bool {
+    /// Takes a chunk in: true when it is new, and must then be written to its staging file (or
+    /// the database), synced and recorded before it is acknowledged ([`Assembly::flush`]). An
+    /// in-order chunk goes to the hashing thread at once.
+    async fn on_chunk(&mut self, device: &str, evid: &str, n: u32, bytes: &Bytes) -> bool {
         if self.shared && !self.uploads.contains_key(evid) && !self.adopt_shared(device, evid, n).await {
             return false;
         }
@@ -644,20 +812,11 @@ impl Assembly {
         if up.received.contains(n) {
             return false;
         }
-        let offset = u64::from(n) * u64::from(up.meta.chunk_size);
-        if let Some(file) = &up.file
-            && let Err(e) = file.write_all_at(bytes, offset)
-        {
-            let error = storage_error(&e);
-            self.discard(evid).await;
-            self.reject(device, evid, error).await;
-            return false;
-        }
         up.received.insert(n);
         up.touched = now_ms();
         if up.file.is_some() && n == up.hashed {
-            up.hasher.update(bytes);
             up.hashed += 1;
+            self.hashing.update(&up.hash, bytes.clone()).await;
         }
         true
     }
@@ -671,23 +830,28 @@ impl Assembly {
         let messages = std::mem::take(pending);
         let batch: Vec<(&Publish, &String, u32)> =
             messages.iter().filter_map(|(p, s)| s.as_ref().map(|(evid, n)| (p, evid, *n))).collect();
-        let mut files: HashMap<String, Arc<File>> = HashMap::new();
-        for &(_, evid, _) in &batch {
-            if let Some(file) = self.uploads.get(evid).and_then(|u| u.file.clone()) {
-                files.entry(evid.clone()).or_insert(file);
+        // Written and synced off the runtime: a worker blocked on the disk would stall the
+        // broker sessions scheduled on it.
+        let mut writes: Vec<StagedWrite> = Vec::new();
+        for &(p, evid, n) in &batch {
+            if let Some(up) = self.uploads.get(evid)
+                && let Some(file) = &up.file
+            {
+                let offset = u64::from(n) * u64::from(up.meta.chunk_size);
+                writes.push(StagedWrite { evid: evid.clone(), file: file.clone(), offset, bytes: p.payload.clone() });
             }
         }
-        let synced = tokio::task::spawn_blocking(move || {
-            files.into_iter().map(|(evid, f)| (evid, f.sync_data())).collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (evid, result) in synced {
-            if let Err(e) = result {
-                let device = self.uploads.get(&evid).map(|u| u.record.device.clone()).unwrap_or_default();
-                self.discard(&evid).await;
-                self.reject(&device, &evid, storage_error(&e)).await;
-            }
+        let mut written: Vec<String> = writes.iter().map(|w| w.evid.clone()).collect();
+        written.sort_unstable();
+        written.dedup();
+        let failed = match tokio::task::spawn_blocking(move || write_and_sync(writes)).await {
+            Ok(failed) => failed,
+            Err(e) => written.into_iter().map(|evid| (evid, std::io::Error::other(e.to_string()))).collect(),
+        };
+        for (evid, e) in failed {
+            let device = self.uploads.get(&evid).map(|u| u.record.device.clone()).unwrap_or_default();
+            self.discard(&evid).await;
+            self.reject(&device, &evid, storage_error(&e)).await;
         }
         let rows: Vec<(String, i64)> = batch
             .iter()
@@ -712,7 +876,7 @@ impl Assembly {
             for (evid, n) in &rows {
                 if let Some(u) = self.uploads.get_mut(evid) {
                     u.received.remove(*n as u32);
-                    u.hasher = Sha256::new();
+                    u.hash = RunningHash::default();
                     u.hashed = 0;
                 }
             }
@@ -764,7 +928,8 @@ impl Assembly {
             client: self.client.clone(),
             record: up.record.clone(),
             path: up.path.clone(),
-            hasher: up.hasher.clone(),
+            hash: up.hash.clone(),
+            hashing: self.hashing.clone(),
             hashed_bytes: (u64::from(up.hashed) * u64::from(up.meta.chunk_size)).min(up.meta.size),
             shared: up.file.is_none(),
         };
@@ -907,11 +1072,19 @@ impl Handover {
             return outcome;
         }
         let spec = &self.record.spec;
-        let (path, mut hasher, offset) = (self.path.clone(), self.hasher.clone(), self.hashed_bytes);
+        let mut hasher = match self.hashed_bytes {
+            0 => Sha256::new(),
+            _ => match self.hashing.snapshot(&self.hash).await {
+                Some(h) => h,
+                None => return Outcome::Failed("the evidence hashing thread ended".into()),
+            },
+        };
+        let (path, offset) = (self.path.clone(), self.hashed_bytes);
+        let size = spec.size.max(0) as u64;
         let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            let len = cut_padding(&path, size)?;
             let mut f = File::open(&path)?;
             f.sync_all()?;
-            let len = f.metadata()?.len();
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -962,6 +1135,33 @@ impl Handover {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_writes_land_at_their_offsets_and_padding_is_cut() {
+        let dir = std::env::temp_dir().join(format!("jiandu-staging-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..(3 * 8192 + 100u32)).map(|i| (i % 251) as u8).collect();
+        // 8 KiB chunks may go direct (aligned), 5000-byte chunks never do; both must end equal.
+        for chunk_size in [8192usize, 5000] {
+            let path = dir.join(format!("upload-{chunk_size}"));
+            let file = open_staging(&path, chunk_size as u32, true).unwrap();
+            let chunks: Vec<&[u8]> = data.chunks(chunk_size).collect();
+            // Last chunk first, as a phone re-sending out of order may.
+            for n in (0..chunks.len()).rev() {
+                write_chunk(&file, chunks[n], (n * chunk_size) as u64).unwrap();
+            }
+            file.sync_data().unwrap();
+            let direct = rustix::fs::fcntl_getfl(&file).unwrap().contains(rustix::fs::OFlags::DIRECT);
+            assert!(!direct || chunk_size == 8192, "an unaligned chunk size must not be written directly");
+            if direct {
+                let padded = (data.len() as u64).next_multiple_of(DIRECT_ALIGN as u64);
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), padded);
+            }
+            assert_eq!(cut_padding(&path, data.len() as u64).unwrap(), data.len() as u64, "chunk size {chunk_size}");
+            assert_eq!(std::fs::read(&path).unwrap(), data, "chunk size {chunk_size}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn chunk_sets_count_each_chunk_once() {
