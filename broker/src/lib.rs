@@ -385,8 +385,8 @@ async fn sweep_evidence_gate(gate: Arc<gate::EvidenceGate>, shutdown: Cancellati
     }
 }
 
-/// Segment size of the router's evidence log (16 evidence chunks).
-const EVIDENCE_SEGMENT_BYTES: usize = 4 * 1024 * 1024;
+/// Segment size of the router's evidence log (4 evidence chunks).
+const EVIDENCE_SEGMENT_BYTES: usize = 1024 * 1024;
 
 fn router_config(config: &BrokerConfig) -> RouterConfig {
     RouterConfig {
@@ -399,13 +399,15 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         // size × count, although their publishers were acknowledged: give the two bulk streams
         // room. A log keeps what it holds until newer entries push it out (read or not), so its
         // size is memory the server keeps after a burst. Evidence is admitted against a budget
-        // (`gate`), so its log needs only twice that: it never overflows while ingest runs.
+        // (`gate`): what ingest has not acknowledged is at most the budget, which spans at most
+        // budget / segment + 1 segments, one more for the segment being filled; the log never
+        // drops unacknowledged chunks while ingest runs.
         custom_segment: Some(std::collections::HashMap::from([
             (
                 "jd/v1/dev/+/ev/#".to_owned(),
                 rumqttd::SegmentConfig {
                     max_segment_size: EVIDENCE_SEGMENT_BYTES,
-                    max_segment_count: (2 * config.evidence_inflight_bytes).div_ceil(EVIDENCE_SEGMENT_BYTES) + 1,
+                    max_segment_count: config.evidence_inflight_bytes.div_ceil(EVIDENCE_SEGMENT_BYTES) + 2,
                 },
             ),
             (
