@@ -274,21 +274,18 @@ fn open_staging(path: &Path, chunk_size: u32, create: bool) -> std::io::Result<F
     if create {
         options.create(true).truncate(true);
     }
-    if (chunk_size as usize).is_multiple_of(DIRECT_ALIGN) {
+    let opened = if (chunk_size as usize).is_multiple_of(DIRECT_ALIGN) {
         let mut direct = options.clone();
         direct.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
         match direct.open(path) {
-            Ok(f) => return Ok(f),
-            // The filesystem has no direct I/O (tmpfs, some FUSE): buffered below.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-            Err(e) if !create && e.kind() == std::io::ErrorKind::PermissionDenied => return File::open(path),
-            Err(e) => return Err(e),
+            // The filesystem has no direct I/O (tmpfs, some FUSE): buffered.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => options.open(path),
+            other => other,
         }
-    }
-    match options.open(path) {
-        Err(e) if !create && e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
-        other => other,
-    }
+    } else {
+        options.open(path)
+    };
+    if create { opened } else { opened.or_else(|_| File::open(path)) }
 }
 
 /// Cuts the zero padding of a last chunk written directly off a complete staging file of `size`
@@ -312,7 +309,7 @@ thread_local! {
 /// filesystem that took the flag but refuses the write gets the file switched to buffered writes.
 fn write_chunk(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     let direct = rustix::fs::fcntl_getfl(file).is_ok_and(|f| f.contains(rustix::fs::OFlags::DIRECT));
-    if !direct || !offset.is_multiple_of(DIRECT_ALIGN as u64) {
+    if !direct {
         return file.write_all_at(bytes, offset);
     }
     BOUNCE.with_borrow_mut(|bounce| {
