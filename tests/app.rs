@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::{Db, TestApp};
 use serde_json::Value;
 
-/// Seconds the phone spends offline while moving. The issue asks for a minute; the app's
-/// heartbeat interval is 1 s here (`[web] app_heartbeat_s`), so a minute is ~60 queued points.
+/// Points the phone makes offline while moving. The issue asks for a minute; the app's heartbeat
+/// interval is 1 s here (`[web] app_heartbeat_s`), so the script stays offline until the app has
+/// made 60 points (counted, not timed: a loaded machine throttles the page's timers).
 const OFFLINE_S: u64 = 60;
 
 const VEHICLES: &str =

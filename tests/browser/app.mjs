@@ -1,9 +1,9 @@
 // The field app in a real browser (issue 18 acceptance), run by tests/app.rs against a live
 // jiandu: an admin adds a device in the desk view and its QR link opens the app provisioned on a
 // phone-sized Chromium with emulated geolocation; on duty, heartbeats reach the platform; a
-// minute (JD_OFFLINE_S) offline while moving, with a reload from the service worker in between,
-// then online: the queue drains; an integration's tip is offered, accepted, arrived at and
-// completed in the app; a generated JPEG taken through the file input is uploaded, interrupted
+// minute's worth of points (JD_OFFLINE_S) made offline while moving, with a reload from the
+// service worker in between, then online: the queue drains; an integration's tip is offered,
+// accepted, arrived at and completed in the app; a generated JPEG taken through the file input is uploaded, interrupted
 // by the network going off and on, stored, and its receipt's signature verified in the page; a
 // field report with a photo and a look-up; logout wipes the phone. Screenshots of each screen in
 // both languages go to $JD_ARTIFACTS. The last stdout line is a JSON summary for the Rust side.
@@ -102,10 +102,18 @@ try {
   await page.waitForFunction(() => navigator.serviceWorker?.controller, null, WAIT);
   await network(false);
   await page.waitForSelector('#conn[data-state="offline"]', WAIT);
-  log(`offline for ${OFFLINE_S} s`);
-  for (let s = 0; s < OFFLINE_S; s++) {
+  // Moving until the app has made a minute's worth of points (one a second): counted, not
+  // timed, as a loaded machine throttles the page's timers and the reload costs a few seconds.
+  log(`offline for ${OFFLINE_S} points`);
+  const made = () => page.evaluate(() => window.__app.state.generated);
+  const before = await made();
+  const deadline = Date.now() + OFFLINE_S * 5000;
+  let reloaded = false;
+  for (let s = 0; (await made()) - before < OFFLINE_S; s++) {
+    check(Date.now() < deadline, `the app made ${(await made()) - before} points offline in ${OFFLINE_S * 5} s`);
     await phoneCtx.setGeolocation({ latitude: START.lat + s * 0.0001, longitude: START.lon + s * 0.00005, accuracy: 6 });
-    if (s === Math.floor(OFFLINE_S / 2)) {
+    if (!reloaded && (await made()) - before >= OFFLINE_S / 2) {
+      reloaded = true;
       await page.reload();
       await page.waitForSelector('#queue', WAIT);
       log('reloaded offline: queue', await page.getAttribute('#queue', 'data-points'));
