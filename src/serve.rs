@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use jiandu_broker::client::Ready;
 use jiandu_broker::{BrokerConfig, BrokerEndpoint};
 use jiandu_web::health::{RoleBoard, RoleState};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -114,8 +115,9 @@ pub async fn run(config: Config, roles: &[Role]) -> Result<()> {
     }
 }
 
-/// A supervised task's body: started again after each failure.
-type RoleBody = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
+/// A supervised task's body: started again after each failure, and told through [`Ready`] when
+/// to show as up.
+type RoleBody = Box<dyn FnMut(Ready) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
 
 /// Runs `body` until shutdown, restarting it with backoff when it fails (returns an error,
 /// panics, or ends on its own before shutdown); reports each state on `board` and in metrics,
@@ -137,10 +139,20 @@ pub fn supervise(
         let mut restarts = 0u64;
         metrics::counter!("jiandu_role_restarts_total", "role" => role).absolute(0);
         loop {
-            board.up(role);
-            metrics::gauge!("jiandu_role_up", "role" => role).set(1.0);
+            board.starting(role);
             let started = Instant::now();
-            let outcome = tokio::spawn(body()).await;
+            let (ready, is_ready) = Ready::new();
+            let mut task = tokio::spawn(body(ready));
+            // Up once the body says it does its work; a body that drops its `Ready` unsent
+            // stays `starting` until it ends.
+            let outcome = tokio::select! {
+                outcome = &mut task => outcome,
+                Ok(()) = is_ready => {
+                    board.up(role);
+                    metrics::gauge!("jiandu_role_up", "role" => role).set(1.0);
+                    task.await
+                }
+            };
             metrics::gauge!("jiandu_role_up", "role" => role).set(0.0);
             if shutdown.is_cancelled() {
                 if let Ok(Err(e)) = &outcome {
@@ -346,7 +358,8 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         let (store, stop) = (store.clone(), shutdown.clone());
         tasks.push(sup(
             "broker.sync",
-            Box::new(move || {
+            Box::new(move |mut ready: Ready| {
+                ready.set();
                 let (store, dynsec, stop) = (store.clone(), dynsec.clone(), stop.clone());
                 Box::pin(
                     async move { jiandu_broker::dynsec::run(store, dynsec, stop).await.map_err(|e| e.to_string()) },
@@ -359,10 +372,10 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             (store.clone(), endpoint.clone(), config.ingest.clone(), shutdown.clone());
         tasks.push(sup(
             "ingest.heartbeat",
-            Box::new(move || {
+            Box::new(move |ready| {
                 let (store, endpoint, config, stop) = (store.clone(), endpoint.clone(), config.clone(), stop.clone());
                 Box::pin(async move {
-                    jiandu_ingest::heartbeat::run(store, endpoint, config, stop).await.map_err(|e| e.to_string())
+                    jiandu_ingest::heartbeat::run(store, endpoint, config, ready, stop).await.map_err(|e| e.to_string())
                 })
             }),
         ));
@@ -374,11 +387,13 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             (store.clone(), endpoint.clone(), config.evidence.clone(), shutdown.clone());
         tasks.push(sup(
             "ingest.evidence",
-            Box::new(move || {
+            Box::new(move |ready| {
                 let (store, endpoint, evidence, key, stop) =
                     (store.clone(), endpoint.clone(), evidence.clone(), key.clone(), stop.clone());
                 Box::pin(async move {
-                    jiandu_ingest::evidence::run(store, endpoint, evidence, key, stop).await.map_err(|e| e.to_string())
+                    jiandu_ingest::evidence::run(store, endpoint, evidence, key, ready, stop)
+                        .await
+                        .map_err(|e| e.to_string())
                 })
             }),
         ));
@@ -397,11 +412,24 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
             (store.clone(), endpoint.clone(), config.dispatch.clone(), shutdown.clone());
         tasks.push(sup(
             "dispatcher",
-            Box::new(move || {
+            Box::new(move |mut ready: Ready| {
                 let dispatcher = first.take().unwrap_or_else(|| {
                     jiandu_dispatcher::spawn(store.clone(), endpoint.clone(), dispatch.clone(), stop.clone())
                 });
-                Box::pin(async move { dispatcher.stopped().await.map_err(|e| e.to_string()) })
+                Box::pin(async move {
+                    // Ready once active or on standby behind another process.
+                    let mut state = dispatcher.state.clone();
+                    let settled = async move {
+                        if state.wait_for(|s| *s != jiandu_dispatcher::DispatchState::Starting).await.is_ok() {
+                            ready.set();
+                        }
+                        std::future::pending::<()>().await
+                    };
+                    tokio::select! {
+                        stopped = dispatcher.stopped() => stopped.map_err(|e| e.to_string()),
+                        () = settled => Ok(()),
+                    }
+                })
             }),
         ));
     }
@@ -410,17 +438,18 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         let (db, endpoint, lookup, stop) = (store.clone(), endpoint.clone(), config.lookup.clone(), shutdown.clone());
         tasks.push(sup(
             "oversight.lookup",
-            Box::new(move || {
+            Box::new(move |ready| {
                 let (store, endpoint, lookup, stop) = (db.clone(), endpoint.clone(), lookup.clone(), stop.clone());
                 Box::pin(async move {
-                    jiandu_oversight::run(store, endpoint, lookup, stop).await.map_err(|e| e.to_string())
+                    jiandu_oversight::run(store, endpoint, lookup, ready, stop).await.map_err(|e| e.to_string())
                 })
             }),
         ));
         let (db, cases, stop) = (store.clone(), config.cases.clone(), shutdown.clone());
         tasks.push(sup(
             "oversight.cases",
-            Box::new(move || {
+            Box::new(move |mut ready: Ready| {
+                ready.set();
                 let (store, cases, stop) = (db.clone(), cases.clone(), stop.clone());
                 Box::pin(
                     async move { jiandu_oversight::cases::run(store, cases, stop).await.map_err(|e| e.to_string()) },
@@ -430,7 +459,8 @@ pub async fn start(config: &Config, roles: &[Role], shutdown: CancellationToken)
         let (db, index, stop) = (store.clone(), config.index.clone(), shutdown.clone());
         tasks.push(sup(
             "oversight.index",
-            Box::new(move || {
+            Box::new(move |mut ready: Ready| {
+                ready.set();
                 let (store, index, stop) = (db.clone(), index.clone(), stop.clone());
                 Box::pin(async move {
                     jiandu_oversight::integrity::run(store, index, stop).await.map_err(|e| e.to_string())

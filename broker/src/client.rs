@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiandu_store::Store;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -56,6 +56,32 @@ impl BrokerEndpoint {
     }
 }
 
+/// A role's word to its supervisor that it does its work (subscribed, its state loaded): until
+/// then `serve` shows the role as `starting` in `/healthz`, so an operator (or a test) never
+/// takes a role that cannot yet receive a message for one that runs.
+#[derive(Debug, Default)]
+pub struct Ready(Option<oneshot::Sender<()>>);
+
+impl Ready {
+    /// A handle for one start of a role and the receiver its supervisor waits on.
+    pub fn new() -> (Ready, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Ready(Some(tx)), rx)
+    }
+
+    /// Says the role is ready; later calls do nothing.
+    pub fn set(&mut self) {
+        if let Some(tx) = self.0.take() {
+            tx.send(()).ok();
+        }
+    }
+
+    /// Whether [`Ready::set`] was called (or nobody listens).
+    pub fn is_set(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 /// One role's MQTT session: stays connected (reconnecting with back-off), subscribes to its
 /// filters on every CONNACK, and hands incoming publishes to the role through a bounded channel,
 /// so a slow role slows the broker down instead of dropping messages.
@@ -66,6 +92,9 @@ pub struct RoleSession {
     pub incoming: mpsc::Receiver<Publish>,
     /// `true` while connected.
     pub connected: watch::Receiver<bool>,
+    /// `true` once the broker confirmed the subscriptions of the current connection (at once
+    /// for a session without filters); `false` again when the connection is lost.
+    pub subscribed: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,6 +127,7 @@ impl RoleSession {
         events.set_network_options(network);
         let (tx, incoming) = mpsc::channel(capacity.max(16));
         let (up_tx, connected) = watch::channel(false);
+        let (sub_tx, subscribed) = watch::channel(false);
         let sub_client = client.clone();
         let role = role.to_owned();
         let task = tokio::spawn(async move {
@@ -113,15 +143,17 @@ impl RoleSession {
                         up_tx.send_replace(true);
                         debug!(role = %role, "connected to broker");
                         let subs = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                        if !filters.is_empty()
-                            && let Err(e) = sub_client.subscribe_many(subs).await
-                        {
+                        if filters.is_empty() {
+                            sub_tx.send_replace(true);
+                        } else if let Err(e) = sub_client.subscribe_many(subs).await {
                             warn!(role = %role, error = %e, "subscribe failed");
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(ack))) => {
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                             warn!(role = %role, codes = ?ack.return_codes, "broker refused a subscription");
+                        } else {
+                            sub_tx.send_replace(true);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -132,6 +164,7 @@ impl RoleSession {
                     Ok(_) => {}
                     Err(e) => {
                         up_tx.send_replace(false);
+                        sub_tx.send_replace(false);
                         warn!(role = %role, error = %e, "broker connection lost; reconnecting");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -142,6 +175,7 @@ impl RoleSession {
                 }
             }
             up_tx.send_replace(false);
+            sub_tx.send_replace(false);
             // Let queued acks and publishes go out before saying goodbye.
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 sub_client.disconnect().await.ok();
@@ -153,7 +187,7 @@ impl RoleSession {
             })
             .await;
         });
-        RoleSession { client, incoming, connected, task }
+        RoleSession { client, incoming, connected, subscribed, task }
     }
 
     /// Waits for the session task to end (after shutdown).

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::RoleSession;
+use jiandu_broker::client::{Ready, RoleSession};
 use jiandu_schemas::topic::{self, InboxKind, Topic};
 use jiandu_schemas::{Heartbeat, MAX_ACK_RANGES};
 use jiandu_store::{PositionRow, REVOCATION_LOOKBACK_MS, Store, now_ms};
@@ -77,10 +77,12 @@ impl Default for HeartbeatConfig {
 }
 
 /// Runs heartbeat ingest until `shutdown`; the batch in hand is committed before returning.
+/// `ready` is set once the known devices are loaded and the broker confirmed the subscriptions.
 pub async fn run(
     store: Store,
     broker: BrokerEndpoint,
     config: HeartbeatConfig,
+    mut ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     // The session outlives both tasks, so the last batch's acks still go out before it closes.
@@ -140,6 +142,9 @@ pub async fn run(
     let mut incoming = std::mem::replace(&mut session.incoming, tokio::sync::mpsc::channel(1).1);
     info!("heartbeat ingest running");
     let mut outcome = None;
+    // Ready once the broker confirmed the subscriptions: from then on no heartbeat is missed.
+    let mut subscribed = session.subscribed.clone();
+    let mut session_gone = false;
     loop {
         tokio::select! {
             biased;
@@ -147,6 +152,13 @@ pub async fn run(
             done = &mut writer => {
                 outcome = Some(done);
                 break;
+            }
+            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
+                if up {
+                    ready.set();
+                } else {
+                    session_gone = true;
+                }
             }
             p = incoming.recv() => {
                 let Some(p) = p else { break };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::{PhoneInbox, RoleSession};
+use jiandu_broker::client::{PhoneInbox, Ready, RoleSession};
 use jiandu_schemas::topic::{InboxKind, SHARED_LOOKUPS};
 use jiandu_schemas::{ErrorNotice, LookupReply, LookupRequest, Topic, parse_lookup};
 use jiandu_store::{NewLookupAudit, RevokedDevices, Store, now_ms};
@@ -28,11 +28,13 @@ use crate::{LookupConfig, OversightError};
 /// Name the role's MQTT client and ledger entries carry.
 const ROLE: &str = "oversight";
 
-/// Runs the look-up role until `shutdown`, then writes the audit rows still queued.
+/// Runs the look-up role until `shutdown`, then writes the audit rows still queued. `ready` is
+/// set once the index is loaded and the broker confirmed the subscription.
 pub async fn run(
     store: Store,
     endpoint: BrokerEndpoint,
     config: LookupConfig,
+    mut ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), OversightError> {
     let mut index = Arc::new(RegistryIndex::load(&store).await?);
@@ -52,9 +54,18 @@ pub async fn run(
     let mut refresh = tokio::time::interval(config.refresh.max(Duration::from_millis(10)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reloading: Option<oneshot::Receiver<Result<RegistryIndex, OversightError>>> = None;
+    let mut subscribed = session.subscribed.clone();
+    let mut session_gone = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
+                if up {
+                    ready.set();
+                } else {
+                    session_gone = true;
+                }
+            }
             p = session.incoming.recv() => match p {
                 Some(p) => responder.handle(&index, p).await,
                 None => break,

@@ -13,6 +13,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleState {
+    /// Started, not yet doing its work (e.g. waiting for the database or its subscriptions).
+    Starting,
     /// Running.
     Up,
     /// It failed and waits for its next start (backoff).
@@ -44,6 +46,11 @@ pub struct RoleBoard(Arc<Mutex<BTreeMap<String, RoleHealth>>>);
 const MAX_ERROR_CHARS: usize = 500;
 
 impl RoleBoard {
+    /// Marks `role` as started but not yet ready.
+    pub fn starting(&self, role: &str) {
+        self.update(role, |h| h.state = RoleState::Starting);
+    }
+
     /// Marks `role` as running.
     pub fn up(&self, role: &str) {
         self.update(role, |h| h.state = RoleState::Up);
@@ -78,7 +85,7 @@ impl RoleBoard {
     fn update(&self, role: &str, f: impl FnOnce(&mut RoleHealth)) {
         if let Ok(mut m) = self.0.lock() {
             let h = m.entry(role.to_owned()).or_insert(RoleHealth {
-                state: RoleState::Up,
+                state: RoleState::Starting,
                 restarts: 0,
                 last_error: None,
                 last_failure_ms: None,

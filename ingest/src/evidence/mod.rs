@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiandu_broker::BrokerEndpoint;
-use jiandu_broker::client::RoleSession;
+use jiandu_broker::client::{Ready, RoleSession};
 use jiandu_schemas::topic::{self, Topic};
 use jiandu_store::{PlatformKey, Store};
 use rumqttc::QoS;
@@ -141,12 +141,14 @@ impl Checkpoints {
 
 /// Runs evidence ingest until `shutdown`. `store` must have the object store attached
 /// ([`Store::with_blobs`]); `key` signs the receipts and is published (retained) on
-/// `jd/v1/platform/key`.
+/// `jd/v1/platform/key`. `ready` is set once open uploads are resumed and the broker confirmed
+/// the subscription.
 pub async fn run(
     store: Store,
     broker: BrokerEndpoint,
     config: EvidenceConfig,
     key: PlatformKey,
+    mut ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let blobs = store.blobs()?.clone();
@@ -177,10 +179,19 @@ pub async fn run(
     let mut connected = session.connected.clone();
     let mut expiry = tokio::time::interval(Duration::from_secs(600));
     info!(key_id = %public.key_id, "evidence ingest running");
+    let mut subscribed = session.subscribed.clone();
+    let mut session_gone = false;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
+                if up {
+                    ready.set();
+                } else {
+                    session_gone = true;
+                }
+            }
             done = assembly.finished() => assembly.on_finished(done),
             changed = connected.changed() => {
                 if changed.is_err() {
