@@ -128,12 +128,15 @@ enum HashJob {
     Update(RunningHash, Bytes),
     /// Answers with the upload's state once every update queued before it is applied.
     Snapshot(RunningHash, oneshot::Sender<Sha256>),
+    /// Answers once every update queued before it is applied (its chunks may be released).
+    Barrier(oneshot::Sender<()>),
 }
 
 /// SHA-256 of uploads' in-order chunks, computed on a thread of its own. Hashing costs about as
-/// much as receiving the bytes; done on the assembly's task it held up staging and
-/// acknowledging the next chunks (and with them the phone), here it overlaps with them. Only the
-/// hand-over waits for the hash.
+/// much as receiving the bytes; done on the assembly's task it held up staging the next chunks
+/// (and with them the phone), here it overlaps with staging. A batch's acknowledgement waits
+/// for both ([`Hashing::barrier`]), so no chunk is held here once its admission permits are
+/// back in the broker.
 #[derive(Clone)]
 struct Hashing {
     jobs: mpsc::Sender<HashJob>,
@@ -150,6 +153,9 @@ impl Hashing {
                     HashJob::Snapshot(state, reply) => {
                         reply.send(state.lock().unwrap_or_else(|e| e.into_inner()).clone()).ok();
                     }
+                    HashJob::Barrier(reply) => {
+                        reply.send(()).ok();
+                    }
                 }
             }
         })?;
@@ -160,6 +166,13 @@ impl Hashing {
     async fn update(&self, state: &RunningHash, bytes: Bytes) {
         // The thread lives as long as any sender; a send cannot fail while `self` exists.
         self.jobs.send(HashJob::Update(state.clone(), bytes)).await.ok();
+    }
+
+    /// Resolves once every chunk queued so far is hashed.
+    async fn barrier(&self) -> Option<oneshot::Receiver<()>> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(HashJob::Barrier(reply)).await.ok()?;
+        Some(answer)
     }
 
     /// The upload's hash state after every chunk queued so far.
@@ -841,7 +854,12 @@ impl Assembly {
         let mut written: Vec<String> = writes.iter().map(|w| w.evid.clone()).collect();
         written.sort_unstable();
         written.dedup();
-        let failed = match tokio::task::spawn_blocking(move || write_and_sync(writes)).await {
+        let staging = tokio::task::spawn_blocking(move || write_and_sync(writes));
+        // The batch is acknowledged only once its in-order chunks are hashed too: the broker's
+        // admission budget then bounds every copy of a chunk in this process, including the
+        // ones queued for the hashing thread.
+        let hashed = self.hashing.barrier().await;
+        let failed = match staging.await {
             Ok(failed) => failed,
             Err(e) => written.into_iter().map(|evid| (evid, std::io::Error::other(e.to_string()))).collect(),
         };
@@ -898,6 +916,9 @@ impl Assembly {
             if !touched.contains(evid) {
                 touched.push((*evid).clone());
             }
+        }
+        if let Some(hashed) = hashed {
+            hashed.await.ok();
         }
         for (p, _) in &messages {
             self.ack(p).await;
