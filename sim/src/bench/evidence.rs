@@ -4,7 +4,9 @@
 //! A phone (a rumqttc client in this process) uploads one file of `JIANDU_BENCH_EVIDENCE_MB`
 //! MiB (default 1024) over loopback MQTT in 256 KiB QoS 1 chunks, as the protocol says, and the
 //! time runs until the signed `stored` receipt arrives. The reference is `cp` of the same bytes
-//! to the same disk. The server's RSS is sampled every 20 ms; its peak growth over the idle server
+//! to the same disk; a second reference is the transport alone, the same phone publishing the same
+//! chunks through a broker-only server to a bare subscriber that only acknowledges them (how
+//! much of the gap to `cp` is the MQTT path itself). The server's RSS is sampled every 20 ms; its peak growth over the idle server
 //! before the first upload is reported for every run (goal: < 64 MiB, i.e. flat whatever the
 //! size and however many uploads came before). Then `jiandu verify
 //! --deep` re-hashes the stored blob, against `sha256sum` of the same file. Goals from issue 5:
@@ -101,15 +103,7 @@ async fn upload(
         c.publish(&meta_topic, QoS::AtLeastOnce, false, meta.to_string()).await?;
         while let Some(round) = round_rx.recv().await {
             for n in round {
-                let len = (size - n * CHUNK as u64).min(CHUNK as u64);
-                // Read into fresh capacity: zeroing it first cost the phone as much as reading.
-                let mut buf = Vec::with_capacity(len as usize);
-                let mut reader = &*f;
-                reader.seek(std::io::SeekFrom::Start(n * CHUNK as u64))?;
-                reader.take(len).read_to_end(&mut buf)?;
-                if buf.len() as u64 != len {
-                    bail!("the source file is shorter than {size} bytes");
-                }
+                let buf = read_chunk(&f, n, size)?;
                 c.publish(format!("jd/v1/dev/{dev_s}/ev/{evid_s}/c/{n}"), QoS::AtLeastOnce, false, buf).await?;
             }
             c.publish(&meta_topic, QoS::AtLeastOnce, false, meta.to_string()).await?;
@@ -182,6 +176,90 @@ async fn upload(
     Ok((elapsed, peak as f64))
 }
 
+/// Reads chunk `n` of `file` into fresh capacity (zeroing it first cost the phone as much as
+/// reading).
+fn read_chunk(file: &std::fs::File, n: u64, size: u64) -> Result<Vec<u8>> {
+    let len = (size - n * CHUNK as u64).min(CHUNK as u64);
+    let mut buf = Vec::with_capacity(len as usize);
+    let mut reader = file;
+    reader.seek(std::io::SeekFrom::Start(n * CHUNK as u64))?;
+    reader.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        bail!("the source file is shorter than {size} bytes");
+    }
+    Ok(buf)
+}
+
+/// The transport alone: the same phone publishes the same chunks through a broker-only server
+/// to a bare subscriber that only acknowledges them (no ingest, no staging, no hashing);
+/// seconds until the subscriber has every byte.
+async fn relay_upload(
+    sut: &SystemUnderTest,
+    phone: (&str, &str),
+    sink: (&str, &str),
+    file: &Path,
+    size: u64,
+    evid: &str,
+) -> Result<f64> {
+    let mut o = MqttOptions::new(format!("{}-sink-{evid}", sink.0), &sut.mqtt.0, sut.mqtt.1);
+    o.set_credentials(sink.0, sink.1);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (sink_client, mut sink_events) = AsyncClient::new(o, 256);
+    sink_client.subscribe(format!("jd/v1/dev/{}/ev/{evid}/c/+", phone.0), QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = sink_events.poll().await? {
+            break;
+        }
+    }
+    let (done_tx, done) = tokio::sync::oneshot::channel::<Result<()>>();
+    let sink_task = tokio::spawn(async move {
+        let mut got = 0u64;
+        let outcome = loop {
+            match sink_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    got += p.payload.len() as u64;
+                    if got >= size {
+                        break Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => break Err(crate::Error::Failed(format!("bare subscriber's connection: {e:?}"))),
+            }
+        };
+        done_tx.send(outcome).ok();
+    });
+
+    let mut o = MqttOptions::new(format!("{}-relay-{evid}", phone.0), &sut.mqtt.0, sut.mqtt.1);
+    o.set_credentials(phone.0, phone.1);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(INFLIGHT);
+    let (client, mut events) = AsyncClient::new(o, 256);
+    let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let start = Instant::now();
+    let (c, f, dev, evid_s) = (client.clone(), std::fs::File::open(file)?, phone.0.to_owned(), evid.to_owned());
+    let publisher = tokio::spawn(async move {
+        for n in 0..size.div_ceil(CHUNK as u64) {
+            let buf = read_chunk(&f, n, size)?;
+            c.publish(format!("jd/v1/dev/{dev}/ev/{evid_s}/c/{n}"), QoS::AtLeastOnce, false, buf).await?;
+        }
+        Ok::<_, crate::Error>(())
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(3600), done).await;
+    let secs = start.elapsed().as_secs_f64();
+    publisher.await??;
+    client.disconnect().await.ok();
+    sink_client.disconnect().await.ok();
+    pump.abort();
+    sink_task.abort();
+    match outcome {
+        Ok(Ok(r)) => r.map(|()| secs),
+        Ok(Err(_)) => bail!("the bare subscriber ended early"),
+        Err(_) => bail!("the bare subscriber did not get every chunk within an hour"),
+    }
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &BenchArgs) -> Result<()> {
     let mib: u64 = std::env::var("JIANDU_BENCH_EVIDENCE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
@@ -225,6 +303,30 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     })
     .await?;
 
+    // Reference: the transport alone, the same chunks to a bare subscriber of a broker-only
+    // server (the ceiling any ingest behind this broker could reach on this machine).
+    let relay_sut = SystemUnderTest::start(&args.db, "broker", &[])?;
+    let relay_dev = relay_sut.cli(&["device", "add", "bench-relay-phone"])?;
+    let relay_phone = (
+        relay_dev["device"].as_str().context("device add printed no id")?.to_owned(),
+        relay_dev["password"].as_str().context("device add printed no password")?.to_owned(),
+    );
+    let sink = relay_sut.cli(&["integration", "add", "bench-sink", "--subscribe", "jd/v1/dev/+/ev/#"])?;
+    let sink = (
+        sink["username"].as_str().context("integration add printed no username")?.to_owned(),
+        sink["password"].as_str().context("integration add printed no password")?.to_owned(),
+    );
+    let relay = measure("bare relay of the chunks", args.repetitions, |i| {
+        let (sut, phone, sink, src) = (&relay_sut, relay_phone.clone(), sink.clone(), src.clone());
+        async move {
+            let secs =
+                relay_upload(sut, (&phone.0, &phone.1), (&sink.0, &sink.1), &src, size, &format!("relay-{i}")).await?;
+            Ok(mib as f64 / secs)
+        }
+    })
+    .await?;
+    drop(relay_sut);
+
     let blob = sut.dir.path().join("evidence").join("evidence").join(&sha[..2]).join(&sha);
     let blob_s = blob.to_string_lossy().into_owned();
     let sha256sum = measure("sha256sum", args.repetitions, |_| {
@@ -261,9 +363,23 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             Row {
                 metric: "upload over MQTT loopback".into(),
                 unit: "MiB/s".into(),
-                ours,
-                reference: Some(("cp (same bytes, same disk)".into(), cp)),
+                ours: ours.clone(),
+                reference: Some(("cp (same bytes, same disk)".into(), cp.clone())),
                 goal: Some("≥ 0.5 × cp".into()),
+            },
+            Row {
+                metric: "embedded broker bare relay of the same chunks".into(),
+                unit: "MiB/s".into(),
+                ours: relay.clone(),
+                reference: Some(("cp (same bytes, same disk)".into(), cp)),
+                goal: None,
+            },
+            Row {
+                metric: "upload over MQTT vs the bare relay".into(),
+                unit: "MiB/s".into(),
+                ours,
+                reference: Some(("embedded broker bare relay".into(), relay)),
+                goal: None,
             },
             Row {
                 metric: "server RSS growth over idle, peak per upload".into(),
