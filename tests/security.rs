@@ -546,3 +546,52 @@ async fn a_disabled_integration_is_disconnected_and_refused() {
     assert!(err.contains("no integration account"), "{err}");
     victim.heartbeat_acked(T0).await;
 }
+
+/// A large frame (an evidence chunk) gets a read buffer of its own sized from its header: sent
+/// in pieces, the header itself cut in two, and followed in the same write by a small message,
+/// both arrive intact and in order, and the connection goes on.
+#[tokio::test]
+async fn a_large_frame_trickled_in_pieces_arrives_whole() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let (id, token) = app.add_device("trickler");
+    let (sink_user, sink_pw) = app.add_integration("chunk-sink", &[&format!("jd/v1/dev/{id}/ev/#")], &[]);
+    let (sink, mut sink_events) = connect(app.options("chunk-sink", Some((&sink_user, &sink_pw)))).await.unwrap();
+    sink.subscribe(format!("jd/v1/dev/{id}/ev/#"), QoS::AtMostOnce).await.unwrap();
+    until(&mut sink_events, |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+
+    let mut s = TcpStream::connect((app.mqtt_host.as_str(), app.mqtt_port)).await.unwrap();
+    s.write_all(&v5_connect(&id, &id, &token)).await.unwrap();
+    assert_eq!(read_frame(&mut s).await.expect("CONNACK")[2], 0, "accepted");
+    let evid = "01JBENCHTRICKLE0000000000";
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let mut bytes = v5_publish(&format!("jd/v1/dev/{id}/ev/{evid}/c/0"), None, &big);
+    let small = v5_publish(&format!("jd/v1/dev/{id}/ev/{evid}/c/1"), None, b"tail");
+    bytes.extend_from_slice(&small);
+    // The fixed header cut after its second byte, then the body in uneven pieces with pauses,
+    // the small message riding on the last piece.
+    for piece in [&bytes[..2], &bytes[2..70_000], &bytes[70_000..150_000], &bytes[150_000..]] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let p = until(&mut sink_events, |p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        got.push((p.topic, p.payload.to_vec()));
+    }
+    assert_eq!(got[0], (format!("jd/v1/dev/{id}/ev/{evid}/c/0"), big));
+    assert_eq!(got[1], (format!("jd/v1/dev/{id}/ev/{evid}/c/1"), b"tail".to_vec()));
+    // Still connected: PINGREQ is answered.
+    s.write_all(&[0xc0, 0x00]).await.unwrap();
+    let mut frames = Vec::new();
+    while let Some(f) = read_frame(&mut s).await {
+        if f[0] == 0xd0 {
+            break;
+        }
+        frames.push(f);
+        assert!(frames.len() < 20, "no PINGRESP: {frames:?}");
+    }
+}

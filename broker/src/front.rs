@@ -62,6 +62,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for S {}
 /// stored only for permitted topics, and never reach the router.
 pub const TOPIC_ALIAS_MAX: u16 = 32;
 
+/// Frames larger than this get a read buffer of their own, sized exactly (evidence chunks).
+const LARGE_FRAME: usize = 16 * 1024;
+
 /// What every connection of the front shares.
 pub(crate) struct Front {
     pub store: Store,
@@ -538,9 +541,22 @@ impl Session {
             if disconnect {
                 return Ok(true);
             }
-            if buf.is_empty() && buf.capacity() > 64 * 1024 {
-                // Give back the room a burst (an evidence chunk) needed.
+            if buf.is_empty() && (buf.capacity() > 64 * 1024 || buf.capacity() < 512) {
+                // Give back the room a burst needed (or make room after a frame that had a
+                // buffer of its own).
                 buf = BytesMut::with_capacity(512);
+            } else if self.blocked.is_none()
+                && let Ok(Some(total)) = wire::declared_len(&buf, self.max_packet_bytes)
+                && total > LARGE_FRAME
+                && buf.capacity() != total
+            {
+                // A large frame (an evidence chunk) is read into a buffer of exactly its size:
+                // read in few calls, never regrown and copied, and it can go to the router's log
+                // as it is, pinning nothing but itself (`drain_client`). Only a logged-in
+                // client gets here, and never beyond its Maximum Packet Size.
+                let mut exact = BytesMut::with_capacity(total);
+                exact.extend_from_slice(&buf);
+                buf = exact;
             }
             let waiting = self.blocked.as_ref().map(|(id, len, _)| (*id, *len));
             tokio::select! {
@@ -603,6 +619,8 @@ impl Session {
                     return Err(e.into());
                 }
             };
+            // The frame is its buffer's whole allocation (see `run`): slices of it pin nothing else.
+            let exact = n == buf.len() && buf.capacity() == n;
             let mut frame = buf.split_to(n);
             let kind = wire::packet_kind(&frame);
             if kind == kind::CONNECT {
@@ -645,7 +663,8 @@ impl Session {
                     match self.acl.check_publish(topic_str, publish.payload.len(), publish.retain) {
                         Ok(()) => {
                             let len = publish.payload.len();
-                            let large = len > 16 * 1024;
+                            // Cut from a shared read buffer, a large message would pin all of it.
+                            let large = len > LARGE_FRAME && !exact;
                             // The topic is cut from the read buffer and a slice pins all of it:
                             // an alias keeps it for the connection's life, the router's log keeps
                             // a large message for a while. One exact copy serves both.

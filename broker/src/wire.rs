@@ -68,6 +68,12 @@ pub fn from_client(kind: u8) -> bool {
 
 /// Length of the next complete frame at the start of `buf`: `Ok(None)` if more bytes are needed.
 pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, WireError> {
+    Ok(declared_len(buf, limit)?.filter(|total| buf.len() >= *total))
+}
+
+/// Length the frame at the start of `buf` declares (fixed header included), complete or not:
+/// `Ok(None)` until its fixed header is in.
+pub fn declared_len(buf: &[u8], limit: usize) -> Result<Option<usize>, WireError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -83,7 +89,7 @@ pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, WireError> {
             if total > limit {
                 return Err(WireError::TooLarge { size: total, limit });
             }
-            return Ok((buf.len() >= total).then_some(total));
+            return Ok(Some(total));
         }
         shift += 7;
     }
@@ -439,6 +445,23 @@ mod tests {
         assert!(matches!(frame_len(&[0x30, 0x80, 0x80, 0x01], 1000), Err(WireError::TooLarge { .. })));
         assert_eq!(frame_len(&[0x30, 0x05, 0, 1], 1000), Ok(None));
         assert_eq!(frame_len(&[0x30], 1000), Ok(None));
+    }
+
+    #[test]
+    fn a_partial_frame_declares_its_length_within_the_limit_only() {
+        // 16,384 bytes of body behind a three-byte length: 1 + 3 + 16384 in all.
+        assert_eq!(declared_len(&[0x30, 0x80, 0x80, 0x01], 1 << 20), Ok(Some(16_388)));
+        assert_eq!(declared_len(&[0x30, 0x80, 0x80, 0x01, 0, 1], 1 << 20), Ok(Some(16_388)));
+        assert_eq!(frame_len(&[0x30, 0x80, 0x80, 0x01, 0, 1], 1 << 20), Ok(None));
+        // An unfinished length is not a length yet; beyond the limit is refused before any room
+        // is made for it.
+        assert_eq!(declared_len(&[0x30, 0x80, 0x80], 1 << 20), Ok(None));
+        assert_eq!(declared_len(&[0x30], 1 << 20), Ok(None));
+        assert!(matches!(declared_len(&[0x30, 0x80, 0x80, 0x01], 16_387), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            declared_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], 1 << 30),
+            Err(WireError::MalformedLength)
+        ));
     }
 
     #[test]
