@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::acl::{self, Acl, Denied};
-use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions};
+use crate::delivery::{Outbound, Stamp, Subscription, Subscriptions, Wire};
 use crate::gate::{self, EvidenceGate};
 use crate::saved::{Ending, PendingWill, SavedSessions};
 use crate::sessions::{AccountKey, Registration, Sessions};
@@ -493,7 +493,7 @@ impl Session {
     /// Pumps packets both ways; `Ok(true)` when the client ended with DISCONNECT.
     async fn run<S: ClientStream>(&mut self, client: S, mut buf: BytesMut) -> Result<bool, SessionEnd> {
         let (mut rd, mut wr) = tokio::io::split(client);
-        let mut out = BytesMut::new();
+        let mut out = Wire::default();
         let mut to_router: Vec<Packet> = Vec::new();
         // MQTT: the server may close a connection silent for 1.5 × keep-alive.
         let idle_limit = self.keep_alive + self.keep_alive / 2;
@@ -513,7 +513,7 @@ impl Session {
                     }
                     // Say why before closing (DISCONNECT 0x94, 0x95, …).
                     if !out.is_empty() {
-                        wr.write_all(&out).await.ok();
+                        out.write_to(&mut wr).await.ok();
                         wr.shutdown().await.ok();
                     }
                     return Err(e);
@@ -532,10 +532,9 @@ impl Session {
                 awaited.arrived(&std::mem::take(&mut self.subscribing));
             }
             if !out.is_empty() {
-                wr.write_all(&out).await?;
-                out.clear();
+                out.write_to(&mut wr).await?;
                 if out.capacity() > 256 * 1024 {
-                    out = BytesMut::new();
+                    out = Wire::default();
                 }
             }
             if disconnect {
@@ -603,7 +602,7 @@ impl Session {
         &mut self,
         buf: &mut BytesMut,
         to_router: &mut Vec<Packet>,
-        out: &mut BytesMut,
+        out: &mut Wire,
     ) -> Result<bool, SessionEnd> {
         loop {
             let n = match wire::frame_len(buf, self.max_packet_bytes) {
@@ -800,7 +799,7 @@ impl Session {
     }
 
     /// Answers a protocol violation with DISCONNECT `reason` (MQTT 5) and ends the connection.
-    fn violation(&mut self, reason: u8, out: &mut BytesMut) -> Result<bool, SessionEnd> {
+    fn violation(&mut self, reason: u8, out: &mut Wire) -> Result<bool, SessionEnd> {
         if let Some(d) = wire::disconnect(self.version, reason) {
             out.extend_from_slice(&d);
         }
@@ -820,7 +819,7 @@ impl Session {
     }
 
     /// Answers a refused PUBLISH and, for a device, says why on its `inbox/error`.
-    fn refuse_publish(&mut self, topic: &str, denied: &Denied, qos: u8, pkid: u16, out: &mut BytesMut) {
+    fn refuse_publish(&mut self, topic: &str, denied: &Denied, qos: u8, pkid: u16, out: &mut Wire) {
         metrics::counter!("jiandu_broker_denied_total", "what" => "publish").increment(1);
         warn!(user = %self.username, topic = %topic, reason = ?denied, "publish refused by ACL");
         match qos {
@@ -861,7 +860,7 @@ impl Session {
     async fn forward_to_client(
         &mut self,
         notification: Option<Notification>,
-        out: &mut BytesMut,
+        out: &mut Wire,
         to_router: &mut Vec<Packet>,
     ) -> Result<(), SessionEnd> {
         let Some(notification) = notification else { return Ok(()) };
