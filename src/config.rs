@@ -750,7 +750,7 @@ http_listen = "127.0.0.1:8080"
 # max_packet_bytes = 307200                   # largest MQTT packet from a client
 # max_connections = 100000
 # heartbeat_log_bytes = 67108864              # heartbeats the broker holds for a lagging ingest
-# evidence_inflight_bytes = 8388608           # evidence chunks in flight to ingest, all phones (flow control)
+# evidence_inflight_bytes = 12582912          # evidence chunks in flight to ingest, all phones (flow control)
 # max_sessions_per_device = 3                 # client ids one phone may hold connected (CONNACK 0x97 beyond)
 # max_sessions_per_integration = 16           # the same for an integration account
 # s3_endpoint = "http://127.0.0.1:9000"       # for object_store = "s3://…"; or JIANDU_S3_ENDPOINT, AWS_* for keys

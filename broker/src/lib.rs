@@ -145,10 +145,10 @@ impl Default for BrokerConfig {
             max_keep_alive_secs: 300,
             max_session_expiry_secs: 24 * 3600,
             heartbeat_log_bytes: 64 * 1024 * 1024,
-            // 8 MiB: ingest acknowledges a synced batch within milliseconds, so this still
-            // carries hundreds of MiB/s (bench evidence 1 GiB: 428–443 MiB/s and 43–48 MiB of
-            // server RSS growth, against 442–469 and 67–77 with 16 MiB, same run).
-            evidence_inflight_bytes: 8 * 1024 * 1024,
+            // 12 MiB: ingest acknowledges a synced batch within about 10 ms, so this carries
+            // about 500 MiB/s; server RSS growth per 1 GiB upload 43–53 MiB (8 MiB: 32–37 at
+            // 456–482 MiB/s; 16 MiB: 53–59 at 479–526; bench evidence, 2026-12-02).
+            evidence_inflight_bytes: 12 * 1024 * 1024,
         }
     }
 }
