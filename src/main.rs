@@ -279,8 +279,9 @@ enum BenchCommand {
     /// Dispatch: report → offer at the phone with 100,000 live devices (p50/p99/max), and the
     /// nearest-device query at 1,000,000 devices against a linear scan
     Dispatch(jiandu_sim::bench::dispatch::DispatchArgs),
-    /// Evidence: 1 GiB over MQTT against `cp` (MiB/s, server RSS growth), and
-    /// `verify --deep` against `sha256sum` (size: JIANDU_BENCH_EVIDENCE_MB)
+    /// Evidence: 1 GiB over MQTT against `cp` and against a bare relay of the same chunks
+    /// (MiB/s, server RSS growth), and `verify --deep` against `sha256sum` (size:
+    /// JIANDU_BENCH_EVIDENCE_MB)
     Evidence(jiandu_sim::bench::BenchArgs),
 }
 
