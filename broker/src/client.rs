@@ -75,11 +75,6 @@ impl Ready {
             tx.send(()).ok();
         }
     }
-
-    /// Whether [`Ready::set`] was called (or nobody listens).
-    pub fn is_set(&self) -> bool {
-        self.0.is_none()
-    }
 }
 
 /// One role's MQTT session: stays connected (reconnecting with back-off), subscribes to its
@@ -94,7 +89,7 @@ pub struct RoleSession {
     pub connected: watch::Receiver<bool>,
     /// `true` once the broker confirmed the subscriptions of the current connection (at once
     /// for a session without filters); `false` again when the connection is lost.
-    pub subscribed: watch::Receiver<bool>,
+    subscribed: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -188,6 +183,18 @@ impl RoleSession {
             .await;
         });
         RoleSession { client, incoming, connected, subscribed, task }
+    }
+
+    /// Sets `ready` once the broker has confirmed this session's subscriptions (waits on a task
+    /// of its own; nothing is said if the session ends first). A role calls it when its own
+    /// state is loaded.
+    pub fn ready_when_subscribed(&self, mut ready: Ready) {
+        let mut subscribed = self.subscribed.clone();
+        tokio::spawn(async move {
+            if subscribed.wait_for(|s| *s).await.is_ok() {
+                ready.set();
+            }
+        });
     }
 
     /// Waits for the session task to end (after shutdown).

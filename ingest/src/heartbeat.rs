@@ -82,7 +82,7 @@ pub async fn run(
     store: Store,
     broker: BrokerEndpoint,
     config: HeartbeatConfig,
-    mut ready: Ready,
+    ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     // The session outlives both tasks, so the last batch's acks still go out before it closes.
@@ -143,8 +143,7 @@ pub async fn run(
     info!("heartbeat ingest running");
     let mut outcome = None;
     // Ready once the broker confirmed the subscriptions: from then on no heartbeat is missed.
-    let mut subscribed = session.subscribed.clone();
-    let mut session_gone = false;
+    session.ready_when_subscribed(ready);
     loop {
         tokio::select! {
             biased;
@@ -152,13 +151,6 @@ pub async fn run(
             done = &mut writer => {
                 outcome = Some(done);
                 break;
-            }
-            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
-                if up {
-                    ready.set();
-                } else {
-                    session_gone = true;
-                }
             }
             p = incoming.recv() => {
                 let Some(p) = p else { break };

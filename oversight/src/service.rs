@@ -34,7 +34,7 @@ pub async fn run(
     store: Store,
     endpoint: BrokerEndpoint,
     config: LookupConfig,
-    mut ready: Ready,
+    ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), OversightError> {
     let mut index = Arc::new(RegistryIndex::load(&store).await?);
@@ -54,18 +54,10 @@ pub async fn run(
     let mut refresh = tokio::time::interval(config.refresh.max(Duration::from_millis(10)));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reloading: Option<oneshot::Receiver<Result<RegistryIndex, OversightError>>> = None;
-    let mut subscribed = session.subscribed.clone();
-    let mut session_gone = false;
+    session.ready_when_subscribed(ready);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
-                if up {
-                    ready.set();
-                } else {
-                    session_gone = true;
-                }
-            }
             p = session.incoming.recv() => match p {
                 Some(p) => responder.handle(&index, p).await,
                 None => break,

@@ -148,7 +148,7 @@ pub async fn run(
     broker: BrokerEndpoint,
     config: EvidenceConfig,
     key: PlatformKey,
-    mut ready: Ready,
+    ready: Ready,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
     let blobs = store.blobs()?.clone();
@@ -179,19 +179,11 @@ pub async fn run(
     let mut connected = session.connected.clone();
     let mut expiry = tokio::time::interval(Duration::from_secs(600));
     info!(key_id = %public.key_id, "evidence ingest running");
-    let mut subscribed = session.subscribed.clone();
-    let mut session_gone = false;
+    session.ready_when_subscribed(ready);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            up = async { subscribed.wait_for(|s| *s).await.is_ok() }, if !ready.is_set() && !session_gone => {
-                if up {
-                    ready.set();
-                } else {
-                    session_gone = true;
-                }
-            }
             done = assembly.finished() => assembly.on_finished(done),
             changed = connected.changed() => {
                 if changed.is_err() {
