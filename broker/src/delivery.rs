@@ -86,28 +86,11 @@ impl Wire {
     /// grows by the payload's, which follows it on the wire.
     fn splice_payload(&mut self, start: usize, payload: Bytes) {
         let packet = self.buf.split_off(start);
-        let (mut rem, mut shift, mut head) = (0usize, 0, 1);
-        while let Some(b) = packet.get(head) {
-            rem |= usize::from(b & 0x7f) << shift;
-            head += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
+        // The packet is all that follows `start`: its remaining length is what follows the
+        // fixed header (type byte, then length bytes up to the first without the high bit).
+        let head = 2 + packet[1..].iter().take_while(|b| *b & 0x80 != 0).count();
         self.buf.extend_from_slice(&packet[..1]);
-        let mut v = rem + payload.len();
-        loop {
-            let mut b = (v % 128) as u8;
-            v /= 128;
-            if v > 0 {
-                b |= 0x80;
-            }
-            self.buf.extend_from_slice(&[b]);
-            if v == 0 {
-                break;
-            }
-        }
+        wire::put_varint(&mut self.buf, packet.len() - head + payload.len());
         self.buf.extend_from_slice(&packet[head..]);
         self.spliced += payload.len();
         self.splices.push((self.buf.len(), payload));

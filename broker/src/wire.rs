@@ -162,7 +162,7 @@ pub fn packet_kind(frame: &[u8]) -> u8 {
     frame[0] >> 4
 }
 
-fn put_varint(out: &mut BytesMut, mut v: usize) {
+pub(crate) fn put_varint(out: &mut BytesMut, mut v: usize) {
     loop {
         let mut b = (v % 128) as u8;
         v /= 128;
