@@ -66,6 +66,15 @@ fn time_command(program: &str, args: &[&str]) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Options of one bench client of `sut` logged in as `user`, taking chunk-sized packets.
+fn client_options(sut: &SystemUnderTest, client_id: String, user: &str, password: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, &sut.mqtt.0, sut.mqtt.1);
+    o.set_credentials(user, password);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
 /// Uploads the file as one phone would; returns (seconds until the stored receipt, peak RSS of
 /// the server in bytes).
 async fn upload(
@@ -77,10 +86,7 @@ async fn upload(
     size: u64,
     evid: &str,
 ) -> Result<(f64, f64)> {
-    let mut o = MqttOptions::new(format!("{dev}-bench-{evid}"), &sut.mqtt.0, sut.mqtt.1);
-    o.set_credentials(dev, token);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(1 << 20, 1 << 20);
+    let mut o = client_options(sut, format!("{dev}-bench-{evid}"), dev, token);
     o.set_inflight(INFLIGHT);
     let (client, mut events) = AsyncClient::new(o, 256);
     client.subscribe(format!("jd/v1/dev/{dev}/inbox/receipt"), QoS::AtLeastOnce).await?;
@@ -201,10 +207,7 @@ async fn relay_upload(
     size: u64,
     evid: &str,
 ) -> Result<f64> {
-    let mut o = MqttOptions::new(format!("{}-sink-{evid}", sink.0), &sut.mqtt.0, sut.mqtt.1);
-    o.set_credentials(sink.0, sink.1);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(1 << 20, 1 << 20);
+    let o = client_options(sut, format!("{}-sink-{evid}", sink.0), sink.0, sink.1);
     let (sink_client, mut sink_events) = AsyncClient::new(o, 256);
     sink_client.subscribe(format!("jd/v1/dev/{}/ev/{evid}/c/+", phone.0), QoS::AtLeastOnce).await?;
     loop {
@@ -230,10 +233,7 @@ async fn relay_upload(
         done_tx.send(outcome).ok();
     });
 
-    let mut o = MqttOptions::new(format!("{}-relay-{evid}", phone.0), &sut.mqtt.0, sut.mqtt.1);
-    o.set_credentials(phone.0, phone.1);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(1 << 20, 1 << 20);
+    let mut o = client_options(sut, format!("{}-relay-{evid}", phone.0), phone.0, phone.1);
     o.set_inflight(INFLIGHT);
     let (client, mut events) = AsyncClient::new(o, 256);
     let pump = tokio::spawn(async move { while events.poll().await.is_ok() {} });
