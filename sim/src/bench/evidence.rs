@@ -6,7 +6,9 @@
 //! time runs until the signed `stored` receipt arrives. The reference is `cp` of the same bytes
 //! to the same disk; a second reference is the transport alone, the same phone publishing the same
 //! chunks through a broker-only server to a bare subscriber that only acknowledges them (how
-//! much of the gap to `cp` is the MQTT path itself). The server's RSS is sampled every 20 ms; its peak growth over the idle server
+//! much of the gap to `cp` is the MQTT path itself). The CPU the server and this process (the
+//! phone) spend per MiB is reported for both, so a reader sees how much of the machine the
+//! server itself needs, apart from the phone sharing its cores. The server's RSS is sampled every 20 ms; its peak growth over the idle server
 //! before the first upload is reported for every run (goal: < 64 MiB, i.e. flat whatever the
 //! size and however many uploads came before). Then `jiandu verify
 //! --deep` re-hashes the stored blob, against `sha256sum` of the same file. Goals from issue 5:
@@ -25,7 +27,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{BenchArgs, Report, Row, Stat, SystemUnderTest, measure};
+use super::{BenchArgs, CpuSpan, Report, Row, Stat, SystemUnderTest, measure};
 
 const CHUNK: usize = 256 * 1024;
 /// QoS 1 publishes the uploading client may have unacknowledged.
@@ -291,12 +293,17 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     // broker's log, allocator retention) counts against every later run too.
     let idle = sut.rss_bytes().unwrap_or(0) as f64;
     let rss = std::cell::RefCell::new(Vec::new());
+    // CPU ms per MiB of the server and of this process (the phone), per repetition.
+    let upload_cpu = std::cell::RefCell::new(Vec::new());
     let ours = measure("upload over MQTT", args.repetitions, |i| {
         let evid = format!("bench-{i}");
         let (sut, dev, token, src, sha) = (&sut, dev.clone(), token.clone(), src.clone(), sha.clone());
-        let rss = &rss;
+        let (rss, upload_cpu) = (&rss, &upload_cpu);
         async move {
+            let cpu = CpuSpan::start(&[sut.child_id()]);
             let (secs, peak) = upload(sut, &dev, &token, &src, &sha, size, &evid).await?;
+            let (server, phone) = cpu.used();
+            upload_cpu.borrow_mut().push((server * 1000.0 / mib as f64, phone * 1000.0 / mib as f64));
             rss.borrow_mut().push((peak - idle).max(0.0) / MIB);
             Ok(mib as f64 / secs)
         }
@@ -316,11 +323,16 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         sink["username"].as_str().context("integration add printed no username")?.to_owned(),
         sink["password"].as_str().context("integration add printed no password")?.to_owned(),
     );
+    let relay_cpu = std::cell::RefCell::new(Vec::new());
     let relay = measure("bare relay of the chunks", args.repetitions, |i| {
         let (sut, phone, sink, src) = (&relay_sut, relay_phone.clone(), sink.clone(), src.clone());
+        let relay_cpu = &relay_cpu;
         async move {
+            let cpu = CpuSpan::start(&[sut.child_id()]);
             let secs =
                 relay_upload(sut, (&phone.0, &phone.1), (&sink.0, &sink.1), &src, size, &format!("relay-{i}")).await?;
+            let (server, clients) = cpu.used();
+            relay_cpu.borrow_mut().push((server * 1000.0 / mib as f64, clients * 1000.0 / mib as f64));
             Ok(mib as f64 / secs)
         }
     })
@@ -356,6 +368,13 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 
     // The warm-up's peak is not a repetition (its memory still counts in the runs after it).
     let rss_runs: Vec<f64> = rss.into_inner().into_iter().skip(1).collect();
+    // CPU per MiB of the repetitions (the warm-up's left out, as for the rates).
+    let per_mib = |runs: Vec<(f64, f64)>| {
+        let runs: Vec<(f64, f64)> = runs.into_iter().skip(1).collect();
+        (Stat::of(runs.iter().map(|r| r.0).collect()), Stat::of(runs.iter().map(|r| r.1).collect()))
+    };
+    let (upload_server, upload_phone) = per_mib(upload_cpu.into_inner());
+    let (relay_server, relay_clients) = per_mib(relay_cpu.into_inner());
     Report {
         bench: "evidence".into(),
         setup: json!({"size_mib": mib, "chunk_kib": CHUNK / 1024, "db": args.db, "disk": "the bench data dir"}),
@@ -379,6 +398,20 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 unit: "MiB/s".into(),
                 ours,
                 reference: Some(("embedded broker bare relay".into(), relay)),
+                goal: None,
+            },
+            Row {
+                metric: "server CPU per MiB uploaded".into(),
+                unit: "ms".into(),
+                ours: upload_server,
+                reference: Some(("broker-only server, bare relay".into(), relay_server)),
+                goal: None,
+            },
+            Row {
+                metric: "bench process CPU per MiB (phone; relay: phone + subscriber)".into(),
+                unit: "ms".into(),
+                ours: upload_phone,
+                reference: Some(("bare relay".into(), relay_clients)),
                 goal: None,
             },
             Row {

@@ -6,6 +6,9 @@
 //! Load: `--phones` MQTT connections (QoS 1), each publishing `--points` single-point heartbeats
 //! with `seq` as fast as the broker takes them; the ingest figure counts rows in
 //! `position_history`, once with one ingest process and once with a second one in the group.
+//! Each rate comes with the CPU behind it (from /proc): microseconds per message of the server
+//! processes (broker and ingest; the broker alone, or Mosquitto, for a relay) and of this
+//! process (the phones), because on one machine the phones share the server's cores.
 //!
 //! With `--broker` the run compares an external broker with the embedded one instead (issue
 //! 17): heartbeats persisted per second by a `serve --roles ingest` process logged in to the
@@ -29,7 +32,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BenchArgs, Report, Row, Stat, SystemUnderTest, measure};
+use super::{BenchArgs, CpuSpan, Report, Row, Stat, SystemUnderTest, measure};
 
 /// Options of `jiandu bench ingest`.
 #[derive(Debug, Clone, clap::Args)]
@@ -93,9 +96,16 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
         sub["password"].as_str().unwrap_or_default().to_owned(),
     );
     let phones = connect_phones(&relay_sut.mqtt, &creds).await?;
-    let relay =
-        relay_rate(&relay_sut.mqtt, Some(sink_creds), &phones, args.points, reps, "embedded broker: bare relay msg/s")
-            .await?;
+    let relay = relay_rate(
+        &relay_sut.mqtt,
+        Some(sink_creds),
+        &phones,
+        args.points,
+        reps,
+        "embedded broker: bare relay msg/s",
+        &[relay_sut.child_id()],
+    )
+    .await?;
     drop(phones);
     relay_store.close().await;
     drop(relay_sut);
@@ -110,7 +120,7 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
             // loaded 2-core machine) costs two minutes, not the whole benchmark.
             let r = tokio::time::timeout(
                 Duration::from_secs(120),
-                relay_rate(&addr, None, &phones, args.points, reps, "mosquitto: bare relay msg/s"),
+                relay_rate(&addr, None, &phones, args.points, reps, "mosquitto: bare relay msg/s", &[m.child.id()]),
             )
             .await
             .unwrap_or_else(|_| Err(crate::Error::Failed("no result within 120 s".into())));
@@ -166,38 +176,69 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
     rows.push(Row {
         metric: "heartbeats persisted/s, end to end".into(),
         unit: "points/s".into(),
-        ours: ours.clone(),
-        reference: Some(("embedded broker bare relay".into(), relay.clone())),
+        ours: ours.rate.clone(),
+        reference: Some(("embedded broker bare relay".into(), relay.rate.clone())),
         goal: Some("≥ 100000 and ≥ 0.5 × relay".into()),
     });
     if let Some(m) = &mosquitto {
         rows.push(Row {
             metric: "heartbeats persisted/s vs Mosquitto relay".into(),
             unit: "points/s".into(),
-            ours: ours.clone(),
-            reference: Some(("mosquitto bare relay".into(), m.clone())),
+            ours: ours.rate.clone(),
+            reference: Some(("mosquitto bare relay".into(), m.rate.clone())),
             goal: None,
         });
         rows.push(Row {
             metric: "embedded broker relay vs Mosquitto relay".into(),
             unit: "msg/s".into(),
-            ours: relay.clone(),
-            reference: Some(("mosquitto bare relay".into(), m.clone())),
+            ours: relay.rate.clone(),
+            reference: Some(("mosquitto bare relay".into(), m.rate.clone())),
             goal: None,
         });
     }
     rows.push(Row {
         metric: "heartbeats persisted/s, two ingest processes".into(),
         unit: "points/s".into(),
-        ours: two,
-        reference: Some(("one ingest process".into(), ours.clone())),
+        ours: two.rate.clone(),
+        reference: Some(("one ingest process".into(), ours.rate.clone())),
         goal: None,
     });
     rows.push(Row {
         metric: "heartbeats persisted/s vs raw inserts".into(),
         unit: "points/s".into(),
-        ours: ours.clone(),
+        ours: ours.rate.clone(),
         reference: Some(("raw batched inserts".into(), raw)),
+        goal: None,
+    });
+    // What each figure costs in CPU, apart from the phones sharing the machine's cores.
+    rows.push(Row {
+        metric: "server CPU per heartbeat persisted (broker + ingest)".into(),
+        unit: "µs".into(),
+        ours: ours.server_us.clone(),
+        reference: Some(("embedded broker, bare relay".into(), relay.server_us.clone())),
+        goal: None,
+    });
+    rows.push(Row {
+        metric: "server CPU per heartbeat, two ingest processes".into(),
+        unit: "µs".into(),
+        ours: two.server_us,
+        reference: Some(("one ingest process".into(), ours.server_us.clone())),
+        goal: None,
+    });
+    if let Some(m) = &mosquitto {
+        rows.push(Row {
+            metric: "embedded broker CPU per relayed message".into(),
+            unit: "µs".into(),
+            ours: relay.server_us.clone(),
+            reference: Some(("mosquitto".into(), m.server_us.clone())),
+            goal: None,
+        });
+    }
+    rows.push(Row {
+        metric: "bench process CPU per heartbeat (phones; relay: phones + subscriber)".into(),
+        unit: "µs".into(),
+        ours: ours.load_us,
+        reference: Some(("embedded broker, bare relay".into(), relay.load_us)),
         goal: None,
     });
 
@@ -232,7 +273,7 @@ pub async fn run(args: IngestBenchArgs) -> Result<()> {
 
 /// Heartbeats persisted per second through `broker,ingest` (and, with `second_ingest`, one more
 /// `serve --roles ingest` process in the same group, logged in as its own service account).
-async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<Stat> {
+async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<Measured> {
     let db = bench_database(&args.common.db).await?;
     let sut = SystemUnderTest::start(&db, "broker,ingest", &[])?;
     let store = Store::connect(&sut.db).await?;
@@ -259,7 +300,9 @@ async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<S
     let phones = connect_phones(&sut.mqtt, &creds).await?;
     let label =
         if second_ingest { "two ingest processes: persisted heartbeats/s" } else { "ingest: persisted heartbeats/s" };
-    let rate = measure_persisted(label, &store, &phones, args).await?;
+    let mut servers = vec![sut.child_id()];
+    servers.extend(second.as_ref().map(|p| p.child.id()));
+    let rate = measure_persisted(label, &store, &phones, args, &servers).await?;
     drop(phones);
     store.close().await;
     drop(second);
@@ -267,16 +310,56 @@ async fn persisted_rate(args: &IngestBenchArgs, second_ingest: bool) -> Result<S
     Ok(rate)
 }
 
+/// A rate and the CPU behind it: microseconds per message of the server processes and of this
+/// process (the phones, and the bare subscriber of a relay run), per repetition.
+struct Measured {
+    rate: Stat,
+    server_us: Stat,
+    load_us: Stat,
+}
+
+impl Measured {
+    /// Runs `f` as [`measure`] does, counting the CPU of `servers` and of this process around
+    /// each repetition, per message of `messages`.
+    async fn of<F, Fut>(label: &str, reps: usize, servers: &[u32], messages: f64, mut f: F) -> Result<Measured>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<f64>>,
+    {
+        let cpu = std::cell::RefCell::new(Vec::new());
+        let rate = measure(label, reps, |rep| {
+            let span = CpuSpan::start(servers);
+            let run = f(rep);
+            let cpu = &cpu;
+            async move {
+                let rate = run.await?;
+                let (server, load) = span.used();
+                cpu.borrow_mut().push((server * 1e6 / messages, load * 1e6 / messages));
+                Ok(rate)
+            }
+        })
+        .await?;
+        // The warm-up is not a repetition.
+        let runs: Vec<(f64, f64)> = cpu.into_inner().into_iter().skip(1).collect();
+        Ok(Measured {
+            rate,
+            server_us: Stat::of(runs.iter().map(|r| r.0).collect()),
+            load_us: Stat::of(runs.iter().map(|r| r.1).collect()),
+        })
+    }
+}
+
 /// Heartbeats persisted per second: every phone publishes `--points` points, timed until the
-/// database holds them all (a warm-up, then `--repetitions` runs).
+/// database holds them all (a warm-up, then `--repetitions` runs), with the CPU of `servers`.
 async fn measure_persisted(
     label: &str,
     store: &Store,
     phones: &Arc<Vec<Phone>>,
     args: &IngestBenchArgs,
-) -> Result<Stat> {
+    servers: &[u32],
+) -> Result<Measured> {
     let total = (phones.len() * args.points) as f64;
-    measure(label, args.common.repetitions, |rep| {
+    Measured::of(label, args.common.repetitions, servers, total, |rep| {
         let phones = phones.clone();
         let store = store.clone();
         let points = args.points;
@@ -444,7 +527,8 @@ async fn relay_rate(
     points: usize,
     reps: usize,
     label: &str,
-) -> Result<Stat> {
+    servers: &[u32],
+) -> Result<Measured> {
     let received = Arc::new(AtomicU64::new(0));
     let id = sink.as_ref().map(|(u, _)| format!("{u}-sink")).unwrap_or_else(|| "bench-sink".into());
     let mut o = MqttOptions::new(id, &addr.0, addr.1);
@@ -475,7 +559,7 @@ async fn relay_rate(
     });
     tokio::time::timeout(Duration::from_secs(30), rx).await.context("sink did not subscribe")?.ok();
     let total = (phones.len() * points) as u64;
-    measure(label, reps, |rep| {
+    Measured::of(label, reps, servers, total as f64, |rep| {
         let phones = phones.clone();
         let received = received.clone();
         async move {
@@ -619,7 +703,7 @@ async fn run_external(args: &IngestBenchArgs, broker: &str, fd_limit: u64) -> Re
         metric: format!("heartbeats persisted/s through {name}"),
         unit: "points/s".into(),
         ours: ext_rate,
-        reference: Some(("embedded broker".into(), embedded)),
+        reference: Some(("embedded broker".into(), embedded.rate)),
         goal: None,
     }];
     match (ext_rss, embedded_rss) {
@@ -811,7 +895,9 @@ async fn external_run(args: &IngestBenchArgs, broker: &mut ExternalBroker, idle:
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let label = format!("{}: persisted heartbeats/s", broker.name);
-    let rate = measure_persisted(&label, &store, &phones, args).await?;
+    let mut servers = vec![ingest.child.id()];
+    servers.extend(broker.pid);
+    let rate = measure_persisted(&label, &store, &phones, args, &servers).await?.rate;
     drop(phones);
     store.close().await;
     drop(ingest);

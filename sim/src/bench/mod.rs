@@ -251,6 +251,54 @@ pub fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system, every thread, living or ended) a process has used so far, in
+/// seconds, from /proc (Linux); `None` when it cannot be read. A figure per unit of work (CPU
+/// ms per MiB, µs per heartbeat) says what a rate on this machine cannot: how much of the
+/// machine the server needs, apart from the load generator sharing its cores.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime) are the 12th and 13th after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the C library.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+/// CPU used by the server's processes and by this process (the load generator) over a span of
+/// work.
+#[derive(Debug, Clone)]
+pub struct CpuSpan {
+    servers: Vec<u32>,
+    start: (f64, f64),
+}
+
+impl CpuSpan {
+    /// Starts counting for the server processes `servers` (and this process).
+    pub fn start(servers: &[u32]) -> CpuSpan {
+        let start = (Self::servers(servers), cpu_seconds(None).unwrap_or(0.0));
+        CpuSpan { servers: servers.to_vec(), start }
+    }
+
+    fn servers(pids: &[u32]) -> f64 {
+        pids.iter().map(|&p| cpu_seconds(Some(p)).unwrap_or(0.0)).sum()
+    }
+
+    /// CPU seconds used since [`CpuSpan::start`]: (the servers together, this process).
+    pub fn used(&self) -> (f64, f64) {
+        let server = Self::servers(&self.servers) - self.start.0;
+        let own = cpu_seconds(None).unwrap_or(0.0) - self.start.1;
+        (server.max(0.0), own.max(0.0))
+    }
+}
+
 /// Runs `jiandu ARGS` (this binary) on a data dir and database; returns the last stdout line as
 /// JSON.
 pub(crate) fn run_cli(dir: &Path, db: &str, args: &[&str]) -> Result<Value> {
