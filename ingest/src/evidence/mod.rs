@@ -5,7 +5,7 @@
 //! this role holds the shared subscription `$share/ingest/jd/v1/dev/+/ev/#` with manual acks.
 //! Each chunk is written at its offset into one staging file per upload (so a blob is never held
 //! in memory; directly, past the page cache, where the filesystem allows it), in-order chunks are
-//! hashed on a thread of their own, and a batch of chunks is synced to disk and recorded in the database
+//! hashed as they are written, and a batch of chunks is synced to disk and recorded in the database
 //! (`evidence_chunks`) before its messages are acknowledged: whatever was acked survives
 //! `kill -9`, and a phone that re-sends `meta` gets `receipt {status:"partial", missing:[…]}`.
 //! A chunk already received is never written again, so duplicates are harmless.
